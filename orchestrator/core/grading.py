@@ -1,0 +1,376 @@
+"""Answer extraction and grading for math and GPQA outputs (DESIGN.md section 1, "Grading").
+
+Contract
+--------
+- `math_equal(text, gold, timeout_s=5.0) -> bool`: math-verify's judgement, gold parsed first.
+  math-verify's own timeouts use SIGALRM and fail outside the main thread, so both `parse` and
+  `verify` get their timeouts as None and the whole check runs in a worker of a module-level
+  thread pool bounded by `future.result(timeout_s)`. A timeout returns False (logged). Safe from
+  any thread and inside Ray actors. A check that never finishes keeps its worker busy (Python
+  cannot kill a thread); the pool has several workers so one stuck check does not stall grading.
+- `extract_answer(text) -> str | None`: the reference LeaP code's lenient extraction: the content
+  of the last complete `\\boxed{...}` (or `\\fbox{...}`, braces balanced; empty boxes ignored),
+  else the last number in the text, else None.
+- `normalize_answer(ans) -> str`: MATH-dataset style normalization (the `strip_string` rules).
+- `leap_compat_correct(text, gold) -> bool`: extracted and normalized answer equals the normalized
+  gold as a string, or both parse as numbers with equal values ("025" == "25", "1,000" == "1000",
+  "5.0" == "5", "\\frac{1}{2}" == "0.5").
+- `extract_choice(text) -> str | None` and `gpqa_correct(text, gold_letter) -> bool`: the choice
+  letter A-D from the last `ANSWER: X` (markdown bold, parentheses and a trailing period are
+  tolerated), else from the last `\\boxed{X}`.
+- `grade(text, gold, kind="math") -> dict`: {"answer", "correct", "correct_compat"}.
+- `canonical_answer(ans) -> str | None`: the key majority voting groups answers by.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from fractions import Fraction
+
+logger = logging.getLogger(__name__)
+
+_POOL_WORKERS = 8
+_pool: ThreadPoolExecutor | None = None
+_pool_pid: int | None = None
+_pool_lock = threading.Lock()
+
+
+def _executor() -> ThreadPoolExecutor:
+    """The shared grading pool, created on first use and again in a forked child process
+    (a fork copies the pool object but not its threads)."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(max_workers=_POOL_WORKERS, thread_name_prefix="math-verify")
+            _pool_pid = os.getpid()
+        return _pool
+
+
+# --------------------------------------------------------------------------- math-verify
+
+
+class _DropTimeoutDisabledWarning(logging.Filter):
+    """math-verify warns that its timeouts are off; here time is bounded by `math_equal`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_DropTimeoutDisabledWarning())
+
+
+def _gold_candidates(gold: str) -> list[str]:
+    """Ways to present a bare gold answer so math-verify's latex extractor finds it."""
+    gold = gold.strip()
+    if "\\boxed" in gold or "$" in gold:
+        return [gold]
+    return [f"${gold}$", f"\\boxed{{{gold}}}", gold]
+
+
+def _verify(text: str, gold: str) -> bool:
+    """math-verify with its signal-based timeouts switched off (we bound time outside)."""
+    from math_verify import parse, verify
+
+    gold_parsed = []
+    for candidate in _gold_candidates(gold):
+        gold_parsed = parse(candidate, parsing_timeout=None)
+        if gold_parsed:
+            break
+    if not gold_parsed:
+        logger.warning("math-verify could not parse gold answer %r", gold)
+        return False
+    pred_parsed = parse(text, parsing_timeout=None)
+    if not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def math_equal(text: str, gold: str, timeout_s: float = 5.0) -> bool:
+    """True when math-verify judges the answer in `text` equal to `gold` within `timeout_s`."""
+    future = _executor().submit(_verify, text, gold)
+    try:
+        return future.result(timeout=timeout_s)
+    except FutureTimeout:
+        future.cancel()
+        logger.warning("math-verify timed out after %.1fs (gold=%r); graded False", timeout_s, gold)
+        return False
+    except Exception:  # math-verify should not raise; a bug there must not kill a run
+        logger.exception("math-verify failed (gold=%r); graded False", gold)
+        return False
+
+
+# --------------------------------------------------------------------------- extraction
+
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX_SPACE_RE = re.compile(r"\\boxed ([^\s${}]+)")
+_NUMBER_RE = re.compile(r"-?\d*\.?\d+")
+_THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
+def _balanced_content(text: str, start: int) -> str | None:
+    """The text from `start` up to the brace closing the one just before `start`, or None."""
+    depth = 1
+    for pos in range(start, len(text)):
+        ch = text[pos]
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return text[start:pos]
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last complete, non-empty `\\boxed{...}`/`\\fbox{...}` (or `\\boxed x`)."""
+    candidates: list[tuple[int, str]] = []
+    for match in _BOX_RE.finditer(text):
+        content = _balanced_content(text, match.end())
+        if content is not None and content.strip():
+            candidates.append((match.start(), content.strip()))
+    for match in _BOX_SPACE_RE.finditer(text):
+        candidates.append((match.start(), match.group(1)))
+    if not candidates:
+        return None
+    return max(candidates)[1]
+
+
+def last_number(text: str) -> str | None:
+    """The last number in the text (thousands separators dropped), or None."""
+    numbers = _NUMBER_RE.findall(_THOUSANDS_RE.sub("", text))
+    return numbers[-1] if numbers else None
+
+
+def extract_answer(text: str) -> str | None:
+    """The reference code's answer: last `\\boxed{}` content, else the last number, else None."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    return last_number(text)
+
+
+# --------------------------------------------------------------------------- normalization
+
+_UNIT_AFTER_NUMBER_RE = re.compile(r"^([-+]?[\d.,]+)\s*\\(?:text|mbox|mathrm)\{[^{}]*\}$")
+_TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|mbox|mathrm)\{([^{}]*)\}")
+_SQRT_RE = re.compile(r"\\sqrt([^{\\\s])")
+_FRAC_TWO_CHARS_RE = re.compile(r"\\frac([0-9a-zA-Z])([0-9a-zA-Z])")
+_FRAC_FIRST_CHAR_RE = re.compile(r"\\frac([0-9a-zA-Z])\{")
+_FRAC_SECOND_CHAR_RE = re.compile(r"\\frac\{([^{}]*)\}([0-9a-zA-Z])")
+_A_SLASH_B_RE = re.compile(r"^(-?)(\d+)/(\d+)$")
+
+
+def _drop_markup(s: str) -> str:
+    """Remove layout commands that never change the value."""
+    for old in ("\n", "\\!", "\\,", "\\;", "\\:", "\\displaystyle", "\\left", "\\right"):
+        s = s.replace(old, "")
+    s = s.replace("\\\\", "\\")
+    s = s.replace("tfrac", "frac").replace("dfrac", "frac")
+    for deg in ("^{\\circ}", "^\\circ", "^{\\circ }"):
+        s = s.replace(deg, "")
+    s = s.replace("\\$", "").replace("$", "")
+    s = s.replace("\\%", "").replace("%", "")
+    return s
+
+
+def _drop_units(s: str) -> str:
+    """Drop units (MATH's `\\text{ ` rule, or text after a bare number), unwrap `\\text{}`."""
+    if "\\text{ " in s:
+        s = s.split("\\text{ ")[0]
+    s = s.strip()
+    s = _UNIT_AFTER_NUMBER_RE.sub(r"\1", s)
+    return _TEXT_WRAP_RE.sub(r"\1", s)
+
+
+def _fix_leading_point(s: str) -> str:
+    s = s.replace(" .", " 0.").replace("{.", "{0.")
+    return "0" + s if s.startswith(".") else s
+
+
+def _drop_short_lhs(s: str) -> str:
+    """`x = 5` -> `5` when there is one `=` and its left side is at most two characters."""
+    parts = s.split("=")
+    if len(parts) == 2 and len(parts[0].strip()) <= 2:
+        return parts[1]
+    return s
+
+
+def _fix_fracs(s: str) -> str:
+    """`\\frac12` -> `\\frac{1}{2}`, `\\frac1{2}` and `\\frac{1}2` likewise."""
+    s = _FRAC_TWO_CHARS_RE.sub(r"\\frac{\1}{\2}", s)
+    s = _FRAC_FIRST_CHAR_RE.sub(r"\\frac{\1}{", s)
+    return _FRAC_SECOND_CHAR_RE.sub(r"\\frac{\1}{\2}", s)
+
+
+def _fix_a_slash_b(s: str) -> str:
+    """`3/4` -> `\\frac{3}{4}` for plain integers (sign kept outside)."""
+    match = _A_SLASH_B_RE.match(s)
+    if not match:
+        return s
+    sign, num, den = match.groups()
+    return f"{sign}\\frac{{{num}}}{{{den}}}"
+
+
+def normalize_answer(ans: str) -> str:
+    """MATH-style normalization of an answer string (the `strip_string` rules)."""
+    s = _drop_markup(ans)
+    s = _drop_units(s)
+    s = _fix_leading_point(s.strip())
+    s = _drop_short_lhs(s)
+    s = _SQRT_RE.sub(r"\\sqrt{\1}", s)
+    s = s.replace(" ", "")
+    s = _fix_fracs(s)
+    s = s.rstrip(".")
+    return _fix_a_slash_b(s)
+
+
+# --------------------------------------------------------------------------- numeric compare
+
+_PLAIN_NUMBER_RE = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)$")
+_FRAC_NUMBER_RE = re.compile(r"^([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}$")
+
+
+def _as_number(s: str) -> tuple[Fraction, bool] | None:
+    """(value, exact) for a normalized answer that is a plain number or integer fraction.
+
+    `exact` is False for decimals with a fractional part, which are compared approximately.
+    """
+    s = _THOUSANDS_RE.sub("", s)
+    if _PLAIN_NUMBER_RE.match(s):
+        value = Fraction(s)
+        return value, "." not in s or value.denominator == 1
+    match = _FRAC_NUMBER_RE.match(s)
+    if match and int(match.group(3)) != 0:
+        sign = -1 if match.group(1) == "-" else 1
+        return sign * Fraction(int(match.group(2)), int(match.group(3))), True
+    return None
+
+
+def _numbers_equal(a: str, b: str) -> bool:
+    left, right = _as_number(a), _as_number(b)
+    if left is None or right is None:
+        return False
+    if left[0] == right[0]:
+        return True
+    if left[1] and right[1]:
+        return False
+    return math.isclose(float(left[0]), float(right[0]), rel_tol=1e-6, abs_tol=1e-9)
+
+
+def answers_match(pred: str, gold: str) -> bool:
+    """Lenient equality of two raw answer strings after normalization."""
+    p, g = normalize_answer(pred), normalize_answer(gold)
+    if not p or not g:
+        return False
+    return p == g or _numbers_equal(p, g)
+
+
+def canonical_answer(ans: str | None) -> str | None:
+    """A voting key: normalized answer, numbers reduced to one spelling ("025" -> "25")."""
+    if ans is None:
+        return None
+    norm = normalize_answer(ans)
+    if not norm:
+        return None
+    number = _as_number(norm)
+    if number is not None:
+        value = number[0]
+        return str(value.numerator) if value.denominator == 1 else f"{value}"
+    return norm
+
+
+def _unbox_gold(gold: str) -> str:
+    boxed = last_boxed(gold)
+    return boxed if boxed is not None else gold
+
+
+def leap_compat_correct(text: str, gold: str) -> bool:
+    """The reference code's lenient verdict: extracted answer matches gold after normalization."""
+    answer = extract_answer(text)
+    if answer is None:
+        return False
+    return answers_match(answer, _unbox_gold(str(gold)))
+
+
+# --------------------------------------------------------------------------- GPQA
+
+_CHOICE_RE = re.compile(
+    r"(?i:answer)[\s*_]*:[\s*_]*(?:\\text\{)?\s*\(?\s*\**\s*([A-D])\b(?!['-])"
+)
+_BOXED_CHOICE_RE = re.compile(r"^\(?\s*([A-D])\s*\)?\.?$")
+_ANSWER_IS_RE = re.compile(r"(?i:answer\s+is)[\s*:]*\(?\s*([A-D])\b(?!['-])")
+
+
+def _choice_in_box(content: str) -> str | None:
+    content = _TEXT_WRAP_RE.sub(r"\1", content).strip()
+    match = _BOXED_CHOICE_RE.match(content)
+    return match.group(1) if match else None
+
+
+def extract_choice(text: str) -> str | None:
+    """The choice letter from the last `ANSWER: X`, else from the last `\\boxed{X}`."""
+    matches = _CHOICE_RE.findall(text)
+    if matches:
+        return matches[-1]
+    boxed = last_boxed(text)
+    return _choice_in_box(boxed) if boxed is not None else None
+
+
+def _lenient_choice(text: str) -> str | None:
+    """extract_choice, else the last `answer is (X)`."""
+    choice = extract_choice(text)
+    if choice is not None:
+        return choice
+    matches = _ANSWER_IS_RE.findall(text)
+    return matches[-1] if matches else None
+
+
+def gpqa_correct(text: str, gold_letter: str) -> bool:
+    """True when the extracted choice letter is the gold letter."""
+    return extract_choice(text) == gold_letter.strip().upper()
+
+
+# --------------------------------------------------------------------------- entry point
+
+GRADE_KINDS = ("math", "gpqa")
+
+
+def grade(text: str, gold: str, kind: str = "math") -> dict:
+    """Grade one output: {"answer", "correct" (math-verify or letter), "correct_compat"}."""
+    if kind == "math":
+        return {
+            "answer": extract_answer(text),
+            "correct": math_equal(text, str(gold)),
+            "correct_compat": leap_compat_correct(text, str(gold)),
+        }
+    if kind == "gpqa":
+        gold_letter = str(gold).strip().upper()
+        return {
+            "answer": extract_choice(text),
+            "correct": gpqa_correct(text, gold_letter),
+            "correct_compat": _lenient_choice(text) == gold_letter,
+        }
+    raise ValueError(f"unknown grading kind {kind!r}; allowed: {', '.join(GRADE_KINDS)}")
+
+
+__all__ = [
+    "GRADE_KINDS",
+    "answers_match",
+    "canonical_answer",
+    "extract_answer",
+    "extract_choice",
+    "gpqa_correct",
+    "grade",
+    "last_boxed",
+    "last_number",
+    "leap_compat_correct",
+    "math_equal",
+    "normalize_answer",
+]

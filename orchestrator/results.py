@@ -1,0 +1,127 @@
+"""Result files: the parquet schema, crash-safe writing, reading and resume.
+
+Layout under `output_dir`:
+    parts/<point-hash>/<problem-hash>.parquet   one file per finished group (paths and messages),
+                                                 written to a temp name and renamed: a kill leaves
+                                                 either the whole file or none
+    paths.parquet      one row per path (every finished group), rebuilt from the parts
+    messages.parquet   one row per delivered peer summary
+    summary.json       metrics per sweep point and benchmark
+    config.yaml        the resolved config of the run
+
+Resume: a group whose part file exists is complete and is not run again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REQUEST = pa.struct([
+    ("round", pa.int32()), ("kind", pa.string()), ("prompt_tokens", pa.int64()),
+    ("cached_tokens", pa.int64()), ("reusable_tokens", pa.int64()), ("new_tokens", pa.int64()),
+])
+SPAN = pa.struct([("kind", pa.string()), ("start", pa.int64()), ("end", pa.int64())])
+
+PATHS_SCHEMA = pa.schema([
+    ("sweep_point", pa.string()), ("benchmark", pa.string()), ("problem_id", pa.string()),
+    ("path", pa.int32()), ("gold", pa.string()), ("answer", pa.string()),
+    ("correct", pa.bool_()), ("correct_compat", pa.bool_()), ("finish_reason", pa.string()),
+    ("rounds", pa.int32()), ("prompt_tokens", pa.int64()), ("sampled_tokens", pa.int64()),
+    ("injected_tokens", pa.int64()), ("cached_tokens", pa.int64()), ("uncached_tokens", pa.int64()),
+    ("summaries", pa.list_(pa.string())), ("answer_first_summary", pa.string()),
+    ("answer_changed", pa.bool_()), ("replica", pa.int32()), ("node", pa.string()),
+    ("text", pa.string()), ("spans", pa.list_(SPAN)), ("requests", pa.list_(REQUEST)),
+])
+MESSAGES_SCHEMA = pa.schema([
+    ("sweep_point", pa.string()), ("benchmark", pa.string()), ("problem_id", pa.string()),
+    ("round", pa.int32()), ("recipient", pa.int32()), ("sender", pa.int32()), ("rank", pa.int32()),
+    ("similarity", pa.float64()), ("summary", pa.string()),
+])
+
+
+def _slug(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_table(path: Path, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+class ResultStore:
+    def __init__(self, output_dir: str | Path):
+        self.root = Path(output_dir)
+        self.parts = self.root / "parts"
+
+    def part_path(self, point: str, problem_id: str) -> Path:
+        return self.parts / _slug(point) / f"{_slug(problem_id)}.parquet"
+
+    def is_done(self, point: str, problem_id: str) -> bool:
+        return self.part_path(point, problem_id).is_file()
+
+    def write_group(self, point: str, problem_id: str, paths: list[dict], messages: list[dict]) -> None:
+        """One finished group, as one atomic file: paths and messages together."""
+        paths_t = pa.Table.from_pylist(paths, schema=PATHS_SCHEMA)
+        msgs_t = pa.Table.from_pylist(messages, schema=MESSAGES_SCHEMA)
+        payload = pa.table({
+            "kind": pa.array(["paths", "messages"]),
+            "ipc": pa.array([_ipc(paths_t), _ipc(msgs_t)], type=pa.binary()),
+        })
+        atomic_write_table(self.part_path(point, problem_id), payload)
+
+    def read_parts(self) -> tuple[pa.Table, pa.Table]:
+        paths, msgs = [], []
+        for part in sorted(self.parts.glob("*/*.parquet")):
+            table = pq.read_table(part)
+            kinds = table.column("kind").to_pylist()
+            blobs = table.column("ipc").to_pylist()
+            for kind, blob in zip(kinds, blobs):
+                (paths if kind == "paths" else msgs).append(pa.ipc.open_stream(blob).read_all())
+        paths_t = pa.concat_tables(paths) if paths else PATHS_SCHEMA.empty_table()
+        msgs_t = pa.concat_tables(msgs) if msgs else MESSAGES_SCHEMA.empty_table()
+        order = [("sweep_point", "ascending"), ("benchmark", "ascending"), ("problem_id", "ascending")]
+        paths_t = paths_t.sort_by(order + [("path", "ascending")])
+        msgs_t = msgs_t.sort_by(order + [("round", "ascending"), ("recipient", "ascending"),
+                                         ("rank", "ascending")])
+        return paths_t, msgs_t
+
+    def consolidate(self, summary: dict) -> tuple[pa.Table, pa.Table]:
+        """Rewrite paths.parquet, messages.parquet and summary.json from every finished part."""
+        paths_t, msgs_t = self.read_parts()
+        atomic_write_table(self.root / "paths.parquet", paths_t)
+        atomic_write_table(self.root / "messages.parquet", msgs_t)
+        self.write_json("summary.json", summary)
+        return paths_t, msgs_t
+
+    def write_json(self, name: str, obj: dict) -> None:
+        text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
+        atomic_write_bytes(self.root / name, text.encode("utf-8"))
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
