@@ -56,6 +56,15 @@ def render_prompt(tok, prompts: PromptSet, problem: Problem, params: LeapParams)
     return list(ids)
 
 
+def _node_id() -> str:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except ImportError:  # pragma: no cover
+        return ""
+
+
 def _is_replica_death(exc: BaseException) -> bool:
     try:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
@@ -104,6 +113,7 @@ class Coordinator:
         self.cached_tokens = 0
         self.failovers = 0
         self.wake = asyncio.Event()
+        self.node = _node_id()
 
     # -- driver API ---------------------------------------------------------------------------
     async def submit(self, items: list[tuple[str, Problem]]) -> int:
@@ -138,6 +148,7 @@ class Coordinator:
             "cache_hit_rate": self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None,
             "replicas_alive": sum(self.alive),
             "failovers": self.failovers,
+            "node": self.node,
         }
 
     def _all_done(self) -> bool:

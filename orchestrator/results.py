@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 REQUEST = pa.struct([
     ("round", pa.int32()), ("kind", pa.string()), ("prompt_tokens", pa.int64()),
-    ("cached_tokens", pa.int64()), ("reusable_tokens", pa.int64()), ("new_tokens", pa.int64()),
+    ("cached_tokens", pa.int64()), ("reusable_tokens", pa.int64()), ("new_tokens", pa.int64()), ("replica", pa.int32()),
 ])
 SPAN = pa.struct([("kind", pa.string()), ("start", pa.int64()), ("end", pa.int64())])
 

@@ -137,6 +137,7 @@ def engine_options(cfg: Config) -> dict:
     opts = asdict(cfg.engine)
     opts.pop("kind")
     opts["tensor_parallel_size"] = max(cfg.replicas.gpus_per_replica, 1)
+    opts["run_seed"] = cfg.leap.seed  # the fake writes by the run's seed, whichever replica serves
     return opts
 
 

@@ -206,6 +206,7 @@ class Group:
             "cached_tokens": res.cached_tokens,
             "reusable_tokens": min(p.computed, keep),
             "new_tokens": len(res.token_ids),
+            "replica": res.replica,
         })
         p.replica, p.node = res.replica, res.node
         new = list(res.token_ids)

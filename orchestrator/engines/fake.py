@@ -1,8 +1,7 @@
 """A deterministic fake replica and its byte-level tokenizer, for fast tests and scale simulation.
 
 It honours the same `Replica` protocol as the vLLM replica: it stores token ids per path, applies
-keep/append edits, tracks a block-level prefix cache the way vLLM does (hash chains over full
-blocks), and writes text shaped like a reasoning model's: paragraphs, summaries that close their
+keep/append edits, tracks a per-path prefix cache in whole blocks, and writes text shaped like a reasoning model's: paragraphs, summaries that close their
 tag, `\\boxed{}` answers, sometimes an end-of-thinking marker. What it writes depends only on the
 request and the run seed, never on timing, so two runs with the same seed give identical results.
 
@@ -87,14 +86,16 @@ class FakeReplica:
     def __init__(self, index: int, model: str = "fake", engine: dict | None = None, seed: int = 0):
         engine = dict(engine or {})
         self.index = index
-        self.seed = seed
+        # Content depends on the run's seed, never on which replica serves a path, so placement,
+        # failover and timing cannot change what a run writes.
+        self.seed = int(engine.get("run_seed", seed))
         self.max_model_len = int(engine.get("max_model_len", 32768))
         self.think_prob = float(engine.get("think_end_prob", 0.1))
         self.eos_prob = float(engine.get("eos_prob", 0.0))
         self.latency = LatencyModel(**(engine.get("latency") or {}))
         self.tok = FakeTokenizer()
         self.paths: dict[str, list[int]] = {}
-        self.blocks: set[int] = set()
+        self.computed: dict[str, list[int]] = {}  # per path: tokens whose KV is "cached"
         self.in_flight = 0
         self.served = 0
         try:
@@ -110,25 +111,21 @@ class FakeReplica:
     async def drop(self, path_keys: list[str]) -> None:
         for key in path_keys:
             self.paths.pop(key, None)
+            self.computed.pop(key, None)
 
     async def ping(self) -> int:
         return self.served
 
     # -- prefix cache bookkeeping -------------------------------------------------------------
-    def _block_hashes(self, ids: list[int]) -> list[int]:
-        hashes, h = [], 0
-        for i in range(0, len(ids) - len(ids) % BLOCK, BLOCK):
-            h = hash((h, tuple(ids[i:i + BLOCK])))
-            hashes.append(h)
-        return hashes
-
-    def _cached(self, ids: list[int]) -> int:
+    def _cached(self, key: str, ids: list[int]) -> int:
+        """Whole blocks of `ids` that this path computed before. Unlike vLLM, paths share no
+        blocks (not even the prompt): that keeps the reported numbers independent of timing."""
+        seen = self.computed.get(key, [])
+        limit = min(len(seen), len(ids) - 1)  # vLLM always recomputes the last prompt token
         n = 0
-        for h in self._block_hashes(ids[:-1] if ids else ids):  # vLLM always recomputes the last token
-            if h not in self.blocks:
-                break
-            n += BLOCK
-        return n
+        while n < limit and seen[n] == ids[n]:
+            n += 1
+        return n - n % BLOCK
 
     # -- generation ----------------------------------------------------------------------------
     async def generate(self, req: GenRequest) -> GenResult:
@@ -142,7 +139,7 @@ class FakeReplica:
         if room <= 0:
             return GenResult(req.path_key, [], "", "context", prompt_tokens=len(tokens),
                              replica=self.index, node=self.node)
-        cached = self._cached(tokens)
+        cached = self._cached(req.path_key, tokens)
         text, reason, stop_str = self._write(tokens, req, min(req.max_tokens, room))
         new = self.tok.encode(text)[: min(req.max_tokens, room)]
         if reason == "eos":
@@ -155,7 +152,7 @@ class FakeReplica:
             await asyncio.sleep(delay)
         finally:
             self.in_flight -= 1
-        self.blocks.update(self._block_hashes(tokens + new[:-1]))
+        self.computed[req.path_key] = tokens + new[:-1]
         self.paths[req.path_key] = tokens + new
         self.served += 1
         return GenResult(req.path_key, new, self.tok.decode(new, skip_special_tokens=True), reason,

@@ -1,0 +1,27 @@
+"""Shared fixtures: where the reference evaluation sets live, and config composition."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LEAP_EVAL = (REPO / ".." / "shared" / "data" / "leap_eval").resolve()
+
+
+@pytest.fixture
+def leap_eval() -> Path:
+    if not LEAP_EVAL.is_dir():
+        pytest.skip(f"reference evaluation sets not found at {LEAP_EVAL}")
+    return LEAP_EVAL
+
+
+def compose(overrides: list[str]):
+    """Compose the real Hydra config (conf/) with overrides, as the command line would."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from orchestrator.config import register, to_config
+
+    register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        return to_config(hydra_compose(config_name="config", overrides=overrides))
