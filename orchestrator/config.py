@@ -154,36 +154,40 @@ def prompt_file(spec: str) -> Path:
     return CONF_DIR / "prompts" / f"{spec}.yaml"
 
 
-def leap_params(leap: LeapConfig, overrides: dict | None = None, key: str = "leap") -> LeapParams:
-    """The pure core's parameters for one sweep point, checked."""
+def leap_params(leap: LeapConfig, overrides: dict | None = None, where: str = "") -> LeapParams:
+    """The pure core's parameters for one sweep point, checked. Errors name `leap.KEY`, or
+    `sweep[i].KEY` when the sweep entry `where` set the value."""
     values = {k: getattr(leap, k) for k in LeapConfig.__dataclass_fields__}
-    for k, v in (overrides or {}).items():
-        if k == "name":
-            continue
+    overrides = {k: v for k, v in (overrides or {}).items() if k != "name"}
+    for k, v in overrides.items():
         if k not in values:
-            raise ConfigError(f"{key}: unknown leap key '{k}'; known keys: {sorted(values)}")
+            raise ConfigError(f"{where}: unknown leap key '{k}'; known keys: {sorted(values)}")
         values[k] = v
-    _choice(f"{key}.mode", values["mode"], MODES)
-    _choice(f"{key}.router", values["router"], POLICIES)
-    _choice(f"{key}.similarity", values["similarity"], tuple(SIMILARITIES))
+
+    def key(name: str) -> str:
+        return f"{where}.{name}" if name in overrides else f"leap.{name}"
+
+    _choice(key("mode"), values["mode"], MODES)
+    _choice(key("router"), values["router"], POLICIES)
+    _choice(key("similarity"), values["similarity"], tuple(SIMILARITIES))
     for name in ("paths", "T", "max_rounds", "summary_tokens"):
-        _positive(f"{key}.{name}", values[name])
+        _positive(key(name), values[name])
     if values["answer_tokens"] < 0 or values["segment_min_tokens"] < 0:
-        raise ConfigError(f"{key}.answer_tokens and {key}.segment_min_tokens must be >= 0")
+        raise ConfigError(f"{key('answer_tokens')} and {key('segment_min_tokens')} must be >= 0")
     top_k = values["top_k"]
     if not isinstance(top_k, int) or (top_k < 1 and top_k != -1):
-        raise ConfigError(f"{key}.top_k={top_k!r} must be a positive integer or -1 (all peers)")
+        raise ConfigError(f"{key('top_k')}={top_k!r} must be a positive integer or -1 (all peers)")
     comm = values["comm_rounds"]
     if comm is not None:
         comm = tuple(int(r) for r in comm)
         bad = [r for r in comm if not 1 <= r < values["max_rounds"]]
         if bad:
-            raise ConfigError(f"{key}.comm_rounds={list(comm)}: rounds {bad} are outside 1..max_rounds-1 "
+            raise ConfigError(f"{key('comm_rounds')}={list(comm)}: rounds {bad} are outside 1..max_rounds-1 "
                               f"(the last round never communicates)")
     if values["mode"] == "compute_matched":
         budget = values["token_budget"]
         if budget is None or budget < 1:
-            raise ConfigError(f"{key}.token_budget must be set (sampled tokens per path) when mode=compute_matched")
+            raise ConfigError(f"{key('token_budget')} must be set (sampled tokens per path) when mode=compute_matched")
     return LeapParams(
         paths=values["paths"], T=values["T"], max_rounds=values["max_rounds"], comm_rounds=comm,
         top_k=top_k, router=values["router"], similarity=values["similarity"],
@@ -213,7 +217,7 @@ def sweep_points(cfg: Config) -> dict[str, LeapParams]:
             raise ConfigError(f"sweep[{i}] repeats the sweep point '{name}'")
         if "|" in name or "/" in name:
             raise ConfigError(f"sweep[{i}] name '{name}' must not contain '|' or '/'")
-        points[name] = leap_params(cfg.leap, entry, key=f"sweep[{i}]")
+        points[name] = leap_params(cfg.leap, entry, where=f"sweep[{i}]")
     return points
 
 

@@ -1,0 +1,38 @@
+"""The aime_sweep experiment on the fake engine over the reference AIME 2024 file."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from orchestrator.runner import run  # noqa: E402
+from tests.conftest import compose  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture
+def local_ray():
+    ray.init(num_cpus=4, namespace="orchestrator", include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def test_aime_sweep_writes_every_point_and_reruns_nothing(local_ray, leap_eval, tmp_path):
+    overrides = ["+experiment=aime_sweep", "engine=fake", f"dataset.path={leap_eval / 'aime.json'}",
+                 "leap.paths=4", "replicas.count=2", "replicas.gpus_per_replica=0", "leap.summary_tokens=64",
+                 f"output_dir={tmp_path}", "progress=false", "plots=false"]
+    cfg = compose(overrides)
+    summary = run(cfg)
+    paths = pq.read_table(tmp_path / "paths.parquet", columns=["sweep_point", "problem_id", "path"]).to_pylist()
+    points = {p["sweep_point"] for p in paths}
+    assert len(points) == 13 and "independent" in points
+    assert len({(p["sweep_point"], p["problem_id"]) for p in paths}) == 13 * 30
+    assert len(paths) == 13 * 30 * 4
+    assert set(summary) == points and all(summary[p]["aime24"]["problems"] == 30 for p in points)
+    msgs = pq.read_table(tmp_path / "messages.parquet", columns=["sweep_point"]).to_pylist()
+    assert "independent" not in {m["sweep_point"] for m in msgs}
+    run(compose(overrides))
+    assert json.loads((tmp_path / "run_info.json").read_text())["groups_run"] == 0
