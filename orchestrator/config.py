@@ -78,7 +78,8 @@ class LeapConfig:
     embedding_model: Optional[str] = None  # sentence-embedding model for similarity=embedding
     summary_tokens: int = 256  # S: summary length cap, and the answer-forcing budget
     answer_tokens: int = 1024  # after end-of-thinking: the written-out final answer
-    token_budget: Optional[int] = None  # compute_matched: sampled tokens per path
+    token_budget: Optional[int] = None  # compute_matched: sampled tokens per path, fixed
+    match_point: Optional[str] = None  # compute_matched: per problem, the mean tokens per path that this sweep point used
     force_answer: bool = True  # append the answer-forcing suffix after the last round
     segment_min_tokens: int = 0  # forbid EOS in the first N tokens of a segment (chat demo models)
     seed: int = 0
@@ -186,14 +187,16 @@ def leap_params(leap: LeapConfig, overrides: dict | None = None, where: str = ""
                               f"(the last round never communicates)")
     if values["mode"] == "compute_matched":
         budget = values["token_budget"]
-        if budget is None or budget < 1:
-            raise ConfigError(f"{key('token_budget')} must be set (sampled tokens per path) when mode=compute_matched")
+        if (budget is None or budget < 1) and not values["match_point"]:
+            raise ConfigError(f"{key('token_budget')} (sampled tokens per path) or {key('match_point')} "
+                              f"(a LeaP sweep point to match) must be set when mode=compute_matched")
     return LeapParams(
         paths=values["paths"], T=values["T"], max_rounds=values["max_rounds"], comm_rounds=comm,
         top_k=top_k, router=values["router"], similarity=values["similarity"],
         summary_tokens=values["summary_tokens"], answer_tokens=values["answer_tokens"],
         mode=values["mode"], token_budget=values["token_budget"], force_answer=values["force_answer"],
         segment_min_tokens=values["segment_min_tokens"], seed=values["seed"],
+        match_point=values["match_point"] if values["mode"] == "compute_matched" else None,
     )
 
 
@@ -218,6 +221,12 @@ def sweep_points(cfg: Config) -> dict[str, LeapParams]:
         if "|" in name or "/" in name:
             raise ConfigError(f"sweep[{i}] name '{name}' must not contain '|' or '/'")
         points[name] = leap_params(cfg.leap, entry, where=f"sweep[{i}]")
+    for i, (name, p) in enumerate(points.items()):
+        if p.match_point is not None and p.token_budget is None:
+            target = points.get(p.match_point)
+            if target is None or target.match_point is not None:
+                raise ConfigError(f"sweep point '{name}': match_point={p.match_point!r} must name another "
+                                  f"sweep point that is not itself matched; points: {list(points)}")
     return points
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .core.group import Group, LeapParams
 from .core.prompts import PromptSet
@@ -116,11 +116,13 @@ class Coordinator:
         self.node = _node_id()
 
     # -- driver API ---------------------------------------------------------------------------
-    async def submit(self, items: list[tuple[str, Problem]]) -> int:
-        for point, problem in items:
+    async def submit(self, items: list[tuple[str, Problem, dict]]) -> int:
+        """Start groups: (sweep point, problem, per-group overrides of the point's LeapParams)."""
+        for point, problem, overrides in items:
             key = f"{point}|{problem.id}"
-            self.progress[key] = _GroupProgress(point, problem.id, self.params[point].paths)
-            self.tasks.append(asyncio.ensure_future(self._guarded(point, problem)))
+            params = replace(self.params[point], **(overrides or {}))
+            self.progress[key] = _GroupProgress(point, problem.id, params.paths)
+            self.tasks.append(asyncio.ensure_future(self._guarded(point, problem, params)))
         return len(items)
 
     async def poll(self, timeout: float = 1.0) -> dict:
@@ -155,10 +157,10 @@ class Coordinator:
         return all(t.done() for t in self.tasks)
 
     # -- groups -------------------------------------------------------------------------------
-    async def _guarded(self, point: str, problem: Problem) -> None:
+    async def _guarded(self, point: str, problem: Problem, params: LeapParams) -> None:
         async with self.sem:
             try:
-                rows, messages = await self._run_group(point, problem)
+                rows, messages = await self._run_group(point, problem, params)
                 self.finished.append({"point": point, "problem_id": problem.id,
                                       "benchmark": problem.benchmark, "paths": rows, "messages": messages})
             except Exception as exc:  # one broken group must not sink the others
@@ -168,8 +170,7 @@ class Coordinator:
                 self.progress[f"{point}|{problem.id}"].done = True
                 self.wake.set()
 
-    async def _run_group(self, point: str, problem: Problem) -> tuple[list[dict], list[dict]]:
-        params = self.params[point]
+    async def _run_group(self, point: str, problem: Problem, params: LeapParams) -> tuple[list[dict], list[dict]]:
         prompt = render_prompt(self.tok, self.prompts, problem, params)
         group = Group(f"{point}|{problem.id}", problem, prompt, params, self.prompts, self.tok,
                       self.sampling, embed=self.embed, sweep_point=point)

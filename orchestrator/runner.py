@@ -42,9 +42,13 @@ def run(cfg: Config) -> dict:
     skipped = len(points) * len(problems) - len(todo)
     if skipped:
         log.info("resume: %d of %d groups already complete in %s", skipped, skipped + len(todo), store.root)
+    # compute-matched points wait for the point they match: their budgets come from its usage
+    first = [(pt, pb, {}) for pt, pb in todo if points[pt].match_point is None or points[pt].token_budget]
+    later = [(pt, pb) for pt, pb in todo if points[pt].match_point is not None and not points[pt].token_budget]
+    phases = [lambda: first, lambda: _matched_items(store, points, later)]
     started = time.monotonic()
     if todo:
-        _run_groups(cfg, points, prompts, todo, store)
+        _run_groups(cfg, points, prompts, phases, len(todo), store)
     paths_t, _ = store.read_parts()
     summary = metrics.summarize(paths_t.to_pylist())
     store.consolidate(summary)
@@ -54,7 +58,27 @@ def run(cfg: Config) -> dict:
     return summary
 
 
-def _run_groups(cfg: Config, points, prompts, todo: list[tuple[str, Problem]], store: ResultStore) -> None:
+def _matched_items(store: ResultStore, points, later: list[tuple[str, Problem]]) -> list:
+    """Per problem, the budget is the mean tokens per path (sampled + injected) of the matched point."""
+    if not later:
+        return []
+    paths_t, _ = store.read_parts()
+    used: dict[tuple[str, str], list[int]] = {}
+    for row in paths_t.select(["sweep_point", "problem_id", "sampled_tokens", "injected_tokens"]).to_pylist():
+        used.setdefault((row["sweep_point"], row["problem_id"]), []).append(
+            row["sampled_tokens"] + row["injected_tokens"])
+    items = []
+    for point, problem in later:
+        tokens = used.get((points[point].match_point, problem.id))
+        if not tokens:
+            log.error("compute-matched %s|%s: %s has no results for it; skipped", point, problem.id,
+                      points[point].match_point)
+            continue
+        items.append((point, problem, {"token_budget": max(1, round(sum(tokens) / len(tokens)))}))
+    return items
+
+
+def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore) -> None:
     import ray
 
     from .coordinator import Coordinator
@@ -67,20 +91,24 @@ def _run_groups(cfg: Config, points, prompts, todo: list[tuple[str, Problem]], s
     ).remote(replicas, "fake" if cfg.engine.kind == "fake" else model, points, prompts,
              sampling_spec(cfg), cfg.replicas.placement, cfg.replicas.max_groups_in_flight,
              cfg.leap.embedding_model)
-    ray.get(coordinator.submit.remote(todo))
     failed: list[str] = []
-    bar = _progress_bar(cfg, len(todo))
+    bar = _progress_bar(cfg, total)
     try:
-        while True:
-            update = ray.get(coordinator.poll.remote(1.0))
-            for g in update["groups"]:
-                store.write_group(g["point"], g["problem_id"], g["paths"], g["messages"])
-            failed.extend(update["errors"])
-            for err in update["errors"]:
-                log.error("group failed: %s", err)
-            _show(bar, update["progress"], len(update["groups"]) + len(update["errors"]))
-            if update["all_done"]:
-                break
+        for phase in phases:
+            items = phase()
+            if not items:
+                continue
+            ray.get(coordinator.submit.remote(items))
+            while True:
+                update = ray.get(coordinator.poll.remote(1.0))
+                for g in update["groups"]:
+                    store.write_group(g["point"], g["problem_id"], g["paths"], g["messages"])
+                failed.extend(update["errors"])
+                for err in update["errors"]:
+                    log.error("group failed: %s", err)
+                _show(bar, update["progress"], len(update["groups"]) + len(update["errors"]))
+                if update["all_done"]:
+                    break
     finally:
         if bar is not None:
             bar.close()

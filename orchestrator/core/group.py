@@ -45,6 +45,7 @@ class LeapParams:
     answer_tokens: int = 1024  # after the end-of-thinking marker: the written-out answer
     mode: str = "leap"
     token_budget: int | None = None  # compute_matched: sampled tokens per path
+    match_point: str | None = None  # compute_matched: the sweep point whose usage sets token_budget
     force_answer: bool = True
     segment_min_tokens: int = 0  # forbid EOS early in a segment (chat models without thinking)
     seed: int = 0

@@ -36,3 +36,22 @@ def test_aime_sweep_writes_every_point_and_reruns_nothing(local_ray, leap_eval, 
     assert "independent" not in {m["sweep_point"] for m in msgs}
     run(compose(overrides))
     assert json.loads((tmp_path / "run_info.json").read_text())["groups_run"] == 0
+
+
+def test_compute_matched_baseline_gets_the_tokens_leap_used(local_ray, tmp_path):
+    sweep = "+sweep=[{name: leap}, {name: matched, mode: compute_matched, match_point: leap}]"
+    cfg = compose(["engine=fake", "dataset=synthetic", "dataset.limit=3", "leap.paths=4", "leap.T=200",
+                   "leap.max_rounds=3", "leap.top_k=2", "replicas.count=2", "replicas.gpus_per_replica=0",
+                   f"output_dir={tmp_path}", "progress=false", "plots=false", sweep])
+    run(cfg)
+    rows = pq.read_table(tmp_path / "paths.parquet").to_pylist()
+    for pid in {r["problem_id"] for r in rows}:
+        leap = [r for r in rows if r["problem_id"] == pid and r["sweep_point"] == "leap"]
+        matched = [r for r in rows if r["problem_id"] == pid and r["sweep_point"] == "matched"]
+        budget = round(sum(r["sampled_tokens"] + r["injected_tokens"] for r in leap) / len(leap))
+        assert len(matched) == 4 and all(r["summaries"] == [] for r in matched)
+        # each matched path samples its budget in segments (fewer only if it ended early),
+        # plus the forced answer
+        for r in matched:
+            seg = sum(s["end"] - s["start"] for s in r["spans"] if s["kind"] == "segment")
+            assert seg == budget or (seg < budget and r["finish_reason"] in ("eos", "think_end"))
