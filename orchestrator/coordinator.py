@@ -176,6 +176,7 @@ class Coordinator:
                       self.sampling, embed=self.embed, sweep_point=point)
         self._place(group)
         prog = self.progress[group.key]
+        prog.active = params.paths
         pending: set[asyncio.Future] = set()
         while not group.done:
             for req in group.requests():

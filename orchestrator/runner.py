@@ -165,6 +165,7 @@ def engine_options(cfg: Config) -> dict:
     opts = asdict(cfg.engine)
     opts.pop("kind")
     opts["tensor_parallel_size"] = max(cfg.replicas.gpus_per_replica, 1)
+    opts["cpus_per_replica"] = cfg.replicas.cpus_per_replica
     opts["run_seed"] = cfg.leap.seed  # the fake writes by the run's seed, whichever replica serves
     return opts
 
@@ -208,14 +209,17 @@ def _progress_bar(cfg: Config, total: int):
 
 
 def _show(bar, progress: dict, finished: int) -> None:
-    rounds = list(progress["rounds"].values())
-    hit = progress["cache_hit_rate"]
-    text = (f"round {min(rounds)}-{max(rounds)}" if rounds else "round -") + (
-        f" | paths {progress['active_paths']} | {progress['tokens_per_s']:.0f} tok/s"
-        f" | cache {hit:.0%}" if hit is not None else
-        f" | paths {progress['active_paths']} | {progress['tokens_per_s']:.0f} tok/s")
+    """Groups done (the bar), groups per current round, active paths, tokens/s, cache hit rate."""
+    per_round: dict[int, int] = {}
+    for r in progress["rounds"].values():
+        per_round[r] = per_round.get(r, 0) + 1
+    parts = [" ".join(f"r{r}:{n}" for r, n in sorted(per_round.items())) or "r-",
+             f"paths {progress['active_paths']}", f"{progress['tokens_per_s']:.0f} tok/s"]
+    if progress["cache_hit_rate"] is not None:
+        parts.append(f"cache {progress['cache_hit_rate']:.0%}")
     if progress["failovers"]:
-        text += f" | failovers {progress['failovers']}"
+        parts.append(f"failovers {progress['failovers']}")
+    text = " | ".join(parts)
     if bar is None:
         log.debug("progress: %s", text)
         return

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 
 from . import routing
-from .grading import extract_answer, grade
+from .grading import canonical_answer, extract_answer, grade
 from .prompts import SUMMARY_OPEN, THINK_END, PromptSet
 from .rng import rng_for, stable_int
 from .text import extract_summary, paragraph_cut, repair_summary, strip_comments
@@ -334,7 +334,7 @@ class Group:
             first = extract_answer(p.summaries[0]) if p.summaries and self.problem.kind == "math" else None
             changed = None
             if first is not None and graded["answer"] is not None:
-                changed = first.strip() != str(graded["answer"]).strip()
+                changed = canonical_answer(first) != canonical_answer(str(graded["answer"]))
             reqs = p.requests
             rows.append({
                 "sweep_point": self.sweep_point,
