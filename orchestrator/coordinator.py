@@ -48,12 +48,14 @@ def load_tokenizer(spec: str):
 
 
 def render_prompt(tok, prompts: PromptSet, problem: Problem, params: LeapParams) -> list[int]:
-    """The chat-templated prompt as token ids; rendered once per group, then only appended to."""
+    """The chat-templated prompt (plus the LeaP-mode assistant prefill) as token ids; rendered
+    once per group, then only appended to."""
     messages = [{"role": "user", "content": prompts.user_turn(problem, params.uses_leap_note)}]
     ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
     if hasattr(ids, "keys"):  # newer transformers return a BatchEncoding
         ids = ids["input_ids"]
-    return list(ids)
+    prefill = prompts.prefill(problem, params.uses_leap_note)
+    return list(ids) + (tok.encode(prefill, add_special_tokens=False) if prefill else [])
 
 
 def _node_id() -> str:

@@ -7,7 +7,7 @@ Layout under `output_dir`:
     paths.parquet      one row per path (every finished group), rebuilt from the parts
     messages.parquet   one row per delivered peer summary
     summary.json       metrics per sweep point and benchmark
-    config.yaml        the resolved config of the run
+    config.json        the resolved config of the run;  run_info.json  wall time, groups run/skipped
 
 Resume: a group whose part file exists is complete and is not run again.
 """

@@ -40,7 +40,10 @@ def run(cfg: Config) -> dict:
     store.write_json("config.json", OmegaConf.to_container(OmegaConf.structured(cfg)))
     todo = [(pt, pb) for pt in points for pb in problems if not store.is_done(pt, pb.id)]
     skipped = len(points) * len(problems) - len(todo)
-    if skipped:
+    if skipped and not todo:
+        log.info("every group is already complete in %s: reporting only (use another output_dir, or "
+                 "delete this one, to run again)", store.root)
+    elif skipped:
         log.info("resume: %d of %d groups already complete in %s", skipped, skipped + len(todo), store.root)
     # compute-matched points wait for the point they match: their budgets come from its usage
     first = [(pt, pb, {}) for pt, pb in todo if points[pt].match_point is None or points[pt].token_budget]

@@ -34,6 +34,7 @@ class PromptSet:
     no_comments: str
     reflection: str
     answer_forcing: dict[str, str]
+    leap_prefill: dict[str, str] | None = None
     source: str = "<inline>"
 
     # -- rendering -----------------------------------------------------------------------------
@@ -43,13 +44,19 @@ class PromptSet:
             text = f"{text}\n\n{self.leap_note}"
         return text
 
+    def prefill(self, problem: Problem, with_leap_note: bool) -> str:
+        """Text the assistant turn starts with (after the chat template), in LeaP mode only."""
+        if not with_leap_note or not self.leap_prefill:
+            return ""
+        return self.leap_prefill.get(problem.kind, "")
+
     def summary_prompt(self, rng: Random) -> str:
         """Trigger sentence and summary opener, drawn with the path's RNG for this round."""
         return f"{rng.choice(self.triggers)} {rng.choice(self.openers)}"
 
     def peer_block(self, summaries: list[str]) -> str:
         if not summaries:
-            return self.no_comments + self.reflection
+            return self.no_comments
         lines = "\n".join(
             self.peer_line.format(index=i + 1, summary=s) for i, s in enumerate(summaries)
         )
@@ -96,6 +103,9 @@ def prompts_from_dict(raw: dict, source: str = "<inline>") -> PromptSet:
     if "{index}" not in peer_line or "{summary}" not in peer_line:
         raise ValueError(f"{source}: 'peer_line' must contain {{index}} and {{summary}}")
     forcing = per_kind("answer_forcing")
+    prefill = None
+    if raw.get("leap_prefill"):
+        prefill = per_kind("leap_prefill")
     return PromptSet(
         instruction=instruction,
         leap_note=str(raw.get("leap_note") or ""),
@@ -106,5 +116,6 @@ def prompts_from_dict(raw: dict, source: str = "<inline>") -> PromptSet:
         no_comments=str(need("no_comments")),
         reflection=str(need("reflection")),
         answer_forcing=forcing,
+        leap_prefill=prefill,
         source=source,
     )

@@ -65,10 +65,12 @@ def repair_summary(tok: Tokenizer, ids: Sequence[int]) -> tuple[int, str]:
         text = tok.decode(ids[:keep])
     if SUMMARY_CLOSE in text:
         return keep, ""
-    for n in range(len(SUMMARY_CLOSE) - 1, 0, -1):
+    # a partial tag counts from two characters on ("</"), as in the reference code: a lone "<"
+    # is more likely the start of something else
+    for n in range(len(SUMMARY_CLOSE) - 1, 1, -1):
         if text.endswith(SUMMARY_CLOSE[:n]):
             return keep, SUMMARY_CLOSE[n:]
-    return keep, " ... " + SUMMARY_CLOSE
+    return keep, "... " + SUMMARY_CLOSE
 
 
 def extract_summary(text: str) -> str:

@@ -102,6 +102,11 @@ class VLLMReplica:
                 kwargs[key] = int(cfg[key])
         if cfg.get("distributed_executor_backend"):
             kwargs["distributed_executor_backend"] = str(cfg["distributed_executor_backend"])
+        elif kwargs["tensor_parallel_size"] > 1:
+            # Inside our placement-group bundle vLLM would pick its Ray executor and try to place
+            # workers in bundles this actor already holds; its tensor-parallel workers belong in
+            # this actor's own process tree, on the GPUs Ray gave it (CUDA_VISIBLE_DEVICES).
+            kwargs["distributed_executor_backend"] = "mp"
         kwargs.update(dict(cfg.get("extra_args") or {}))
 
         args = AsyncEngineArgs(**kwargs)

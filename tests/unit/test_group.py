@@ -160,8 +160,8 @@ def test_summary_that_hits_the_cap_is_closed():
 
     g = ScriptedEngine(make_group(summary_tokens=16), script).run()
     row = g.records()[0]
-    assert row["summaries"][0].endswith("x ...")
-    assert "x ... </summarize>" in row["text"]
+    assert row["summaries"][0].endswith("x...")
+    assert "x... </summarize>" in row["text"]
 
 
 def test_summary_with_partial_tag_or_think_end_is_repaired():
@@ -169,7 +169,10 @@ def test_summary_with_partial_tag_or_think_end_is_repaired():
     assert fix == "arize>" and keep == len(TOK.encode(" the answer is 5. </summ"))
     ids = TOK.encode(" the answer is 5.</think> more")
     keep, fix = repair_summary(TOK, ids)
-    assert TOK.decode(ids[:keep]) == " the answer is 5." and fix == " ... </summarize>"
+    assert TOK.decode(ids[:keep]) == " the answer is 5." and fix == "... </summarize>"
+    # a lone "<" is not taken for the start of the closing tag; "</" is
+    assert repair_summary(TOK, TOK.encode("so 3 <"))[1] == "... </summarize>"
+    assert repair_summary(TOK, TOK.encode("so 3 </"))[1] == "summarize>"
 
 
 def test_segment_without_paragraph_break_is_kept_whole():
