@@ -33,6 +33,8 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from fractions import Fraction
 
+from .compat import reference_correct
+
 logger = logging.getLogger(__name__)
 
 _POOL_WORKERS = 8
@@ -286,17 +288,9 @@ def canonical_answer(ans: str | None) -> str | None:
     return norm
 
 
-def _unbox_gold(gold: str) -> str:
-    boxed = last_boxed(gold)
-    return boxed if boxed is not None else gold
-
-
 def leap_compat_correct(text: str, gold: str) -> bool:
-    """The reference code's lenient verdict: extracted answer matches gold after normalization."""
-    answer = extract_answer(text)
-    if answer is None:
-        return False
-    return answers_match(answer, _unbox_gold(str(gold)))
+    """The reference LeaP code's lenient verdict, quirks included (see `compat`)."""
+    return reference_correct(text, str(gold))
 
 
 # --------------------------------------------------------------------------- GPQA

@@ -240,3 +240,38 @@ def test_grade_gpqa():
 def test_grade_unknown_kind():
     with pytest.raises(ValueError, match="math"):
         grade("x", "y", kind="code")
+
+
+# --------------------------------------------------------------------------- reference compat
+# Each verdict below follows from the reference scorer's rules (lower-casing, last complete
+# \boxed{}, numeric-gold last-number fallback, strip_string, the containment quirk).
+from orchestrator.core.compat import reference_correct  # noqa: E402
+
+REFERENCE_CASES = [
+    ("so \\boxed{025}", "25", True),
+    ("we get \\boxed{} and the result is 12 apples", "12", True),
+    ("therefore the answer is x+1.\nok", "x+1", True),
+    ("\\boxed{2\\sqrt{3}}", "\\sqrt{3}", True),  # containment quirk of the reference
+    ("\\boxed{-5}", "5", False),
+    ("\\boxed{1,000}", "1000", True),
+    ("\\boxed{\\frac12}", "\\frac{1}{2}", True),
+    ("\\boxed{0.5}", "\\frac{1}{2}", True),
+    ("\\boxed{1/2}", "\\frac{1}{2}", True),
+    ("\\boxed{x = 3}", "3", True),
+    ("\\boxed{10\\text{ cm}}", "10", True),
+    ("\\boxed{A}", "a", True),
+    ("no digits here at all", "7", False),
+    ("the answer is 7", "7", True),
+    ("\\boxed{5} then later \\boxed{12", "5", True),  # an unclosed box does not count
+    ("\\boxed{3}", "$3$", True),
+    ("the value is 1/2", "1/2", True),
+    ("\\boxed{4}", "5", False),
+    ("\\boxed{3.0}", "3", True),
+    ("nothing to say", "x+1", False),  # non-numeric gold, no phrase with 'is'
+]
+
+
+@pytest.mark.parametrize("text, gold, expected", REFERENCE_CASES)
+def test_reference_compatible_verdicts(text, gold, expected):
+    assert reference_correct(text, gold) is expected
+    assert leap_compat_correct(text, gold) is expected
