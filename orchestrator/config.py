@@ -92,7 +92,7 @@ class LeapConfig:
 class ReplicasConfig:
     count: int = 1  # vLLM replicas (Ray actors)
     gpus_per_replica: int = 1  # tensor parallel size inside a replica; 0 on CPU
-    cpus_per_replica: int = 1
+    cpus_per_replica: float = 1  # fractions are fine for fake replicas (simulations)
     placement: str = "spread"  # spread: a problem's paths over replicas | pack: one replica
     strategy: str = "PACK"  # placement-group strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     max_groups_in_flight: int = 8  # groups the coordinator runs at once
@@ -251,7 +251,11 @@ def validate(cfg: Config) -> dict[str, LeapParams]:
     _choice("replicas.strategy", cfg.replicas.strategy, ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
     _positive("replicas.count", cfg.replicas.count)
     _positive("replicas.gpus_per_replica", cfg.replicas.gpus_per_replica, minimum=0)
-    _positive("replicas.cpus_per_replica", cfg.replicas.cpus_per_replica, minimum=0)
+    if not cfg.replicas.cpus_per_replica >= 0:
+        raise ConfigError(f"replicas.cpus_per_replica={cfg.replicas.cpus_per_replica} must be >= 0")
+    if cfg.replicas.cpus_per_replica == 0 and cfg.replicas.gpus_per_replica == 0:
+        raise ConfigError("a replica needs some resource: set replicas.cpus_per_replica > 0 "
+                          "or replicas.gpus_per_replica > 0")
     _positive("replicas.max_groups_in_flight", cfg.replicas.max_groups_in_flight)
     _positive("engine.max_model_len", cfg.engine.max_model_len, minimum=16)
     if cfg.dataset.limit is not None:

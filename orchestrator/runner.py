@@ -8,6 +8,7 @@ writes each finished group as soon as it arrives, and rebuilds the result files 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import asdict
@@ -50,12 +51,12 @@ def run(cfg: Config) -> dict:
     later = [(pt, pb) for pt, pb in todo if points[pt].match_point is not None and not points[pt].token_budget]
     phases = [lambda: first, lambda: _matched_items(store, points, later)]
     started = time.monotonic()
-    if todo:
-        _run_groups(cfg, points, prompts, phases, len(todo), store)
+    generation_s = _run_groups(cfg, points, prompts, phases, len(todo), store) if todo else 0.0
     paths_t, _ = store.read_parts()
     summary = metrics.summarize(paths_t.to_pylist())
     store.consolidate(summary)
     store.write_json("run_info.json", {"wall_s": round(time.monotonic() - started, 3),
+                                       "generation_s": round(generation_s, 3),
                                        "groups_run": len(todo), "groups_skipped": skipped})
     _report(cfg, store, paths_t, summary)
     return summary
@@ -81,7 +82,8 @@ def _matched_items(store: ResultStore, points, later: list[tuple[str, Problem]])
     return items
 
 
-def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore) -> None:
+def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore) -> float:
+    """Run the phases' groups on fresh replicas; returns seconds from first submit to last result."""
     import ray
 
     from .coordinator import Coordinator
@@ -96,6 +98,7 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
              cfg.leap.embedding_model)
     failed: list[str] = []
     bar = _progress_bar(cfg, total)
+    submitted = time.monotonic()
     try:
         for phase in phases:
             items = phase()
@@ -129,6 +132,7 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
     if failed:
         raise RuntimeError(f"{len(failed)} group(s) failed (finished groups are saved; rerun to retry): "
                            + "; ".join(failed[:5]))
+    return time.monotonic() - submitted
 
 
 def _model_path(cfg: Config) -> str:
@@ -148,7 +152,7 @@ def _init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address, namespace=NAMESPACE)
         return
-    need = cfg.replicas.count * cfg.replicas.cpus_per_replica + 1
+    need = math.ceil(cfg.replicas.count * cfg.replicas.cpus_per_replica) + 1
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, need)
     ray.init(num_cpus=num_cpus, num_gpus=cfg.ray.num_gpus, namespace=NAMESPACE,
              include_dashboard=False, log_to_driver=True)

@@ -52,6 +52,7 @@ def test_gpqa_uses_eight_paths():
     ("leap.mode=compute_matched", "token_budget"),
     ("leap.comm_rounds=[4]", "comm_rounds"),
     ("replicas.count=0", "replicas.count"),
+    ("replicas.cpus_per_replica=0 replicas.gpus_per_replica=0", "replicas.cpus_per_replica"),
     ("replicas.placement=random", "replicas.placement"),
     ("dataset.path=/no/such/file.json", "dataset.path"),
     ("leap.prompts=/no/such/prompts.yaml", "leap.prompts"),
