@@ -200,6 +200,8 @@ def _start_replicas(cfg: Config, model: str):
             name=REPLICA_NAME.format(i), namespace=NAMESPACE,
             num_cpus=rc.cpus_per_replica, num_gpus=gpus, max_concurrency=1000,
             scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+            # vLLM logs every step of its start-up at INFO; keep the driver's console readable
+            runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}},
         ).remote(i, model, engine_options(cfg), cfg.leap.seed + i))
     infos = ray.get([r.info.remote() for r in replicas])  # waits until every engine is up
     for info in infos:
