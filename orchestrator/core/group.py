@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from . import routing
 from .grading import canonical_answer, extract_answer, grade
-from .prompts import SUMMARY_OPEN, THINK_END, PromptSet
+from .prompts import SUMMARY_CLOSE, SUMMARY_OPEN, THINK_END, PromptSet
 from .rng import rng_for, stable_int
 from .text import extract_summary, paragraph_cut, repair_summary, strip_comments
 from .types import GenRequest, GenResult, Problem, SamplingSpec, Tokenizer
@@ -163,7 +163,7 @@ class Group:
                 stop.append(SUMMARY_OPEN)
             min_tokens = min(prm.segment_min_tokens, max_tokens)
         elif p.phase == "summary":
-            max_tokens, stop = prm.summary_tokens, ["</summarize>", THINK_END]
+            max_tokens, stop = prm.summary_tokens, [SUMMARY_CLOSE, THINK_END]
         elif p.phase == "answer":
             max_tokens = prm.answer_tokens
         else:  # force
