@@ -8,13 +8,12 @@ Contract
   thread pool bounded by `future.result(timeout_s)`. A timeout returns False (logged). Safe from
   any thread and inside Ray actors. A check that never finishes keeps its worker busy (Python
   cannot kill a thread); the pool has several workers so one stuck check does not stall grading.
-- `extract_answer(text) -> str | None`: the reference LeaP code's lenient extraction: the content
+- `extract_answer(text) -> str | None`: the path's answer, independent of the gold: the content
   of the last complete `\\boxed{...}` (or `\\fbox{...}`, braces balanced; empty boxes ignored),
-  else the last number in the text, else None.
-- `normalize_answer(ans) -> str`: MATH-dataset style normalization (the `strip_string` rules).
-- `leap_compat_correct(text, gold) -> bool`: extracted and normalized answer equals the normalized
-  gold as a string, or both parse as numbers with equal values ("025" == "25", "1,000" == "1000",
-  "5.0" == "5", "\\frac{1}{2}" == "0.5").
+  else the last number in the text, else None. Stored per path and used for voting.
+- `normalize_answer(ans) -> str`: MATH-dataset style normalization, for the voting key.
+- `leap_compat_correct(text, gold) -> bool`: the reference LeaP code's lenient scorer, rule for
+  rule (see `compat.py`), so that `correct_compat` matches the paper's numbers.
 - `extract_choice(text) -> str | None` and `gpqa_correct(text, gold_letter) -> bool`: the choice
   letter A-D from the last `ANSWER: X` (markdown bold, parentheses and a trailing period are
   tolerated), else from the last `\\boxed{X}`.
@@ -25,7 +24,6 @@ Contract
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import threading
@@ -233,45 +231,22 @@ def normalize_answer(ans: str) -> str:
     return _fix_a_slash_b(s)
 
 
-# --------------------------------------------------------------------------- numeric compare
+# --------------------------------------------------------------------------- voting key
 
 _PLAIN_NUMBER_RE = re.compile(r"^[-+]?(\d+(\.\d*)?|\.\d+)$")
 _FRAC_NUMBER_RE = re.compile(r"^([-+]?)\\frac\{([-+]?\d+)\}\{([-+]?\d+)\}$")
 
 
-def _as_number(s: str) -> tuple[Fraction, bool] | None:
-    """(value, exact) for a normalized answer that is a plain number or integer fraction.
-
-    `exact` is False for decimals with a fractional part, which are compared approximately.
-    """
+def _as_number(s: str) -> Fraction | None:
+    """The value of a normalized answer that is a plain number or an integer fraction."""
     s = _THOUSANDS_RE.sub("", s)
     if _PLAIN_NUMBER_RE.match(s):
-        value = Fraction(s)
-        return value, "." not in s or value.denominator == 1
+        return Fraction(s)
     match = _FRAC_NUMBER_RE.match(s)
     if match and int(match.group(3)) != 0:
         sign = -1 if match.group(1) == "-" else 1
-        return sign * Fraction(int(match.group(2)), int(match.group(3))), True
+        return sign * Fraction(int(match.group(2)), int(match.group(3)))
     return None
-
-
-def _numbers_equal(a: str, b: str) -> bool:
-    left, right = _as_number(a), _as_number(b)
-    if left is None or right is None:
-        return False
-    if left[0] == right[0]:
-        return True
-    if left[1] and right[1]:
-        return False
-    return math.isclose(float(left[0]), float(right[0]), rel_tol=1e-6, abs_tol=1e-9)
-
-
-def answers_match(pred: str, gold: str) -> bool:
-    """Lenient equality of two raw answer strings after normalization."""
-    p, g = normalize_answer(pred), normalize_answer(gold)
-    if not p or not g:
-        return False
-    return p == g or _numbers_equal(p, g)
 
 
 def canonical_answer(ans: str | None) -> str | None:
@@ -281,9 +256,8 @@ def canonical_answer(ans: str | None) -> str | None:
     norm = normalize_answer(ans)
     if not norm:
         return None
-    number = _as_number(norm)
-    if number is not None:
-        value = number[0]
+    value = _as_number(norm)
+    if value is not None:
         return str(value.numerator) if value.denominator == 1 else f"{value}"
     return norm
 
@@ -356,7 +330,6 @@ def grade(text: str, gold: str, kind: str = "math") -> dict:
 
 __all__ = [
     "GRADE_KINDS",
-    "answers_match",
     "canonical_answer",
     "extract_answer",
     "extract_choice",
