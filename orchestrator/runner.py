@@ -184,7 +184,17 @@ def _start_replicas(cfg: Config, model: str):
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     rc = cfg.replicas
-    gpus = rc.gpus_per_replica if cfg.engine.kind == "vllm" else rc.gpus_per_replica
+    gpus = rc.gpus_per_replica
+    have = ray.cluster_resources().get("GPU", 0)
+    if cfg.engine.kind == "fake" and gpus and not have:
+        # fake replicas use GPUs only to mimic placement; on a machine without any, ask for none
+        log.info("fake engine on a cluster without GPUs: replicas ask for none "
+                 "(replicas.gpus_per_replica=%s ignored)", gpus)
+        gpus = 0
+    if gpus * rc.count > have and not _autoscaling(cfg):
+        raise RuntimeError(f"replicas.count={rc.count} x replicas.gpus_per_replica={gpus} needs "
+                           f"{gpus * rc.count} GPUs but this Ray cluster has {have:g}; lower them "
+                           f"(replicas.gpus_per_replica=0 with engine=cpu on a CPU machine)")
     bundle = {"CPU": rc.cpus_per_replica}
     if gpus:
         bundle["GPU"] = gpus
@@ -207,6 +217,11 @@ def _start_replicas(cfg: Config, model: str):
     for info in infos:
         log.info("replica %s up on node %s (%s)", info["index"], info["node"][:12], info["model"])
     return replicas, pg
+
+
+def _autoscaling(cfg: Config) -> bool:
+    """Only a cluster we joined can grow; the local Ray this driver started cannot."""
+    return bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
 
 
 def _progress_bar(cfg: Config, total: int):

@@ -22,7 +22,7 @@ def local_ray():
 
 def test_aime_sweep_writes_every_point_and_reruns_nothing(local_ray, leap_eval, tmp_path):
     overrides = ["+experiment=aime_sweep", "engine=fake", f"dataset.path={leap_eval / 'aime.json'}",
-                 "leap.paths=4", "replicas.count=2", "replicas.gpus_per_replica=0", "leap.summary_tokens=64",
+                 "leap.paths=4", "replicas.count=2", "leap.summary_tokens=64",  # GPUs asked, none here
                  f"output_dir={tmp_path}", "progress=false", "plots=false"]
     cfg = compose(overrides)
     summary = run(cfg)
@@ -55,3 +55,10 @@ def test_compute_matched_baseline_gets_the_tokens_leap_used(local_ray, tmp_path)
         for r in matched:
             seg = sum(s["end"] - s["start"] for s in r["spans"] if s["kind"] == "segment")
             assert seg == budget or (seg < budget and r["finish_reason"] in ("eos", "think_end"))
+
+
+def test_missing_gpus_fail_fast_with_the_keys(local_ray, tmp_path):
+    cfg = compose(["engine=vllm", "model.path=/models/none", "replicas.count=2", "replicas.gpus_per_replica=1",
+                   f"output_dir={tmp_path}", "progress=false"])
+    with pytest.raises(RuntimeError, match=r"replicas.count=2 x replicas.gpus_per_replica=1 needs 2 GPUs"):
+        run(cfg)
