@@ -152,6 +152,11 @@ def _init_ray(cfg: Config) -> None:
     if address:
         ray.init(address=address, namespace=NAMESPACE)
         return
+    # Ray 2.52+ turns token authentication on for a new local cluster and writes
+    # ~/.ray/auth_token; every later `ray start --head` on the machine then requires the token,
+    # which `ray job submit` does not send by default. This in-process cluster lives and dies
+    # with the driver, so it opts out unless the user chose a mode.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     need = math.ceil(cfg.replicas.count * cfg.replicas.cpus_per_replica) + 1
     num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, need)
     ray.init(num_cpus=num_cpus, num_gpus=cfg.ray.num_gpus, namespace=NAMESPACE,

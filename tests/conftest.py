@@ -1,8 +1,13 @@
 """Shared fixtures: where the reference evaluation sets live, and config composition."""
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Local test clusters opt out of Ray's default token authentication, which would otherwise leave
+# ~/.ray/auth_token behind and switch on authentication for every later cluster on the machine.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 REPO = Path(__file__).resolve().parents[1]
 LEAP_EVAL = (REPO / ".." / "shared" / "data" / "leap_eval").resolve()
