@@ -20,7 +20,7 @@ models: install  ## build the tiny test model and prepare SmolLM2 (cached; done 
 	$(PY) -m orchestrator.models builtin:tiny builtin:smollm2
 
 demo: install  ## a real LeaP run on CPU: 2 vLLM replicas, SmolLM2-135M, the synthetic set
-	$(PY) -m orchestrator +experiment=demo
+	$(PY) -m orchestrator +experiment=demo $(ARGS)
 
 test: install  ## the whole suite: pure core, Ray with fake replicas, real vLLM end to end
 	$(PY) -m pytest
