@@ -129,7 +129,6 @@ def test_killed_run_resumes_without_duplicates(tmp_path):
         proc.wait()
     done_before = len(list((out / "parts").glob("*/*.parquet")))
     assert done_before < 6, "the run finished before it could be killed"
-    assert not list((out / "parts").glob("*/.*.tmp")) or True  # temp files are never read
     cmd, env = _cli(out)
     subprocess.run(cmd, cwd=REPO, env=env, check=True, capture_output=True, timeout=300)
     paths, _ = read(out)
