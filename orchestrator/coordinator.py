@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from .core.group import Group, LeapParams
 from .core.prompts import PromptSet
 from .core.types import GenRequest, GenResult, PathStateMissing, Problem, ReplicaDead, SamplingSpec
+from .engines import node_id
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,6 @@ def render_prompt(tok, prompts: PromptSet, problem: Problem, params: LeapParams)
         ids = ids["input_ids"]
     prefill = prompts.prefill(problem, params.uses_leap_note)
     return list(ids) + (tok.encode(prefill, add_special_tokens=False) if prefill else [])
-
-
-def _node_id() -> str:
-    try:
-        import ray
-
-        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
-    except ImportError:  # pragma: no cover
-        return ""
 
 
 def _is_replica_death(exc: BaseException) -> bool:
@@ -115,7 +107,7 @@ class Coordinator:
         self.cached_tokens = 0
         self.failovers = 0
         self.wake = asyncio.Event()
-        self.node = _node_id()
+        self.node = node_id()
 
     # -- driver API ---------------------------------------------------------------------------
     async def submit(self, items: list[tuple[str, Problem, dict]]) -> int:

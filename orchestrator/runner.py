@@ -47,8 +47,9 @@ def run(cfg: Config) -> dict:
     elif skipped:
         log.info("resume: %d of %d groups already complete in %s", skipped, skipped + len(todo), store.root)
     # compute-matched points wait for the point they match: their budgets come from its usage
-    first = [(pt, pb, {}) for pt, pb in todo if points[pt].match_point is None or points[pt].token_budget]
-    later = [(pt, pb) for pt, pb in todo if points[pt].match_point is not None and not points[pt].token_budget]
+    waits = {pt for pt, p in points.items() if p.match_point is not None and not p.token_budget}
+    first = [(pt, pb, {}) for pt, pb in todo if pt not in waits]
+    later = [(pt, pb) for pt, pb in todo if pt in waits]
     phases = [lambda: first, lambda: _matched_items(store, points, later)]
     started = time.monotonic()
     generation_s = _run_groups(cfg, points, prompts, phases, len(todo), store) if todo else 0.0

@@ -15,13 +15,13 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-import socket
 from collections import Counter
 from dataclasses import dataclass
 from typing import Sequence
 
 from ..core.rng import stable_int
 from ..core.types import GenRequest, GenResult, PathStateMissing
+from . import node_id
 
 BLOCK = 16
 
@@ -98,12 +98,7 @@ class FakeReplica:
         self.computed: dict[str, list[int]] = {}  # per path: tokens whose KV is "cached"
         self.in_flight = 0
         self.served = 0
-        try:
-            import ray
-
-            self.node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else socket.gethostname()
-        except ImportError:
-            self.node = socket.gethostname()
+        self.node = node_id()
 
     async def info(self) -> dict:
         return {"index": self.index, "node": self.node, "model": "fake", "max_model_len": self.max_model_len}

@@ -15,12 +15,11 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import socket
-import sys
 import time
 from typing import Any
 
 from orchestrator.core.types import GenRequest, GenResult, PathStateMissing, ReplicaDead
+from orchestrator.engines import node_id
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +30,6 @@ _KNOWN_KEYS = {
     "cpu_threads_bind", "cpus_per_replica",
     "distributed_executor_backend", "max_num_batched_tokens", "extra_args",
 }
-
-
-def _node_id() -> str:
-    """The Ray node id when running inside Ray, else the host name."""
-    ray = sys.modules.get("ray")  # only if already imported: never pull ray in from here
-    if ray is not None:
-        try:
-            if ray.is_initialized():
-                return str(ray.get_runtime_context().get_node_id())
-        except Exception:  # not in a worker, or an older API: fall back to the host name
-            pass
-    return socket.gethostname()
 
 
 class VLLMReplica:
@@ -68,7 +55,7 @@ class VLLMReplica:
         self.max_model_len = int(cfg.get("max_model_len", 4096))
         self.per_request_seed = bool(cfg.get("per_request_seed", False))
         self.engine_seed = int(seed) + self.index
-        self.node = _node_id()
+        self.node = node_id()
         self._paths: dict[str, list[int]] = {}
         self._ids = itertools.count()
 
