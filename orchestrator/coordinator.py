@@ -1,30 +1,54 @@
 """The coordinator: runs every group's round state machine and moves requests to replicas.
 
-It is an async Ray actor (1 CPU, off the GPUs). Each group (sweep point x problem) runs as its
-own asyncio task, so problems advance independently and a slow one never holds back another;
-barriers are per group. Paths are assigned to replicas once (sticky: their KV cache stays warm)
-and the coordinator keeps every path's token state, so when a replica dies its paths move to a
-live replica, which is sent their whole token list once.
+It is an async Ray actor (its own CPU bundle, off the GPUs); it also runs in-process over local
+replica handles (`engines/local.py`) for the simulation benchmark. Each group (sweep point x
+problem) runs as its own asyncio task, so problems advance independently and a slow one never
+holds back another; barriers are per group. Paths stay on one replica (`assign.ReplicaPool`) and
+the coordinator keeps every path's token state, so a dead replica's paths move to live ones.
+
+Admission keeps the replicas' batches full: groups are admitted while the paths still alive stay
+under `oversubscribe` x the replicas' combined capacity (their `max_num_seqs`); when paths finish
+or wait at a barrier the engines' queues refill from the groups admitted beyond capacity, and
+finished paths make room for new groups at once.
+
+Schedules:
+  leap      per-group barriers, a path's next request goes out the moment its barrier releases.
+  lockstep  the reference's scheme, for comparison: groups run in waves, and inside a wave every
+            phase is a global barrier (all paths of all groups of the wave finish their segment
+            before any summary starts, and so on).
 
 The driver calls `submit()` and then `poll()` until every group is done; `poll` hands back the
-finished groups' rows (the driver writes them) and a progress snapshot.
+finished groups' rows (ungraded: the driver grades off this process) and checkpoints.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import resource
 import time
-from dataclasses import dataclass, replace
+from collections import deque
+from dataclasses import dataclass, field, replace
 
+from .assign import ReplicaPool
 from .core.group import Group, LeapParams
 from .core.prompts import PromptSet
 from .core.types import GenRequest, GenResult, PathStateMissing, Problem, ReplicaDead, SamplingSpec
 from .engines import node_id
+from .engines.tokenizer import load_tokenizer, render_prompt
 
 log = logging.getLogger(__name__)
 
-PLACEMENTS = ("spread", "pack")
+SCHEDULES = ("leap", "lockstep")
+
+
+@dataclass
+class _Pending:
+    point: str
+    problem: Problem
+    params: LeapParams
+    checkpoint: bytes | None = None
 
 
 @dataclass
@@ -37,34 +61,27 @@ class _GroupProgress:
     done: bool = False
 
 
-def load_tokenizer(spec: str):
-    """`fake` gives the fake replica's tokenizer; anything else is a checkpoint directory."""
-    if spec == "fake":
-        from .engines.fake import FakeTokenizer
+@dataclass
+class _Timing:
+    """Coordinator-side measurements, reported by `stats()`."""
 
-        return FakeTokenizer()
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(spec)
-
-
-def render_prompt(tok, prompts: PromptSet, problem: Problem, params: LeapParams) -> list[int]:
-    """The chat-templated prompt (plus the LeaP-mode assistant prefill) as token ids; rendered
-    once per group, then only appended to."""
-    messages = [{"role": "user", "content": prompts.user_turn(problem, params.uses_leap_note)}]
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-    if hasattr(ids, "keys"):  # newer transformers return a BatchEncoding
-        ids = ids["input_ids"]
-    prefill = prompts.prefill(problem, params.uses_leap_note)
-    return list(ids) + (tok.encode(prefill, add_special_tokens=False) if prefill else [])
+    barrier_ms: list[float] = field(default_factory=list)  # CPU time to release one barrier
+    barrier_paths: list[int] = field(default_factory=list)
+    barrier_wait_s: float = 0.0  # path-seconds spent waiting at barriers
+    request_ms: float = 0.0  # coordinator time handling results (incl. barriers)
+    requests: int = 0
+    first_send: float | None = None
+    last_result: float | None = None
 
 
 def _is_replica_death(exc: BaseException) -> bool:
+    if isinstance(exc, ReplicaDead):
+        return True
     try:
         from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-    except ImportError:  # pragma: no cover - ray is always there when actors are
-        return isinstance(exc, ReplicaDead)
-    return isinstance(exc, (ReplicaDead, RayActorError, ActorDiedError, ActorUnavailableError))
+    except ImportError:  # in-process simulation
+        return False
+    return isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError))
 
 
 class Coordinator:
@@ -76,52 +93,78 @@ class Coordinator:
         prompts: PromptSet,
         sampling: SamplingSpec,
         placement: str = "spread",
-        max_groups_in_flight: int = 8,
+        max_groups_in_flight: int | None = None,
         embed_model: str | None = None,
+        schedule: str = "leap",
+        oversubscribe: float = 1.5,
+        capacity: list[int] | None = None,
     ):
-        if placement not in PLACEMENTS:
-            raise ValueError(f"replicas.placement must be one of {PLACEMENTS}, got {placement!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"replicas.schedule must be one of {SCHEDULES}, got {schedule!r}")
+        t0 = time.perf_counter()
         self.replicas = list(replicas)
-        self.alive = [True] * len(self.replicas)
-        self.load = [0] * len(self.replicas)
+        self.pool = ReplicaPool(len(self.replicas), placement)
         self.tok = load_tokenizer(tokenizer)
         self.params = params
         self.prompts = prompts
         self.sampling = sampling
-        self.placement = placement
+        self.schedule = schedule
+        self.max_groups = max_groups_in_flight
+        self.oversubscribe = float(oversubscribe)
+        self.capacity = list(capacity) if capacity else None
         self.embed = None
         if any(p.similarity == "embedding" for p in params.values()):
             from .embedding import load_embedder
 
             self.embed = load_embedder(embed_model)
-        self.sem = asyncio.Semaphore(max(1, max_groups_in_flight))
-        self.assign: dict[str, int] = {}  # path key -> replica index
-        self.holder: dict[str, int] = {}  # path key -> replica that holds its tokens
+        self.queue: deque[_Pending] = deque()
+        self.groups: dict[str, Group] = {}  # admitted, not finished
+        self.live_paths = 0  # paths of admitted groups not yet done
         self.finished: list[dict] = []
+        self.checkpoints: list[tuple[str, str, bytes]] = []
         self.errors: list[str] = []
-        self.tasks: list[asyncio.Task] = []
+        self.tasks: set[asyncio.Task] = set()
         self.progress: dict[str, _GroupProgress] = {}
         self.started = time.monotonic()
         self.sampled_tokens = 0
         self.prompt_tokens = 0
         self.cached_tokens = 0
-        self.failovers = 0
-        self.wake = asyncio.Event()
+        self.timing = _Timing()
+        self.peak_paths = 0
+        self.rss_start = _rss_bytes()
+        self.wake = asyncio.Event() if _has_loop() else None
         self.node = node_id()
+        self.init_s = time.perf_counter() - t0
 
     # -- driver API ---------------------------------------------------------------------------
-    async def submit(self, items: list[tuple[str, Problem, dict]]) -> int:
-        """Start groups: (sweep point, problem, per-group overrides of the point's LeapParams)."""
-        for point, problem, overrides in items:
-            key = f"{point}|{problem.id}"
+    async def ready(self) -> dict:
+        """Answers once the tokenizer (and embedder) are loaded: the driver calls it while the
+        engines load, so the coordinator is never on the critical path."""
+        return {"node": self.node, "init_s": round(self.init_s, 3)}
+
+    async def set_capacity(self, capacity: list[int]) -> None:
+        """Each replica's concurrent-sequence capacity (from its `info()`), once they are up."""
+        self.capacity = [max(1, int(c)) for c in capacity]
+        self._admit()
+
+    async def submit(self, items: list[tuple]) -> int:
+        """Queue groups: (sweep point, problem, per-group overrides of the point's LeapParams[,
+        checkpoint bytes]); they are admitted as capacity allows."""
+        for item in items:
+            point, problem, overrides = item[:3]
+            checkpoint = item[3] if len(item) > 3 else None
             params = replace(self.params[point], **(overrides or {}))
+            key = f"{point}|{problem.id}"
             self.progress[key] = _GroupProgress(point, problem.id, params.paths)
-            self.tasks.append(asyncio.ensure_future(self._guarded(point, problem, params)))
+            self.queue.append(_Pending(point, problem, params, checkpoint))
+        if self.wake is None:
+            self.wake = asyncio.Event()
+        self._admit()
         return len(items)
 
     async def poll(self, timeout: float = 1.0) -> dict:
-        """Finished groups since the last poll, plus a progress snapshot."""
-        if not self.finished and not self.errors and not self._all_done():
+        """Finished groups and checkpoints since the last poll, plus a progress snapshot."""
+        if not self.finished and not self.errors and not self.checkpoints and not self._all_done():
             self.wake.clear()
             try:
                 await asyncio.wait_for(self.wake.wait(), timeout)
@@ -129,7 +172,9 @@ class Coordinator:
                 pass
         done, self.finished = self.finished, []
         errors, self.errors = self.errors, []
-        return {"groups": done, "errors": errors, "progress": self.snapshot(), "all_done": self._all_done()}
+        ckpts, self.checkpoints = self.checkpoints, []
+        return {"groups": done, "errors": errors, "checkpoints": ckpts,
+                "progress": self.snapshot(), "all_done": self._all_done()}
 
     def snapshot(self) -> dict:
         groups = list(self.progress.values())
@@ -138,40 +183,166 @@ class Coordinator:
             "groups_total": len(groups),
             "groups_done": sum(g.done for g in groups),
             "active_paths": sum(g.active for g in groups if not g.done),
-            "rounds": {f"{g.point}|{g.problem}": g.round for g in groups if not g.done},
+            "rounds": {f"{g.point}|{g.problem}": g.round for g in groups if not g.done and g.active},
             "tokens_per_s": self.sampled_tokens / elapsed,
             "sampled_tokens": self.sampled_tokens,
             "cache_hit_rate": self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None,
-            "replicas_alive": sum(self.alive),
-            "failovers": self.failovers,
+            "replicas_alive": sum(self.pool.alive),
+            "failovers": self.pool.moved,
             "node": self.node,
         }
 
-    def _all_done(self) -> bool:
-        return all(t.done() for t in self.tasks)
+    async def stats(self) -> dict:
+        """What the benchmark and run_info.json report about the coordinator itself."""
+        t = self.timing
+        ms = sorted(t.barrier_ms)
+        rss = _rss_bytes()
+        return {
+            "schedule": self.schedule,
+            "barriers": len(ms),
+            "barrier_ms_mean": round(sum(ms) / len(ms), 3) if ms else None,
+            "barrier_ms_p99": round(ms[min(len(ms) - 1, int(0.99 * len(ms)))], 3) if ms else None,
+            "barrier_ms_max": round(ms[-1], 3) if ms else None,
+            "barrier_paths_mean": round(sum(t.barrier_paths) / len(t.barrier_paths), 1) if ms else None,
+            "barrier_wait_path_s": round(t.barrier_wait_s, 3),
+            "result_handling_ms_per_request": round(t.request_ms / t.requests, 4) if t.requests else None,
+            "requests": t.requests,
+            "first_send_t": t.first_send,
+            "last_result_t": t.last_result,
+            "peak_paths_in_flight": self.peak_paths,
+            "rss_bytes": rss,
+            "rss_growth_per_path_bytes": round((rss - self.rss_start) / self.peak_paths) if self.peak_paths else None,
+            "init_s": round(self.init_s, 3),
+            "replica_deaths": list(self.pool.deaths),
+            "moved_paths": self.pool.moved,
+        }
 
-    # -- groups -------------------------------------------------------------------------------
-    async def _guarded(self, point: str, problem: Problem, params: LeapParams) -> None:
-        async with self.sem:
-            try:
-                rows, messages = await self._run_group(point, problem, params)
-                self.finished.append({"point": point, "problem_id": problem.id,
-                                      "benchmark": problem.benchmark, "paths": rows, "messages": messages})
-            except Exception as exc:  # one broken group must not sink the others
-                log.exception("group %s|%s failed", point, problem.id)
-                self.errors.append(f"{point}|{problem.id}: {type(exc).__name__}: {exc}")
-            finally:
-                self.progress[f"{point}|{problem.id}"].done = True
+    def _all_done(self) -> bool:
+        return not self.queue and not self.tasks
+
+    # -- admission ----------------------------------------------------------------------------
+    def _target_paths(self) -> int | None:
+        if not self.capacity:
+            return None
+        live = [c for c, ok in zip(self.capacity, self.pool.alive) if ok]
+        return max(1, math.ceil(self.oversubscribe * sum(live)))
+
+    def _admit(self) -> None:
+        if self.schedule == "lockstep":
+            if not self.tasks and self.queue:
+                self._spawn(self._run_wave(self._take_wave()))
+            return
+        while self.queue and self._room_for(self.queue[0].params.paths):
+            pend = self.queue.popleft()
+            self._reserve(pend)
+            self._spawn(self._guarded(pend))
+
+    def _reserve(self, pend: _Pending) -> None:
+        """Count an admitted group's paths as live at once (its task opens it a moment later)."""
+        self.live_paths += pend.params.paths
+        self.peak_paths = max(self.peak_paths, self.live_paths)
+
+    def _room_for(self, paths: int) -> bool:
+        if not self.tasks:
+            return True  # always make progress
+        if self.max_groups is not None and len(self.tasks) >= self.max_groups:
+            return False
+        target = self._target_paths()
+        if target is None:  # capacity unknown: the fixed cap (or 8 groups) decides
+            return len(self.tasks) < (self.max_groups or 8)
+        return self.live_paths + paths <= target
+
+    def _take_wave(self) -> list[_Pending]:
+        wave: list[_Pending] = []
+        paths = 0
+        target = self._target_paths()
+        while self.queue:
+            nxt = self.queue[0].params.paths
+            if wave and self.max_groups is not None and len(wave) >= self.max_groups:
+                break
+            if wave and target is not None and paths + nxt > target:
+                break
+            if wave and target is None and len(wave) >= (self.max_groups or 8):
+                break
+            wave.append(self.queue.popleft())
+            self._reserve(wave[-1])
+            paths += nxt
+        return wave
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+
+        def _done(t: asyncio.Task) -> None:
+            self.tasks.discard(t)
+            self._admit()
+            if self.wake is not None:
                 self.wake.set()
 
-    async def _run_group(self, point: str, problem: Problem, params: LeapParams) -> tuple[list[dict], list[dict]]:
-        prompt = render_prompt(self.tok, self.prompts, problem, params)
-        group = Group(f"{point}|{problem.id}", problem, prompt, params, self.prompts, self.tok,
-                      self.sampling, embed=self.embed, sweep_point=point)
-        self._place(group)
-        prog = self.progress[group.key]
-        prog.active = params.paths
+        task.add_done_callback(_done)
+
+    # -- groups -------------------------------------------------------------------------------
+    def _open(self, pend: _Pending) -> Group:
+        prompt = render_prompt(self.tok, self.prompts, pend.problem, pend.params)
+        key = f"{pend.point}|{pend.problem.id}"
+        if pend.checkpoint is not None:
+            group = Group.restore(pend.checkpoint, pend.problem, prompt, pend.params, self.prompts,
+                                  self.tok, self.sampling, embed=self.embed, sweep_point=pend.point)
+        else:
+            group = Group(key, pend.problem, prompt, pend.params, self.prompts, self.tok,
+                          self.sampling, embed=self.embed, sweep_point=pend.point)
+        live = [p.key for p in group.paths if p.phase != "done"]
+        self.pool.place(live)
+        self.groups[key] = group
+        self.live_paths -= pend.params.paths - len(live)  # a restored group may have fewer
+        prog = self.progress[key]
+        prog.active = len(live)
+        return group
+
+    def _close(self, group: Group, pend: _Pending, error: BaseException | None = None) -> None:
+        self.groups.pop(group.key, None)
+        for p in group.paths:
+            if self.pool.assign.get(p.key) is not None:
+                self._path_done(group, p.key)
+        self.progress[group.key].done = True
+        if error is not None:
+            log.error("group %s failed: %s: %s", group.key, type(error).__name__, error)
+            self.errors.append(f"{group.key}: {type(error).__name__}: {error}")
+            return
+        self.finished.append({"point": pend.point, "problem_id": pend.problem.id,
+                              "benchmark": pend.problem.benchmark, "kind": pend.problem.kind,
+                              "paths": group.records(), "messages": list(group.messages)})
+
+    def _path_done(self, group: Group, key: str) -> None:
+        r = self.pool.release(key)
+        self.live_paths -= 1
+        if r is not None and self.pool.alive[r]:
+            asyncio.ensure_future(self._drop(r, [key]))
+
+    async def _drop(self, r: int, keys: list[str]) -> None:
+        try:
+            await self.replicas[r].drop.remote(keys)
+        except Exception as exc:  # freeing memory is best effort
+            log.debug("could not drop paths on replica %d: %s", r, exc)
+
+    async def _guarded(self, pend: _Pending) -> None:
+        group = None
+        try:
+            group = self._open(pend)
+            await self._run_group(group)
+        except Exception as exc:  # one broken group must not sink the others
+            if group is None:
+                self.live_paths -= pend.params.paths
+                self.progress[f"{pend.point}|{pend.problem.id}"].done = True
+                self.errors.append(f"{pend.point}|{pend.problem.id}: {type(exc).__name__}: {exc}")
+                return
+            self._close(group, pend, exc)
+            return
+        self._close(group, pend)
+
+    async def _run_group(self, group: Group) -> None:
         pending: set[asyncio.Future] = set()
+        waiting: dict[str, float] = {}
         while not group.done:
             for req in group.requests():
                 pending.add(asyncio.ensure_future(self._send(group, req)))
@@ -179,62 +350,110 @@ class Coordinator:
                 raise RuntimeError(f"group {group.key} is stuck: no request can run")
             finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             for fut in finished:
-                group.on_result(fut.result())
-            prog.round = min((p.round for p in group.paths if p.phase != "done"), default=prog.round)
-            prog.active = sum(p.phase != "done" for p in group.paths)
-        loop = asyncio.get_running_loop()
-        rows = await loop.run_in_executor(None, group.records)  # grading may take a while
-        await self._release(group)
-        return rows, list(group.messages)
+                self._apply(group, fut.result(), waiting)
 
-    def _place(self, group: Group) -> None:
-        """Sticky assignment: each path gets a replica once, for its whole life."""
-        live = [i for i, ok in enumerate(self.alive) if ok]
-        if not live:
-            raise ReplicaDead("no live replica left")
-        if self.placement == "pack":
-            target = min(live, key=lambda i: (self.load[i], i))
-            for p in group.paths:
-                self.assign[p.key] = target
-                self.load[target] += 1
-            return
-        for p in group.paths:
-            target = min(live, key=lambda i: (self.load[i], i))
-            self.assign[p.key] = target
-            self.load[target] += 1
+    async def _run_wave(self, wave: list[_Pending]) -> None:
+        """Lock-step: every phase of every group in the wave is one global barrier."""
+        opened: list[tuple[_Pending, Group]] = []
+        for pend in wave:
+            try:
+                opened.append((pend, self._open(pend)))
+            except Exception as exc:
+                self.live_paths -= pend.params.paths
+                self.progress[f"{pend.point}|{pend.problem.id}"].done = True
+                self.errors.append(f"{pend.point}|{pend.problem.id}: {type(exc).__name__}: {exc}")
+        waiting: dict[str, float] = {}
+        live = list(opened)
+        arrived: list[float] = []
 
-    async def _release(self, group: Group) -> None:
-        by_replica: dict[int, list[str]] = {}
-        for p in group.paths:
-            r = self.assign.pop(p.key)
-            self.holder.pop(p.key, None)
-            self.load[r] -= 1
-            by_replica.setdefault(r, []).append(p.key)
-        for r, keys in by_replica.items():
-            if self.alive[r]:
+        async def timed(g: Group, req: GenRequest) -> GenResult:
+            res = await self._send(g, req)
+            arrived.append(asyncio.get_running_loop().time())
+            return res
+
+        while live:
+            batch = [(pend, g, req) for pend, g in live for req in g.requests()]
+            arrived.clear()
+            results = await asyncio.gather(*(timed(g, req) for _, g, req in batch),
+                                           return_exceptions=True)
+            end = asyncio.get_running_loop().time()  # the global barrier: all waited for the last
+            self.timing.barrier_wait_s += sum(end - t for t in arrived)
+            failed: dict[str, BaseException] = {}
+            for (pend, g, _), res in zip(batch, results):
+                if g.key in failed:
+                    continue
+                if isinstance(res, BaseException):
+                    failed[g.key] = res
+                    continue
                 try:
-                    await self.replicas[r].drop.remote(keys)
-                except Exception as exc:  # freeing memory is best effort
-                    log.warning("could not drop paths on replica %d: %s", r, exc)
+                    self._apply(g, res, waiting)
+                except Exception as exc:
+                    failed[g.key] = exc
+            still = []
+            for pend, g in live:
+                if g.key in failed:
+                    self._close(g, pend, failed[g.key])
+                elif g.done:
+                    self._close(g, pend)
+                elif not any(p.in_flight is None and p.phase in ("segment", "summary", "answer", "force")
+                             for p in g.paths):
+                    self._close(g, pend, RuntimeError(f"group {g.key} is stuck: no request can run"))
+                else:
+                    still.append((pend, g))
+            live = still
+            if self.wake is not None:
+                self.wake.set()
+
+    def _apply(self, group: Group, res: GenResult, waiting: dict[str, float]) -> None:
+        """Feed one result to its group; time barrier work; hand out a checkpoint after each."""
+        t0 = time.perf_counter()
+        released = group.barriers_released
+        group.on_result(res)
+        now = asyncio.get_running_loop().time()  # the event loop's clock: virtual in simulation
+        if group.barriers_released != released:
+            self.timing.barrier_ms.append((time.perf_counter() - t0) * 1e3)
+            self.timing.barrier_paths.append(len(waiting) + 1)
+            for t in waiting.values():
+                self.timing.barrier_wait_s += now - t
+            waiting.clear()
+            if hasattr(group, "snapshot"):
+                self.checkpoints.append((group.sweep_point, group.problem.id, group.snapshot()))
+                if self.wake is not None:
+                    self.wake.set()
+        else:
+            phase = next(p.phase for p in group.paths if p.key == res.path_key)
+            if phase == "barrier":
+                waiting[res.path_key] = now
+        self.timing.request_ms += (time.perf_counter() - t0) * 1e3
+        self.timing.requests += 1
+        self.timing.last_result = time.time()
+        for p in group.paths:
+            if p.phase == "done" and self.pool.assign.get(p.key) is not None:
+                self._path_done(group, p.key)
+        prog = self.progress[group.key]
+        prog.round = min((p.round for p in group.paths if p.phase != "done"), default=prog.round)
+        prog.active = sum(p.phase != "done" for p in group.paths)
+        self._admit()
 
     async def _send(self, group: Group, req: GenRequest) -> GenResult:
         key = req.path_key
+        if self.timing.first_send is None:
+            self.timing.first_send = time.time()
         for _attempt in range(len(self.replicas) + 2):
-            r = self.assign[key]
-            if self.holder.get(key) != r:
-                req.full = group.full_tokens(key)
+            r = self.pool.assign[key]
+            req.full = group.full_tokens(key) if self.pool.needs_full(key) else None
             try:
                 res: GenResult = await self.replicas[r].generate.remote(req)
             except PathStateMissing:
-                self.holder.pop(key, None)  # e.g. a restarted actor: send everything again
+                self.pool.forget(key)  # e.g. a restarted actor: send everything again
                 continue
             except Exception as exc:
                 if not _is_replica_death(exc):
                     raise
-                self._replica_died(r, exc)
+                self.pool.died(r, f"{type(exc).__name__}: {exc}", time.time())
                 group.replica_lost(key)
                 continue
-            self.holder[key] = r
+            self.pool.served(key, r)
             req.full = None
             self.sampled_tokens += len(res.token_ids)
             self.prompt_tokens += res.prompt_tokens
@@ -242,18 +461,19 @@ class Coordinator:
             return res
         raise ReplicaDead(f"path {key}: no replica could serve it")
 
-    def _replica_died(self, r: int, exc: BaseException) -> None:
-        if self.alive[r]:
-            log.error("replica %d died (%s); moving its paths to live replicas", r, exc)
-            self.alive[r] = False
-        live = [i for i, ok in enumerate(self.alive) if ok]
-        if not live:
-            raise ReplicaDead("every replica has died") from exc
-        for key, owner in list(self.assign.items()):
-            if owner == r:
-                target = min(live, key=lambda i: (self.load[i], i))
-                self.assign[key] = target
-                self.load[target] += 1
-                self.load[r] -= 1
-                self.holder.pop(key, None)
-                self.failovers += 1
+
+def _has_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
+def _rss_bytes() -> int:
+    """This process's resident set size (Linux /proc; peak RSS from getrusage elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * resource.getpagesize()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

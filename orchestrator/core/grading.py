@@ -328,8 +328,64 @@ def grade(text: str, gold: str, kind: str = "math") -> dict:
     raise ValueError(f"unknown grading kind {kind!r}; allowed: {', '.join(GRADE_KINDS)}")
 
 
+def grade_record(row: dict, kind: str = "math") -> dict:
+    """Fill a path row's `answer`, `correct`, `correct_compat` and `answer_changed` from its
+    `text` (peer blocks stripped) and `gold`. Pure and picklable: the driver runs it in a process
+    pool, off the coordinator and off the generation's critical path."""
+    from .text import strip_comments
+
+    graded = grade(strip_comments(row["text"]), row["gold"], kind=kind)
+    answer = None if graded["answer"] is None else str(graded["answer"])
+    first = row.get("answer_first_summary")
+    changed = None
+    if first is not None and answer is not None:
+        changed = canonical_answer(first) != canonical_answer(answer)
+    round_answers, round_correct = grade_rounds(row.get("summaries") or [], row["gold"], kind)
+    return {**row, "answer": answer, "correct": bool(graded["correct"]),
+            "correct_compat": bool(graded["correct_compat"]), "answer_changed": changed,
+            "round_answers": round_answers, "round_correct": round_correct}
+
+
+def grade_rounds(summaries: list[str], gold: str, kind: str = "math",
+                 cache: dict | None = None) -> tuple[list[str | None], list[bool]]:
+    """The answer in each of a path's summaries (written at its communication rounds, before it
+    read its peers) and its verdict: math, `extract_answer` of the summary graded as
+    `\\boxed{answer}` by `math_equal`; GPQA, the choice letter against the gold letter. No
+    answer is wrong. `cache` (shared across calls) grades each (answer, gold) once."""
+    cache = {} if cache is None else cache
+    answers: list[str | None] = []
+    verdicts: list[bool] = []
+    for summary in summaries:
+        if kind == "gpqa":
+            answer = _lenient_choice(summary or "")
+            ok = answer is not None and answer == str(gold).strip().upper()
+        else:
+            answer = extract_answer(summary or "")
+            key = (canonical_answer(answer), str(gold))
+            if answer is None:
+                ok = False
+            elif key in cache:
+                ok = cache[key]
+            else:
+                ok = cache[key] = math_equal(f"\\boxed{{{answer}}}", str(gold))
+        answers.append(answer)
+        verdicts.append(bool(ok))
+    return answers, verdicts
+
+
+def grade_rows(rows: list[dict], kind: str = "math") -> tuple[list[dict], float]:
+    """Grade a group's path rows; returns them and the seconds it took (for run_info.json)."""
+    import time
+
+    t0 = time.perf_counter()
+    return [grade_record(r, kind) for r in rows], time.perf_counter() - t0
+
+
 __all__ = [
     "GRADE_KINDS",
+    "grade_record",
+    "grade_rounds",
+    "grade_rows",
     "canonical_answer",
     "extract_answer",
     "extract_choice",

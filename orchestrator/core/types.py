@@ -53,7 +53,8 @@ class GenRequest:
     sampling: SamplingSpec = field(default_factory=SamplingSpec)
     full: list[int] | None = None
     min_tokens: int = 0  # EOS is not allowed before this many new tokens (0: no floor)
-    kind: str = "segment"  # segment | summary | answer | final (for logs and latency models)
+    kind: str = "segment"  # segment | summary | answer | force | floor (for logs and latency models)
+    ignore_eos: bool = False  # generate exactly max_tokens (the benchmark's floor); stop strings off
 
 
 @dataclass
@@ -76,7 +77,23 @@ class PathStateMissing(Exception):
 
 
 class Replica(Protocol):
-    """The engine seam. The vLLM replica and the fake replica both implement it."""
+    """The engine seam. The vLLM replica and the fake replica both implement it.
+
+    Construction is cheap; `start()` loads the engine (the caller polls `startup_status()` while
+    it runs, so start-up shows its phases), and `stats()` reports how busy the engine was.
+    """
+
+    async def start(self) -> dict:
+        """Load the engine; returns `info()`. Raises `EngineStartError` with the engine's cause."""
+
+    async def startup_status(self) -> dict:
+        """{"phases": [{"name", "seconds", "done"}], "ready": bool, "error": str | None}"""
+
+    async def stats(self, reset: bool = False) -> dict:
+        """{"busy_s", "occupancy", "first_request_t", "last_token_t", "requests", "new_tokens",
+        "prompt_tokens", "cached_tokens", "window_s"}: time with at least one request running,
+        the time-weighted mean of running requests while busy, epoch times of the first request
+        and the last token since the last reset, and counters."""
 
     async def generate(self, request: GenRequest) -> GenResult: ...
 
@@ -89,6 +106,10 @@ class Replica(Protocol):
 
 class ReplicaDead(RuntimeError):
     """The replica's engine died; the coordinator moves its paths to other replicas."""
+
+
+class EngineStartError(RuntimeError):
+    """A replica's engine could not start; the message carries the engine's own cause."""
 
 
 @dataclass(frozen=True)

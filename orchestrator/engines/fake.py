@@ -1,13 +1,18 @@
-"""A deterministic fake replica and its byte-level tokenizer, for fast tests and scale simulation.
+"""A deterministic fake replica, for fast tests and scale simulation.
 
 It honours the same `Replica` protocol as the vLLM replica: it stores token ids per path, applies
-keep/append edits, tracks a per-path prefix cache in whole blocks, and writes text shaped like a reasoning model's: paragraphs, summaries that close their
-tag, `\\boxed{}` answers, sometimes an end-of-thinking marker. What it writes depends only on the
-request and the run seed, never on timing, so two runs with the same seed give identical results.
+keep/append edits, tracks a per-path prefix cache in whole blocks, and writes text shaped like a
+reasoning model's: paragraphs, summaries that close their tag, `\\boxed{}` answers, sometimes an
+end-of-thinking marker. What it writes depends only on the request and the run seed, never on
+timing, so two runs with the same seed give identical results.
 
-The optional latency model sleeps, per request, for
-    uncached_prompt_tokens * prefill_s_per_token + new_tokens * (decode_base_s + decode_per_seq_s * batch)
-where batch is the number of requests in flight on this replica, all scaled by `time_scale`.
+With a latency model it also behaves like a continuous-batching engine in time: at most
+`max_num_seqs` requests run at once (the rest wait, first come first served); every running
+request gains one token per decode step, and a step takes `step_base_s + step_per_seq_s * batch`
+seconds; uncached prompt tokens cost `prefill_s_per_token` each, stalling the batch as a prefill
+does. It is simulated event by event (one sleep per request completion or arrival, not per
+token), so it is exact under a virtual clock and cheap in real time. Without a latency model a
+request returns at once.
 """
 
 from __future__ import annotations
@@ -15,66 +20,128 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections import Counter
-from dataclasses import dataclass
-from typing import Sequence
+import time
+from array import array
+from collections import Counter, deque
+from dataclasses import dataclass, fields
 
 from ..core.rng import stable_int
 from ..core.types import GenRequest, GenResult, PathStateMissing
 from . import node_id
+from .tokenizer import FakeTokenizer
 
 BLOCK = 16
-
-
-class FakeTokenizer:
-    """UTF-8 bytes as token ids 0-255, plus three special tokens. Deterministic and lossless."""
-
-    bos_token_id = 256
-    eos_token_id = 257
-    pad_token_id = 258
-    _specials = {256: "<|im_start|>", 257: "<|im_end|>", 258: "<|pad|>"}
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        ids = []
-        for part in re.split(r"(<\|im_start\|>|<\|im_end\|>)", text):
-            if part == "<|im_start|>":
-                ids.append(self.bos_token_id)
-            elif part == "<|im_end|>":
-                ids.append(self.eos_token_id)
-            else:
-                ids.extend(part.encode("utf-8"))
-        return ids
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        out, buf = [], bytearray()
-        for t in ids:
-            if t < 256:
-                buf.append(t)
-                continue
-            out.append(buf.decode("utf-8", errors="replace"))
-            buf = bytearray()
-            if not skip_special_tokens:
-                out.append(self._specials.get(t, ""))
-        out.append(buf.decode("utf-8", errors="replace"))
-        return "".join(out)
-
-    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=True, **_):
-        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-        if add_generation_prompt:
-            text += "<|im_start|>assistant\n<think>\n"
-        return self.encode(text) if tokenize else text
+_ALIASES = {"decode_base_s": "step_base_s", "decode_per_seq_s": "step_per_seq_s"}
 
 
 @dataclass(frozen=True)
 class LatencyModel:
     prefill_s_per_token: float = 0.0
-    decode_base_s: float = 0.0
-    decode_per_seq_s: float = 0.0
-    time_scale: float = 1.0
+    step_base_s: float = 0.0  # one decode step with a single running sequence
+    step_per_seq_s: float = 0.0  # extra step time per running sequence (small on a GPU)
+    max_num_seqs: int = 256  # sequences decoded at once; later requests wait
+    time_scale: float = 1.0  # wall seconds per simulated second (ignored under a virtual clock)
 
-    def seconds(self, uncached: int, new_tokens: int, batch: int) -> float:
-        step = self.decode_base_s + self.decode_per_seq_s * max(batch, 1)
-        return self.time_scale * (uncached * self.prefill_s_per_token + new_tokens * step)
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "LatencyModel":
+        names = {f.name for f in fields(cls)}
+        kw = {}
+        for k, v in (d or {}).items():
+            k = _ALIASES.get(k, k)
+            if k not in names:
+                raise ValueError(f"engine.latency.{k}: unknown; known keys: {sorted(names)}")
+            kw[k] = v
+        return cls(**kw)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.prefill_s_per_token or self.step_base_s or self.step_per_seq_s)
+
+    def step(self, batch: int) -> float:
+        return self.time_scale * (self.step_base_s + self.step_per_seq_s * max(batch, 1))
+
+    def prefill(self, tokens: int) -> float:
+        return self.time_scale * tokens * self.prefill_s_per_token
+
+
+class _Job:
+    __slots__ = ("left", "prefill", "done")
+
+    def __init__(self, tokens: int, prefill_s: float, done: asyncio.Future):
+        self.left = tokens
+        self.prefill = prefill_s
+        self.done = done
+
+
+class _Engine:
+    """Continuous batching in simulated time: FIFO admission up to `max_num_seqs`, flat-ish
+    decode steps, prefill stalls. Keeps busy time and batch occupancy for `stats()`."""
+
+    def __init__(self, model: LatencyModel):
+        self.m = model
+        self.waiting: deque[_Job] = deque()
+        self.running: list[_Job] = []
+        self.arrival = asyncio.Event()
+        self.task: asyncio.Task | None = None
+        self.busy_s = 0.0
+        self.occupied = 0.0  # integral of batch size over busy time
+
+    async def run(self, tokens: int, prefill_s: float) -> None:
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._loop())
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting.append(_Job(tokens, prefill_s, fut))
+        self.arrival.set()
+        await fut
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        carry = 0.0
+        while True:
+            while self.waiting and len(self.running) < self.m.max_num_seqs:
+                self.running.append(self.waiting.popleft())
+            if not self.running:
+                self.arrival.clear()
+                await self.arrival.wait()
+                continue
+            batch = len(self.running)
+            stall = sum(j.prefill for j in self.running)
+            if stall > 0:  # prefill of new arrivals holds the whole batch up
+                for j in self.running:
+                    j.prefill = 0.0
+                t0 = loop.time()
+                await asyncio.sleep(stall)
+                self._account(loop.time() - t0, batch)
+                continue
+            step = self.m.step(batch)
+            done_now = [j for j in self.running if j.left <= 0]
+            if not done_now:
+                ahead = min(j.left for j in self.running)
+                self.arrival.clear()
+                t0 = loop.time()
+                try:
+                    await asyncio.wait_for(self.arrival.wait(), ahead * step - carry)
+                except asyncio.TimeoutError:
+                    pass
+                elapsed = loop.time() - t0 + carry
+                # a timer may fire up to the loop's clock resolution early (1 ms under a virtual clock)
+                slack = 1.5 * getattr(loop, "_clock_resolution", 0.0) + 1e-12
+                steps = min(ahead, int((elapsed + slack) / step)) if step > 0 else ahead
+                carry = max(0.0, elapsed - steps * step)
+                self._account(loop.time() - t0, batch)
+                for j in self.running:
+                    j.left -= steps
+                done_now = [j for j in self.running if j.left <= 0]
+            if done_now:
+                carry = 0.0
+                self.running = [j for j in self.running if j.left > 0]
+                for j in done_now:
+                    if not j.done.done():
+                        j.done.set_result(None)
+
+    def _account(self, seconds: float, batch: int) -> None:
+        self.busy_s += seconds
+        self.occupied += seconds * batch
 
 
 _NUM = re.compile(r"\\boxed\{(-?\d+)\}|answer is (-?\d+)")
@@ -92,16 +159,31 @@ class FakeReplica:
         self.max_model_len = int(engine.get("max_model_len", 32768))
         self.think_prob = float(engine.get("think_end_prob", 0.1))
         self.eos_prob = float(engine.get("eos_prob", 0.0))
-        self.latency = LatencyModel(**(engine.get("latency") or {}))
+        # summaries of varying length (0: one short sentence, as before); in words of filler
+        self.summary_words = int(engine.get("summary_words", 0) or 0)
+        self.latency = LatencyModel.from_dict(engine.get("latency"))
+        self.capacity = int(self.latency.max_num_seqs if self.latency.active
+                            else engine.get("max_num_seqs") or 256)
         self.tok = FakeTokenizer()
-        self.paths: dict[str, list[int]] = {}
-        self.computed: dict[str, list[int]] = {}  # per path: tokens whose KV is "cached"
-        self.in_flight = 0
+        self.paths: dict[str, array] = {}
+        self.computed: dict[str, int] = {}  # per path: leading tokens whose KV is "cached"
+        self.engine: _Engine | None = None
         self.served = 0
         self.node = node_id()
+        self._reset_counters()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> dict:
+        return await self.info()
+
+    async def startup_status(self) -> dict:
+        return {"phases": [{"name": "ready", "seconds": 0.0, "done": True}], "ready": True, "error": None}
 
     async def info(self) -> dict:
-        return {"index": self.index, "node": self.node, "model": "fake", "max_model_len": self.max_model_len}
+        return {"index": self.index, "node": self.node, "model": "fake", "max_model_len": self.max_model_len,
+                "block_size": BLOCK, "device": "cpu", "capacity": self.capacity,
+                "startup": [{"name": "ready", "seconds": 0.0, "done": True}],
+                "versions": {}, "gpu_names": [], "attention_backend": None, "per_request_seed": False}
 
     async def drop(self, path_keys: list[str]) -> None:
         for key in path_keys:
@@ -111,48 +193,103 @@ class FakeReplica:
     async def ping(self) -> int:
         return self.served
 
+    # -- stats ----------------------------------------------------------------------------------
+    def _now(self) -> float:
+        """Epoch-like seconds from the event loop's clock (virtual under a simulated clock)."""
+        loop = asyncio.get_running_loop()
+        if self._offset is None:
+            self._offset = time.time() - loop.time()
+        return loop.time() + self._offset
+
+    def _reset_counters(self) -> None:
+        self._offset: float | None = getattr(self, "_offset", None)
+        self.counters = {"requests": 0, "new_tokens": 0, "prompt_tokens": 0, "cached_tokens": 0}
+        self.first_request_t: float | None = None
+        self.last_token_t: float | None = None
+        self.window_start: float | None = None
+        self.running_now = 0
+        self.busy_base = (0.0, 0.0) if self.engine is None else (self.engine.busy_s, self.engine.occupied)
+
+    async def stats(self, reset: bool = False) -> dict:
+        now = self._now()
+        busy = occ = 0.0
+        if self.engine is not None:
+            busy = self.engine.busy_s - self.busy_base[0]
+            occ = self.engine.occupied - self.busy_base[1]
+        out = {**self.counters, "busy_s": round(busy, 6), "occupancy": round(occ / busy, 3) if busy else None,
+               "first_request_t": self.first_request_t, "last_token_t": self.last_token_t,
+               "window_s": round(now - self.window_start, 6) if self.window_start else 0.0,
+               "capacity": self.capacity}
+        if reset:
+            self._reset_counters()
+            self.window_start = self._now()
+        return out
+
     # -- prefix cache bookkeeping -------------------------------------------------------------
-    def _cached(self, key: str, ids: list[int]) -> int:
-        """Whole blocks of `ids` that this path computed before. Unlike vLLM, paths share no
-        blocks (not even the prompt): that keeps the reported numbers independent of timing."""
-        seen = self.computed.get(key, [])
-        limit = min(len(seen), len(ids) - 1)  # vLLM always recomputes the last prompt token
-        n = 0
-        while n < limit and seen[n] == ids[n]:
-            n += 1
+    def _cached(self, key: str, keep: int, prompt_len: int) -> int:
+        """Whole blocks of the path's prompt that this replica computed before: the kept prefix,
+        as far as its KV was computed. Unlike vLLM, paths share no blocks (not even the prompt):
+        that keeps the reported numbers independent of timing."""
+        n = min(self.computed.get(key, 0), keep, prompt_len - 1)  # the last token is recomputed
+        n = max(n, 0)
         return n - n % BLOCK
 
     # -- generation ----------------------------------------------------------------------------
     async def generate(self, req: GenRequest) -> GenResult:
+        key = req.path_key
         if req.full is not None:
-            self.paths[req.path_key] = list(req.full)
-        elif req.path_key not in self.paths:
-            raise PathStateMissing(req.path_key)
-        tokens = self.paths[req.path_key][: req.keep] + list(req.append)
-        self.paths[req.path_key] = tokens
+            self.paths[key] = array("i", req.full)
+        elif key not in self.paths:
+            raise PathStateMissing(key)
+        tokens = self.paths[key][: req.keep]
+        tokens.extend(req.append)
+        self.paths[key] = tokens
+        now = self._now()
+        if self.first_request_t is None:
+            self.first_request_t = now
+        if self.window_start is None:
+            self.window_start = now
         room = self.max_model_len - len(tokens)
         if room <= 0:
-            return GenResult(req.path_key, [], "", "context", prompt_tokens=len(tokens),
+            return GenResult(key, [], "", "context", prompt_tokens=len(tokens),
                              replica=self.index, node=self.node)
-        cached = self._cached(req.path_key, tokens)
-        text, reason, stop_str = self._write(tokens, req, min(req.max_tokens, room))
-        new = self.tok.encode(text)[: min(req.max_tokens, room)]
+        cached = self._cached(key, req.keep, len(tokens))
+        limit = min(req.max_tokens, room)
+        if req.ignore_eos:
+            text, reason, stop_str = self._filler(tokens, req, limit), "length", None
+        else:
+            text, reason, stop_str = self._write(tokens, req, limit)
+        new = self.tok.encode(text)[:limit]
         if reason == "eos":
             new.append(self.tok.eos_token_id)
-        elif len(new) >= room and reason == "length" and room < req.max_tokens:
-            reason = "length"
-        self.in_flight += 1
-        try:
-            delay = self.latency.seconds(len(tokens) - cached, len(new), self.in_flight)
-            await asyncio.sleep(delay)
-        finally:
-            self.in_flight -= 1
-        self.computed[req.path_key] = tokens + new[:-1]
-        self.paths[req.path_key] = tokens + new
+        if self.latency.active:
+            if self.engine is None:
+                self.engine = _Engine(self.latency)
+                self.busy_base = (0.0, 0.0)
+            await self.engine.run(len(new), self.latency.prefill(len(tokens) - cached))
+        self.computed[key] = len(tokens) + max(len(new) - 1, 0)
+        tokens.extend(new)
         self.served += 1
-        return GenResult(req.path_key, new, self.tok.decode(new, skip_special_tokens=True), reason,
-                         stop_str=stop_str, prompt_tokens=len(tokens), cached_tokens=cached,
+        c = self.counters
+        c["requests"] += 1
+        c["new_tokens"] += len(new)
+        c["prompt_tokens"] += len(tokens) - len(new)
+        c["cached_tokens"] += cached
+        self.last_token_t = self._now()
+        return GenResult(key, new, self.tok.decode(new, skip_special_tokens=True), reason,
+                         stop_str=stop_str, prompt_tokens=len(tokens) - len(new), cached_tokens=cached,
                          replica=self.index, node=self.node)
+
+    def _filler(self, tokens, req: GenRequest, limit: int) -> str:
+        """Exactly `limit` bytes of reasoning-shaped text (the floor's requests ignore EOS)."""
+        rng = random.Random(stable_int(self.seed, req.path_key, len(tokens), "floor"))
+        parts, size = [], 0
+        while size < limit:
+            n = rng.randint(2, 99)
+            part = f"Step: combining {n} with the rest gives {n * 3 % 97}.\n\n"
+            parts.append(part)
+            size += len(part)
+        return "".join(parts)[:limit]
 
     def _write(self, tokens: list[int], req: GenRequest, limit: int) -> tuple[str, str, str | None]:
         """The text this request produces, why it ended, and the stop string that ended it."""
@@ -162,12 +299,17 @@ class FakeReplica:
         if context.endswith("\\boxed{") or context.rstrip().endswith("ANSWER:"):
             return self._clip(f"{belief}}}", limit, "eos")
         if context.rfind("<summarize>") > context.rfind("</summarize>"):
-            body = f" worked through the setup and my current answer is {belief}. </summarize>"
+            filler = ""
+            if self.summary_words:  # a summary of varying length, sometimes longer than the cap
+                words = rng.randint(self.summary_words // 4, self.summary_words * 5 // 4)
+                filler = " ".join(rng.choice(("so", "the", "sum", "checks", "again", "then"))
+                                  for _ in range(words)) + "."
+            body = f" worked through the setup and my current answer is {belief}. {filler}</summarize>"
             return self._stop_at(body, req.stop, limit)
         if req.kind == "answer":
             return self._clip(f"\n\nThe final answer is \\boxed{{{belief}}}.", limit, "eos")
-        parts = []
-        while sum(len(p) for p in parts) < limit:
+        parts, size = [], 0
+        while size < limit:
             roll = rng.random()
             if roll < self.think_prob / 4:
                 parts.append(f"So the answer is {belief}.\n</think>\n")
@@ -178,6 +320,7 @@ class FakeReplica:
             n = rng.randint(2, 99)
             parts.append(f"Step: combining {n} with the rest gives {n * belief % 97 + belief}.")
             parts.append("\n\n" if rng.random() < 0.5 else " ")
+            size += len(parts[-2]) + 1
         return self._stop_at("".join(parts), req.stop, limit)
 
     def _belief(self, key: str, context: str, rng: random.Random) -> int:

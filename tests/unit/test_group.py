@@ -8,12 +8,13 @@ import random
 
 import pytest
 
+from orchestrator.core.grading import grade_record
 from orchestrator.core.group import Group, LeapParams
 from orchestrator.core.prompts import load_prompts
 from orchestrator.core.text import paragraph_cut, repair_summary
 from orchestrator.core.types import GenResult, Problem
 from orchestrator.config import prompt_file
-from orchestrator.engines.fake import FakeTokenizer
+from orchestrator.engines.tokenizer import FakeTokenizer
 
 TOK = FakeTokenizer()
 PROMPTS = load_prompts(prompt_file("default"))
@@ -86,7 +87,7 @@ def make_group(**kw):
 
 def test_full_loop_cuts_summarizes_routes_and_forces():
     g = ScriptedEngine(make_group(), default_script([5, 4, 5, 9])).run()
-    rows = g.records()
+    rows = [grade_record(r) for r in g.records()]  # the driver grades, off the coordinator
     assert [r["finish_reason"] for r in rows] == ["forced"] * 4
     assert [r["rounds"] for r in rows] == [3, 3, 3, 3]
     # two communication rounds (1 and 2; the last round never communicates), k=2 peers each

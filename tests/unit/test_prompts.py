@@ -4,11 +4,11 @@ import pytest
 import yaml
 
 from orchestrator.config import prompt_file
-from orchestrator.coordinator import render_prompt
+from orchestrator.engines.tokenizer import render_prompt
 from orchestrator.core.group import LeapParams
 from orchestrator.core.prompts import load_prompts
 from orchestrator.core.types import Problem
-from orchestrator.engines.fake import FakeTokenizer
+from orchestrator.engines.tokenizer import FakeTokenizer
 
 TOK = FakeTokenizer()
 PROMPTS = load_prompts(prompt_file("default"))

