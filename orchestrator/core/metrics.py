@@ -15,6 +15,14 @@ Contract
   Within a problem, paths are ordered by their `path` index when rows carry one (so "first
   occurrence" in a vote means lowest path index); otherwise rows keep their input order.
 - `per_problem(rows)`: one dict per (sweep_point, benchmark, problem_id).
+- `round_transitions(paths, comm_rounds=None)`: per communication round, how many paths changed
+  their answer after reading peer messages (wrong to right, right to wrong, wrong to another
+  wrong, right to another right). A path's checkpoints are its round answers (`round_answers` /
+  `round_correct`: the answer in the summary it wrote at each communication round, before it saw
+  its peers) followed by its final graded answer; exchange i moves checkpoint i to i + 1.
+- `compare_points(summary, settings)`: per point and benchmark, Pass@1 and Cons@N deltas against
+  the independent baseline and the compute-matched point of a LeaP point (`summarize(rows,
+  points)` stores them in the summary, beside each point's settings).
 
 Every float is rounded to 6 decimals and every mapping is built in sorted key order, so the
 same rows always serialize to the same bytes whatever order they came in.
@@ -178,7 +186,9 @@ def _answer_changed_frac(paths: list[dict]) -> float | None:
     return _round(sum(known) / len(known)) if known else None
 
 
-def _cache_hit_rate(paths: list[dict]) -> float | None:
+def cache_hit_rate(paths: Iterable[dict]) -> float | None:
+    """Prompt tokens served from the prefix cache over all prompt tokens of these paths."""
+    paths = list(paths)
     cached = sum(int(p.get("cached_tokens") or 0) for p in paths)
     uncached = sum(int(p.get("uncached_tokens") or 0) for p in paths)
     total = cached + uncached
@@ -192,11 +202,141 @@ def _paths_per_problem(problems: dict, label: tuple[str, str]) -> int:
     return min(counts)
 
 
-def _benchmark_metrics(problems: dict, label: tuple[str, str]) -> dict:
+def _problem_details(problems: dict) -> dict[str, dict]:
+    """{problem_id (str): paths, pass@1, cons@N, majority answer and its votes}."""
+    out = {}
+    for pid, paths in problems.items():
+        vote = _problem_vote(paths)
+        out[str(pid)] = {
+            "paths": len(paths),
+            "pass@1": _round(_fraction_true(paths, "correct")),
+            "cons@N": _round(float(vote["correct"])),
+            "majority_answer": vote["answer"],
+            "votes": vote["votes"],
+        }
+    return out
+
+
+# --------------------------------------------------------------------------- per-round answers
+
+TRANSITIONS = ("wrong_to_right", "right_to_wrong", "wrong_to_wrong", "right_to_right")
+
+
+def _transition(before: tuple, after: tuple) -> str | None:
+    """The kind of change from one (answer, correct) checkpoint to the next; None: unchanged.
+    A change is a different voting key or a different verdict."""
+    (a, ok_a), (b, ok_b) = before, after
+    if canonical_answer(a) == canonical_answer(b) and bool(ok_a) == bool(ok_b):
+        return None
+    return f"{'right' if ok_a else 'wrong'}_to_{'right' if ok_b else 'wrong'}"
+
+
+def round_transitions(paths: Iterable[dict], comm_rounds: Sequence[int] | None = None) -> dict | None:
+    """{round: {"paths", "changed", *TRANSITIONS}} over the paths that wrote a summary in that
+    round. Rounds are the communicating rounds (`comm_rounds`, in order) when given, else 1, 2,
+    ... by summary index. None when the rows carry summaries but no `round_answers` (not graded
+    per round); {} when no path communicated."""
+    paths = list(paths)
+    if any(p.get("summaries") and p.get("round_answers") is None for p in paths):
+        return None
+    table: dict[int, dict[str, int]] = {}
+    for p in paths:
+        answers = list(p.get("round_answers") or [])
+        verdicts = list(p.get("round_correct") or [])
+        if len(verdicts) != len(answers):
+            raise ValueError(f"path {p.get('problem_id')}/{p.get('path')}: round_answers and "
+                             f"round_correct differ in length")
+        points = list(zip(answers, verdicts)) + [(p.get("answer"), p.get("correct"))]
+        for i in range(len(answers)):
+            label = comm_rounds[i] if comm_rounds is not None and i < len(comm_rounds) else i + 1
+            counts = table.setdefault(label, {"paths": 0, "changed": 0, **dict.fromkeys(TRANSITIONS, 0)})
+            counts["paths"] += 1
+            kind = _transition(points[i], points[i + 1])
+            if kind is not None:
+                counts["changed"] += 1
+                counts[kind] += 1
+    return {r: table[r] for r in sorted(table)}
+
+
+# --------------------------------------------------------------------------- sweep settings
+
+SETTING_KEYS = ("mode", "paths", "T", "max_rounds", "top_k", "router", "similarity",
+                "comm_rounds", "token_budget", "match_point")
+LEAP_MODES = ("leap", "leap_t")
+
+
+def _get(obj, key: str):
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key, None)
+
+
+def point_settings(params) -> dict:
+    """The facts of a sweep point a report needs, from its LeapParams (or a mapping of them)."""
+    out = {}
+    for key in SETTING_KEYS:
+        value = _get(params, key)
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def comm_round_list(settings: dict) -> list[int]:
+    """The rounds in which paths of this point exchange summaries (DESIGN.md section 1)."""
+    if settings.get("mode") not in LEAP_MODES or not settings.get("max_rounds"):
+        return []
+    last = int(settings["max_rounds"])
+    chosen = settings.get("comm_rounds")
+    return [r for r in range(1, last) if chosen is None or r in chosen]
+
+
+def _baselines(settings: dict[str, dict]) -> tuple[str | None, dict[str, str]]:
+    """(the independent point, {LeaP point: its compute-matched point})."""
+    names = sorted(settings)
+    independent = next((n for n in names if settings[n].get("mode") == "independent"), None)
+    matched = [n for n in names if settings[n].get("mode") == "compute_matched"]
+    unlinked = [n for n in matched if not settings[n].get("match_point")]
+    pairs = {}
+    for n in names:
+        if settings[n].get("mode") not in LEAP_MODES:
+            continue
+        linked = [m for m in matched if settings[m].get("match_point") == n]
+        if linked:
+            pairs[n] = linked[0]
+        elif len(unlinked) == 1:
+            pairs[n] = unlinked[0]
+    return independent, pairs
+
+
+def _delta(point: dict, base: dict, base_name: str) -> dict:
+    out: dict = {"point": base_name}
+    for key in ("pass@1", "cons@N"):
+        a, b = point.get(key), base.get(key)
+        out[key] = None if a is None or b is None else _round(a - b)
+    return out
+
+
+def compare_points(summary: dict, settings: dict[str, dict]) -> dict:
+    """{point: {benchmark: {"vs_independent": {...}, "vs_compute_matched": {...}}}}: Pass@1 and
+    Cons@N of the point minus those of its baseline (and the baseline's name), where it has one."""
+    independent, matched = _baselines({k: v for k, v in settings.items() if k in summary})
+    out: dict = {}
+    for point in sorted(summary):
+        for bench, m in sorted(summary[point].items()):
+            entry = {}
+            if independent is not None and point != independent and bench in summary[independent]:
+                entry["vs_independent"] = _delta(m, summary[independent][bench], independent)
+            cm = matched.get(point)
+            if cm is not None and bench in summary[cm]:
+                entry["vs_compute_matched"] = _delta(m, summary[cm][bench], cm)
+            if entry:
+                out.setdefault(point, {})[bench] = entry
+    return out
+
+
+def _benchmark_metrics(problems: dict, label: tuple[str, str], settings: dict | None = None) -> dict:
     """Metrics of one (sweep_point, benchmark) from its {problem_id: [path rows]}."""
     paths = [p for group in problems.values() for p in group]
     votes = [_problem_vote(group) for group in problems.values()]
     n = _paths_per_problem(problems, label)
+    rounds = comm_round_list(settings) if settings is not None else None
     return {
         "problems": len(problems),
         "paths_per_problem": n,
@@ -210,11 +350,13 @@ def _benchmark_metrics(problems: dict, label: tuple[str, str]) -> dict:
         "tokens_per_path": _token_means(paths),
         "rounds_mean": _round(_mean([int(p.get("rounds") or 0) for p in paths])),
         "answer_changed_frac": _answer_changed_frac(paths),
-        "prefix_cache_hit_rate": _cache_hit_rate(paths),
+        "prefix_cache_hit_rate": cache_hit_rate(paths),
+        "round_transitions": round_transitions(paths, rounds or None),
+        "per_problem": _problem_details(problems),
     }
 
 
-def summarize(rows: Iterable[dict]) -> dict:
+def summarize(rows: Iterable[dict], points: dict | None = None) -> dict:
     """Metrics per sweep point and benchmark.
 
     Rows are per-path dicts with `benchmark`, `sweep_point`, `problem_id`, optional `path`
@@ -226,13 +368,30 @@ def summarize(rows: Iterable[dict]) -> dict:
     path length = sampled tokens), `pass@k` ({k: mean unbiased estimate} for k in 1, 2, 4, ...
     up to N, plus N), `tokens_per_path` (means of sampled, injected and their sum),
     `rounds_mean`, `answer_changed_frac` (over paths where known, else None) and
-    `prefix_cache_hit_rate` (cached / (cached + uncached), None when both are zero).
+    `prefix_cache_hit_rate` (cached / (cached + uncached), None when both are zero),
+    `round_transitions` (see `round_transitions`; rows need `summaries`, `round_answers` and
+    `round_correct`) and `per_problem` ({problem_id: paths, pass@1, cons@N, majority_answer,
+    votes}).
+
+    `points` ({sweep_point: LeapParams or a mapping of its fields}, optional) adds `settings`
+    (mode, T, top_k, router, ...) to each benchmark's metrics, labels round transitions by the
+    point's communicating rounds, and adds `vs_independent` / `vs_compute_matched` deltas
+    (see `compare_points`).
     """
+    settings = {name: point_settings(p) for name, p in (points or {}).items()}
     out: dict[str, dict] = {}
     for (sweep_point, benchmark), problems in _by_problem(rows).items():
         out.setdefault(sweep_point, {})[benchmark] = _benchmark_metrics(
-            problems, (sweep_point, benchmark)
+            problems, (sweep_point, benchmark), settings.get(sweep_point)
         )
+    if settings:
+        for point, per_bench in out.items():
+            for bench, m in per_bench.items():
+                if point in settings:
+                    m["settings"] = dict(sorted(settings[point].items()))
+        for point, per_bench in compare_points(out, settings).items():
+            for bench, deltas in per_bench.items():
+                out[point][bench].update(deltas)
     return out
 
 
@@ -257,4 +416,16 @@ def per_problem(rows: Iterable[dict]) -> list[dict]:
     return out
 
 
-__all__ = ["k_values", "majority_vote", "pass_at_k", "per_problem", "summarize"]
+__all__ = [
+    "TRANSITIONS",
+    "comm_round_list",
+    "cache_hit_rate",
+    "compare_points",
+    "k_values",
+    "majority_vote",
+    "pass_at_k",
+    "per_problem",
+    "point_settings",
+    "round_transitions",
+    "summarize",
+]

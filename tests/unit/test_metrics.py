@@ -8,7 +8,16 @@ import random
 
 import pytest
 
-from orchestrator.core.metrics import k_values, majority_vote, pass_at_k, per_problem, summarize
+from orchestrator.core.metrics import (
+    comm_round_list,
+    compare_points,
+    k_values,
+    majority_vote,
+    pass_at_k,
+    per_problem,
+    round_transitions,
+    summarize,
+)
 
 # --------------------------------------------------------------------------- pass@k
 
@@ -154,7 +163,12 @@ def test_summarize_hand_computed():
     out = summarize(ROWS)
     assert list(out) == ["T=1024", "T=4096"]
     assert list(out["T=4096"]) == ["aime", "gpqa"]
-    aime = out["T=4096"]["aime"]
+    aime = dict(out["T=4096"]["aime"])
+    assert aime.pop("per_problem") == {
+        "p1": {"paths": 4, "pass@1": 0.5, "cons@N": 1.0, "majority_answer": "25", "votes": 2},
+        "p2": {"paths": 4, "pass@1": 0.5, "cons@N": 0.0, "majority_answer": "7", "votes": 2},
+    }
+    assert aime.pop("round_transitions") == {}  # no path wrote a summary
     assert aime == {
         "problems": 2,
         "paths_per_problem": 4,
@@ -223,3 +237,77 @@ def test_per_problem():
 def test_summarize_empty():
     assert summarize([]) == {}
     assert per_problem([]) == []
+
+
+# --------------------------------------------------------------------------- rounds and baselines
+
+
+def _path(answers, verdicts, final, ok, pid="p", path=0, point="leap"):
+    return {"sweep_point": point, "benchmark": "aime", "problem_id": pid, "path": path,
+            "summaries": [f"s{i}" for i in range(len(answers))], "round_answers": answers,
+            "round_correct": verdicts, "answer": final, "correct": ok, "correct_compat": ok,
+            "sampled_tokens": 10, "injected_tokens": 1}
+
+
+def test_round_transitions_counts_each_kind():
+    paths = [
+        _path(["3", "5"], [F, T], "5", T, path=0),  # r1 wrong->right, r2 unchanged
+        _path(["5", "3"], [T, F], "4", F, path=1),  # r1 right->wrong, r2 wrong->other wrong
+        _path(["3", "03"], [F, F], "3", F, path=2),  # "03" is "3": unchanged twice
+        _path([None], [F], "7", F, path=3),  # no answer -> an answer: a change, wrong to wrong
+        _path(["1/2"], [T], "0.5", T, path=4),  # same value spelled two ways: unchanged
+        _path([], [], "5", T, path=5),  # finished before the first summary: not counted
+    ]
+    table = round_transitions(paths, comm_rounds=[2, 4])
+    assert table == {
+        2: {"paths": 5, "changed": 3, "wrong_to_right": 1, "right_to_wrong": 1, "wrong_to_wrong": 1,
+            "right_to_right": 0},
+        4: {"paths": 3, "changed": 1, "wrong_to_right": 0, "right_to_wrong": 0, "wrong_to_wrong": 1,
+            "right_to_right": 0},
+    }
+    assert list(round_transitions(paths)) == [1, 2]  # by summary index without comm_rounds
+
+
+def test_round_transitions_unknown_when_not_graded_per_round():
+    row = _path(["3"], [F], "3", F)
+    row["round_answers"] = row["round_correct"] = None
+    assert round_transitions([row]) is None
+    with pytest.raises(ValueError, match="differ in length"):
+        round_transitions([_path(["3", "4"], [F], "3", F)])
+
+
+def test_comm_round_list():
+    assert comm_round_list({"mode": "leap", "max_rounds": 4, "comm_rounds": None}) == [1, 2, 3]
+    assert comm_round_list({"mode": "leap_t", "max_rounds": 4, "comm_rounds": [1, 3]}) == [1, 3]
+    assert comm_round_list({"mode": "independent", "max_rounds": 4}) == []
+
+
+def test_summarize_with_points_adds_settings_rounds_and_deltas():
+    rows = []
+    spec = {"ind": [F, F, T, F], "cm": [T, F, F, F], "leap": [T, T, F, T], "leap2": [F, F, F, F]}
+    for point, oks in spec.items():
+        for i, ok in enumerate(oks):
+            row = _path(["1"], [F], "5" if ok else str(i), ok, path=i, point=point)
+            if point in ("ind", "cm"):
+                row["summaries"] = row["round_answers"] = row["round_correct"] = []
+            rows.append(row)
+    points = {
+        "ind": {"mode": "independent", "max_rounds": 4},
+        "cm": {"mode": "compute_matched", "max_rounds": 4, "match_point": "leap"},
+        "leap": {"mode": "leap", "max_rounds": 4, "comm_rounds": (2,), "T": 64, "top_k": 2,
+                 "router": "dispersed"},
+        "leap2": {"mode": "leap", "max_rounds": 3, "T": 32},
+    }
+    out = summarize(rows, points=points)
+    leap = out["leap"]["aime"]
+    assert leap["settings"]["comm_rounds"] == [2] and leap["settings"]["T"] == 64
+    assert list(leap["round_transitions"]) == [2]
+    assert leap["vs_independent"] == {"point": "ind", "pass@1": 0.5, "cons@N": 1.0}
+    # cm's four answers tie 1-1-1-1: the first (path 0, right) wins its vote, as leap's does
+    assert leap["vs_compute_matched"] == {"point": "cm", "pass@1": 0.5, "cons@N": 0.0}
+    # leap2 has no matched point of its own, and the one there is linked to leap
+    assert "vs_compute_matched" not in out["leap2"]["aime"]
+    assert out["leap2"]["aime"]["vs_independent"]["pass@1"] == -0.25
+    assert "vs_independent" not in out["ind"]["aime"]
+    assert out["cm"]["aime"]["vs_independent"] == {"point": "ind", "pass@1": 0.0, "cons@N": 1.0}
+    assert compare_points(out, {}) == {}

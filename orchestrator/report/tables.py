@@ -1,10 +1,8 @@
-"""Tables and plots from a results directory (`paths.parquet`, `messages.parquet`, `summary.json`).
+"""Fixed-width text tables of a results directory, for the console and the CLI.
 
-    python -m orchestrator.report OUTPUT_DIR [--no-plots]
-
-prints a per-problem table (Pass@1 and Cons@N of every problem at every sweep point), a sweep
-table (one row per sweep point x benchmark: Pass@1, Cons@N, tokens per path) and a line about the
-delivered peer messages, then writes PNGs into OUTPUT_DIR/plots.
+A per-problem table (Pass@1 and Cons@N of every problem at every sweep point), a sweep table
+(one row per sweep point x benchmark: Pass@1, Cons@N, tokens per path) and a line about the
+delivered peer messages.
 
 The per-problem table is recomputed from the path rows: Pass@1 is the mean of `correct` over the
 problem's paths; Cons@N grades the majority answer (non-empty answers only, ties go to the answer
@@ -13,24 +11,15 @@ seen first in path order; the vote of `orchestrator.core.metrics.majority_vote`,
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from orchestrator.core.metrics import majority_vote
 
-__all__ = [
-    "load_results",
-    "message_line",
-    "plot",
-    "problem_table",
-    "sweep_table",
-    "main",
-]
+__all__ = ["load_results", "message_line", "problem_table", "sweep_table"]
 
 Rows = list[dict[str, Any]]
 
@@ -285,150 +274,3 @@ def message_line(messages: Any) -> str:
     if sims:
         text += f", mean similarity {sum(sims) / len(sims):.3f}"
     return text
-
-
-# --------------------------------------------------------------------------------------------
-# plots
-
-
-def _figure(width: float = 7.0, height: float = 4.0):
-    # The object-oriented API renders through Agg without touching pyplot's global backend.
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
-
-
-def plot(output_dir: str | Path) -> list[Path]:
-    """Write pass1.png, pass_at_k.png and tokens.png into OUTPUT_DIR/plots; return their paths
-    (plots without data are skipped)."""
-    out = Path(output_dir)
-    paths_rows, _, summary = load_results(out)
-    plot_dir = out / "plots"
-    plot_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-
-    entries = _entries(summary)
-    sweeps = list(dict.fromkeys(sp for sp, _, _ in entries))
-    benches = sorted({b for _, b, _ in entries})
-    metrics = {(sp, b): m for sp, b, m in entries}
-
-    # 1. Pass@1 per sweep point, grouped bars per benchmark.
-    if entries:
-        fig = _figure(max(6.0, 1.1 * len(sweeps) * max(1, len(benches)) + 2), 4.0)
-        ax = fig.add_subplot()
-        width = 0.8 / max(1, len(benches))
-        for j, b in enumerate(benches):
-            xs = [i + (j - (len(benches) - 1) / 2) * width for i in range(len(sweeps))]
-            ys = [float(metrics.get((sp, b), {}).get("pass@1") or 0.0) for sp in sweeps]
-            bars = ax.bar(xs, ys, width=width, label=b)
-            ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=7)
-        ax.set_xticks(range(len(sweeps)), sweeps, rotation=20 if len(sweeps) > 4 else 0)
-        ax.set_ylabel("Pass@1")
-        ax.set_xlabel("sweep point")
-        ax.set_title("Pass@1 per sweep point")
-        ax.legend(fontsize=8)
-        written.append(_save(fig, plot_dir / "pass1.png"))
-
-    # 2. pass@k curves, one line per sweep point x benchmark.
-    curves = [(sp, b, _pass_at_k(m)) for sp, b, m in entries if _pass_at_k(m)]
-    if curves:
-        fig = _figure()
-        ax = fig.add_subplot()
-        for sp, b, pk in curves:
-            label = sp if len(benches) == 1 else f"{sp} / {b}"
-            ax.plot(list(pk), list(pk.values()), marker="o", label=label)
-        ks = sorted({k for _, _, pk in curves for k in pk})
-        if ks and ks[-1] > 2 * max(1, ks[0]):
-            ax.set_xscale("log", base=2)
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_xlabel("k")
-        ax.set_ylabel("pass@k")
-        ax.set_title("pass@k")
-        ax.legend(fontsize=8)
-        written.append(_save(fig, plot_dir / "pass_at_k.png"))
-
-    # 3. Tokens per path, sampled vs injected, stacked per sweep point x benchmark.
-    tok = _token_means(entries, paths_rows)
-    if tok:
-        labels = [sp if len(benches) <= 1 else f"{sp}\n{b}" for sp, b, _, _ in tok]
-        sampled = [s for _, _, s, _ in tok]
-        injected = [i for _, _, _, i in tok]
-        fig = _figure(max(6.0, 0.9 * len(tok) + 2), 4.0)
-        ax = fig.add_subplot()
-        xs = range(len(tok))
-        ax.bar(xs, sampled, label="sampled")
-        ax.bar(xs, injected, bottom=sampled, label="injected")
-        ax.set_xticks(list(xs), labels, fontsize=8)
-        ax.set_ylabel("tokens per path")
-        ax.set_title("Tokens per path: sampled vs injected")
-        ax.legend(fontsize=8)
-        written.append(_save(fig, plot_dir / "tokens.png"))
-    return written
-
-
-def _token_means(entries, paths_rows: Rows) -> list[tuple[str, str, float, float]]:
-    """(sweep, bench, sampled, injected) means per path: from summary.json, else from the paths."""
-    out = []
-    for sp, b, m in entries:
-        t = m.get("tokens_per_path") or {}
-        if t.get("sampled") is not None and t.get("injected") is not None:
-            out.append((sp, b, float(t["sampled"]), float(t["injected"])))
-    if out:
-        return out
-    acc: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
-    for r in paths_rows:
-        a = acc[(str(r.get("sweep_point", "")), str(r.get("benchmark", "")))]
-        a[0] += float(r.get("sampled_tokens") or 0)
-        a[1] += float(r.get("injected_tokens") or 0)
-        a[2] += 1
-    return [
-        (sp, b, s / n, i / n)
-        for (sp, b), (s, i, n) in sorted(acc.items(), key=lambda kv: (_sort_key(kv[0][0]), kv[0][1]))
-    ]
-
-
-def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=120)
-    return path
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m orchestrator.report",
-        description="Print the per-problem and sweep tables of a results dir and write its plots.",
-    )
-    parser.add_argument("output_dir", help="a run's output_dir (paths.parquet, summary.json, ...)")
-    parser.add_argument("--no-plots", action="store_true", help="print the tables only")
-    args = parser.parse_args(argv)
-
-    out = Path(args.output_dir)
-    if not out.is_dir():
-        print(f"error: {out} is not a directory", file=sys.stderr)
-        return 2
-    paths_rows, messages, summary = load_results(out)
-    if not paths_rows and not summary:
-        print(f"error: {out} holds neither paths.parquet nor summary.json", file=sys.stderr)
-        return 2
-
-    print(f"== per problem ({out / 'paths.parquet'}) ==")
-    print(problem_table(paths_rows))
-    print()
-    print(f"== sweep ({out / 'summary.json'}) ==")
-    print(sweep_table(summary))
-    print()
-    print(message_line(messages))
-    if not args.no_plots:
-        import matplotlib
-
-        matplotlib.use("Agg")  # headless; plot() itself draws through Figure objects only
-        for p in plot(out):
-            print(f"wrote {p}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

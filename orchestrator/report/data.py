@@ -1,0 +1,481 @@
+"""What a report shows, as data: a results directory loaded, and its tables built cell by cell.
+
+Every metric cell carries `src`, the key path of its value in summary.json (e.g. `["leap",
+"aime24", "pass@1"]`), so the HTML and Markdown writers render the same tables and a test can
+check each displayed number against summary.json. Numbers come from summary.json only; when a
+run's summary.json predates a metric (say, round transitions), the report computes the missing
+keys with the code that writes summary.json (`orchestrator.core.metrics.summarize`), fills only
+those keys, and says so (`Run.derived`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..core import metrics
+from .tables import _rows, _sort_key
+
+log = logging.getLogger(__name__)
+
+# paths.parquet columns the report reads for its numbers (text and spans only for a transcript)
+ROW_COLUMNS = (
+    "sweep_point", "benchmark", "problem_id", "path", "gold", "answer", "correct", "correct_compat",
+    "finish_reason", "rounds", "sampled_tokens", "injected_tokens", "cached_tokens",
+    "uncached_tokens", "summaries", "answer_first_summary", "answer_changed", "round_answers",
+    "round_correct", "replica", "node",
+)
+BASELINE_MODES = ("independent", "compute_matched")
+
+
+@dataclass
+class Run:
+    root: Path
+    summary: dict  # summary.json plus any keys the report had to compute (see `derived`)
+    derived: list[str]  # what was computed here because summary.json lacked it
+    settings: dict[str, dict]  # sweep point -> mode, T, top_k, router, ... (metrics.point_settings)
+    order: list[str]  # sweep points: baselines first, then the config's sweep order
+    benchmarks: list[str]
+    config: dict
+    run_info: dict
+    rows: list[dict]
+    messages: list[dict]
+
+    def metric(self, *keys) -> Any:
+        return lookup(self.summary, keys)
+
+
+def lookup(tree: Any, keys: Sequence) -> Any:
+    """`tree[k1][k2]...`, None when any level is missing."""
+    for k in keys:
+        if not isinstance(tree, dict) or str(k) not in tree:
+            return None
+        tree = tree[str(k)]
+    return tree
+
+
+def _json(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        log.warning("%s is not valid JSON (%s); ignored", path, exc)
+        return {}
+
+
+def _normalized(tree: dict) -> dict:
+    """As summary.json stores it: string keys (pass@k's k, round numbers)."""
+    return json.loads(json.dumps(tree, default=str))
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def settings_from_config(config: dict) -> dict[str, dict]:
+    """Each sweep point's settings from config.json, through the same code the run used."""
+    if not config:
+        return {}
+    try:
+        from ..config import sweep_points, to_config
+
+        return {n: metrics.point_settings(p) for n, p in sweep_points(to_config(config)).items()}
+    except Exception as exc:  # an older or hand-edited config.json: fall back to point names
+        log.info("config.json: sweep points not rebuilt (%s); reading settings from point names", exc)
+        return {}
+
+
+def _from_name(name: str, leap: dict) -> dict:
+    """Settings from a point label such as `T=2048,router=clustered,top_k=2` over leap.*."""
+    out = {k: leap.get(k) for k in metrics.SETTING_KEYS}
+    for part in name.split(","):
+        key, sep, value = part.partition("=")
+        if sep and key in out:
+            try:
+                out[key] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key] = value
+    if name == "independent":
+        out["mode"] = "independent"
+    return out
+
+
+def _point_order(summary: dict, settings: dict[str, dict], config: dict) -> list[str]:
+    from ..config import point_name
+
+    listed = []
+    for entry in config.get("sweep") or []:
+        if isinstance(entry, dict):
+            listed.append(point_name(entry))
+    points = [p for p in listed if p in summary] + sorted(
+        (p for p in summary if p not in listed), key=_sort_key)
+
+    def rank(p: str) -> int:
+        mode = (settings.get(p) or {}).get("mode")
+        return BASELINE_MODES.index(mode) if mode in BASELINE_MODES else len(BASELINE_MODES)
+
+    return sorted(points, key=rank)  # stable: config order within each rank
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_run(output_dir: str | Path, grade_missing_rounds: bool = True) -> Run:
+    root = Path(output_dir)
+    recorded = _json(root / "summary.json")
+    config = _json(root / "config.json")
+    run_info = _json(root / "run_info.json")
+    rows = _rows(root / "paths.parquet", ROW_COLUMNS) if (root / "paths.parquet").is_file() else []
+    messages = _rows(root / "messages.parquet") if (root / "messages.parquet").is_file() else []
+
+    settings = {}
+    for point, per_bench in recorded.items():
+        for m in per_bench.values() if isinstance(per_bench, dict) else []:
+            if isinstance(m, dict) and isinstance(m.get("settings"), dict):
+                settings[point] = m["settings"]
+    if not settings:
+        settings = settings_from_config(config)
+    leap = config.get("leap") or {}
+    for point in set(recorded) | {r["sweep_point"] for r in rows}:
+        settings.setdefault(point, _from_name(point, leap))
+
+    summary, derived, rows = _complete(recorded, rows, settings, grade_missing_rounds)
+    benchmarks = sorted({b for per in summary.values() if isinstance(per, dict) for b in per})
+    return Run(root=root, summary=summary, derived=derived, settings=settings,
+               order=_point_order(summary, settings, config), benchmarks=benchmarks,
+               config=config, run_info=run_info, rows=rows, messages=messages)
+
+
+def _missing(recorded: dict, rows: list[dict]) -> set[str]:
+    """Metric keys some (point, benchmark) of summary.json lacks, or has as None."""
+    if not rows:
+        return set()
+    wanted = ("round_transitions", "per_problem", "settings", "vs_independent", "vs_compute_matched")
+    missing = set()
+    points = {r["sweep_point"] for r in rows}
+    for point in points:
+        for m in (recorded.get(point) or {}).values():
+            missing |= {k for k in wanted if m.get(k) is None}
+    return missing
+
+
+def _complete(recorded: dict, rows: list[dict], settings: dict,
+              grade: bool) -> tuple[dict, list[str], list[dict]]:
+    """summary.json with the keys it lacks computed by `metrics.summarize` from the path rows
+    (and the rows, graded per round when they were not)."""
+    summary = _normalized(recorded)
+    missing = _missing(recorded, rows)
+    if not missing or not rows:
+        return summary, [], rows
+    notes = []
+    if "round_transitions" in missing and grade and any(
+            r.get("summaries") and r.get("round_answers") is None for r in rows):
+        rows = grade_rounds(rows)
+        notes.append("round answers were graded by the report (paths.parquet has no round_answers)")
+    fresh = _normalized(metrics.summarize(rows, points=settings))
+    filled: set[str] = set()
+    for point, per_bench in fresh.items():
+        for bench, m in per_bench.items():
+            target = (summary.get(point) or {}).get(bench)
+            if target is None:  # only what summary.json reports is shown
+                continue
+            for key, value in m.items():
+                if target.get(key) is None and value is not None:
+                    target[key] = value
+                    filled.add(key)
+    if filled:
+        notes.insert(0, "summary.json lacks " + ", ".join(sorted(filled)) + ": computed here by "
+                     "orchestrator.core.metrics.summarize from paths.parquet")
+    return summary, notes, rows
+
+
+def grade_rounds(rows: list[dict]) -> list[dict]:
+    """Rows with `round_answers` / `round_correct` from their summaries (grading.grade_rounds),
+    sharing one verdict cache: the same answer to the same gold is graded once."""
+    from ..core import grading
+
+    fn = getattr(grading, "grade_rounds", None)
+    if fn is None:
+        return rows
+    cache: dict = {}
+    out = []
+    for r in rows:
+        if r.get("round_answers") is None and r.get("summaries"):
+            kind = "gpqa" if str(r.get("benchmark", "")).startswith("gpqa") else "math"
+            answers, verdicts = fn(r["summaries"], r.get("gold") or "", kind, cache=cache)
+            r = {**r, "round_answers": answers, "round_correct": verdicts}
+        out.append(r)
+    return out
+
+
+# --------------------------------------------------------------------------- tables
+
+
+@dataclass
+class Cell:
+    text: str
+    src: tuple | None = None  # key path into summary.json
+    kind: str = "text"  # text | num | delta | head
+
+
+@dataclass
+class Table:
+    key: str
+    title: str
+    headers: list[str]
+    rows: list[list[Cell]]
+    note: str = ""
+    groups: list[tuple[str, int]] = field(default_factory=list)  # header groups: (label, span)
+
+
+def fmt(value: Any, style: str = "frac") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if style == "frac":
+        return f"{float(value):.3f}"
+    if style == "delta":
+        return f"{float(value):+.3f}"
+    if style == "tokens":
+        return f"{float(value):,.0f}"
+    if style == "int":
+        return f"{int(value)}"
+    if style == "seconds":
+        return f"{float(value):,.1f}"
+    return str(value)
+
+
+def num(run: Run, keys: tuple, style: str = "frac") -> Cell:
+    value = run.metric(*keys)
+    return Cell(fmt(value, style), src=keys if value is not None else None,
+                kind="delta" if style == "delta" else "num")
+
+
+def text(value: Any) -> Cell:
+    return Cell("-" if value is None else str(value))
+
+
+def setting_cell(run: Run, point: str, bench: str, key: str) -> Cell:
+    if run.metric(point, bench, "settings", key) is not None:
+        value = run.metric(point, bench, "settings", key)
+        return Cell(_setting_text(key, value), src=(point, bench, "settings", key))
+    return text(_setting_text(key, (run.settings.get(point) or {}).get(key)))
+
+
+def _setting_text(key: str, value: Any) -> str | None:
+    if key == "top_k" and value == -1:
+        return "all"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return None if value is None else str(value)
+
+
+def is_leap(run: Run, point: str) -> bool:
+    return (run.settings.get(point) or {}).get("mode") in metrics.LEAP_MODES
+
+
+def main_table(run: Run) -> Table:
+    """The paper's shape: a row per configuration, per benchmark Pass@1 and Cons@N with the
+    deltas against the independent and compute-matched baselines."""
+    has_ind = any(run.metric(p, b, "vs_independent") for p in run.order for b in run.benchmarks)
+    has_cm = any(run.metric(p, b, "vs_compute_matched") for p in run.order for b in run.benchmarks)
+    cons = _cons_label(run)
+    per_metric = ["", "Δ indep."] if has_ind else [""]
+    if has_cm:
+        per_metric.append("Δ matched")
+    headers = ["configuration", "mode", "T", "top-k", "router", "N"]
+    groups = [("", len(headers))]
+    for b in run.benchmarks:
+        for metric_label in ("Pass@1", cons):
+            headers += [f"{metric_label}{' ' + s if s else ''}" for s in per_metric]
+        groups.append((b, 2 * len(per_metric)))
+    rows = []
+    for p in run.order:
+        bench0 = next((b for b in run.benchmarks if run.metric(p, b)), run.benchmarks[0])
+        row = [Cell(p, kind="head")]
+        talks = is_leap(run, p)  # top-k and router mean nothing to the baselines
+        row += [setting_cell(run, p, bench0, k) if talks or k in ("mode", "T") else text(None)
+                for k in ("mode", "T", "top_k", "router")]
+        row.append(num(run, (p, bench0, "paths_per_problem"), "int"))
+        for b in run.benchmarks:
+            for key in ("pass@1", "cons@N"):
+                row.append(num(run, (p, b, key)))
+                if has_ind:
+                    row.append(num(run, (p, b, "vs_independent", key), "delta"))
+                if has_cm:
+                    row.append(num(run, (p, b, "vs_compute_matched", key), "delta"))
+        rows.append(row)
+    note = ("Pass@1: mean over problems of the fraction of correct paths; Cons@N: majority vote "
+            "over a problem's N paths. Δ indep.: minus the independent-sampling point; Δ matched: "
+            "minus the compute-matched point that matches this LeaP point's token usage.")
+    return Table("main", "Accuracy by configuration", headers, rows, note, groups)
+
+
+def _cons_label(run: Run) -> str:
+    ns = {run.metric(p, b, "paths_per_problem") for p in run.order for b in run.benchmarks} - {None}
+    return f"Cons@{ns.pop()}" if len(ns) == 1 else "Cons@N"
+
+
+def _point_bench(run: Run):
+    for p in run.order:
+        for b in run.benchmarks:
+            if run.metric(p, b) is not None:
+                yield p, b
+
+
+def _label(run: Run, p: str, b: str) -> list[Cell]:
+    return [Cell(p, kind="head")] + ([Cell(b)] if len(run.benchmarks) > 1 else [])
+
+
+def _label_headers(run: Run, first: str = "configuration") -> list[str]:
+    return [first] + (["benchmark"] if len(run.benchmarks) > 1 else [])
+
+
+def efficiency_table(run: Run) -> Table:
+    headers = _label_headers(run) + ["sampled/path", "injected/path", "total/path", "rounds",
+                                     "cache hit", "Pass@1 (compat)", "Cons@N shortest"]
+    rows = []
+    for p, b in _point_bench(run):
+        rows.append(_label(run, p, b) + [
+            num(run, (p, b, "tokens_per_path", "sampled"), "tokens"),
+            num(run, (p, b, "tokens_per_path", "injected"), "tokens"),
+            num(run, (p, b, "tokens_per_path", "total"), "tokens"),
+            num(run, (p, b, "rounds_mean")),
+            num(run, (p, b, "prefix_cache_hit_rate")),
+            num(run, (p, b, "pass@1_compat")),
+            num(run, (p, b, "cons@N_shortest")),
+        ])
+    note = ("Tokens per path: sampled (written by the model) and injected (summary prompts, peer "
+            "messages, answer forcing). Cache hit: prompt tokens served from the prefix cache. "
+            "Pass@1 (compat): the reference code's lenient scorer.")
+    return Table("tokens", "Tokens and efficiency", headers, rows, note)
+
+
+TRANSITION_HEADERS = (("paths", "paths"), ("changed", "changed"), ("wrong_to_right", "wrong→right"),
+                      ("right_to_wrong", "right→wrong"), ("wrong_to_wrong", "wrong→other wrong"),
+                      ("right_to_right", "right→other right"))
+
+
+def transitions_table(run: Run) -> Table:
+    headers = _label_headers(run) + ["round"] + [h for _, h in TRANSITION_HEADERS]
+    rows = []
+    for p, b in _point_bench(run):
+        table = run.metric(p, b, "round_transitions") or {}
+        for r in sorted(table, key=_sort_key):
+            rows.append(_label(run, p, b) + [Cell(str(r))] + [
+                num(run, (p, b, "round_transitions", r, k), "int") for k, _ in TRANSITION_HEADERS])
+    note = ("After each communication round: of the paths that wrote a summary in that round, how "
+            "many changed their answer (the answer in that summary, written before reading peers, "
+            "against the next summary's answer, or the final answer after the last one).")
+    return Table("transitions", "Answer changes after peer messages", headers, rows, note)
+
+
+def pass_at_k_table(run: Run) -> Table:
+    ks = sorted({int(k) for p, b in _point_bench(run) for k in (run.metric(p, b, "pass@k") or {})})
+    headers = _label_headers(run) + [f"pass@{k}" for k in ks]
+    rows = [_label(run, p, b) + [num(run, (p, b, "pass@k", str(k))) for k in ks]
+            for p, b in _point_bench(run)]
+    return Table("pass_at_k", "pass@k (unbiased estimator)", headers, rows)
+
+
+def problem_table(run: Run) -> Table:
+    """Pass@1 and Cons@N per problem (rows) and configuration (column pairs)."""
+    headers = ["benchmark", "problem"]
+    groups = [("", 2)]
+    for p in run.order:
+        headers += ["Pass@1", "Cons@N", "majority"]
+        groups.append((p, 3))
+    rows = []
+    for b in run.benchmarks:
+        pids = sorted({pid for p in run.order for pid in (run.metric(p, b, "per_problem") or {})},
+                      key=_sort_key)
+        for pid in pids:
+            row = [Cell(b), Cell(pid, kind="head")]
+            for p in run.order:
+                row += [num(run, (p, b, "per_problem", pid, "pass@1")),
+                        num(run, (p, b, "per_problem", pid, "cons@N"))]
+                answer = run.metric(p, b, "per_problem", pid, "majority_answer")
+                row.append(Cell("-" if answer is None else str(answer),
+                                src=(p, b, "per_problem", pid, "majority_answer") if answer is not None else None))
+            rows.append(row)
+    return Table("problems", "Per problem", headers, rows, groups=groups)
+
+
+# --------------------------------------------------------------------------- run facts
+
+
+def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    out = []
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out += _flatten(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+def facts_table(run: Run) -> Table:
+    """Model, replicas and nodes, times, throughput, cache, failovers and resumes: every key the
+    run's files hold, with the file it came from."""
+    cfg = run.config
+    rows: list[list[Cell]] = []
+
+    def add(label: str, value: Any, source: str) -> None:
+        if value is None or value == "" or value == []:
+            return
+        if isinstance(value, float):
+            value = f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
+        elif isinstance(value, (list, dict)):
+            value = json.dumps(value)
+        rows.append([Cell(label, kind="head"), Cell(str(value)), Cell(source)])
+
+    model = cfg.get("model") or {}
+    add("experiment", cfg.get("experiment"), "config.json")
+    add("model", model.get("name") or model.get("path"), "config.json")
+    engine = cfg.get("engine") or {}
+    add("engine", engine.get("kind"), "config.json")
+    ds = cfg.get("dataset") or {}
+    add("dataset", " ".join(str(x) for x in (ds.get("name"), ds.get("path") or "") if x), "config.json")
+    add("dataset.limit", ds.get("limit"), "config.json")
+    rep = cfg.get("replicas") or {}
+    if rep:
+        add("replicas", f"{rep.get('count')} x {rep.get('gpus_per_replica')} GPU, "
+            f"{rep.get('cpus_per_replica')} CPU", "config.json")
+    nodes = sorted({str(r.get("node")) for r in run.rows if r.get("node")})
+    replicas = sorted({int(r["replica"]) for r in run.rows if r.get("replica") is not None and r["replica"] >= 0})
+    if nodes:
+        add("nodes that served paths", f"{len(nodes)} ({', '.join(n[:12] for n in nodes[:8])})",
+            "paths.parquet")
+    if replicas:
+        add("replicas that served paths", len(replicas), "paths.parquet")
+    for key, value in _flatten(run.run_info):
+        add(key, value, "run_info.json")
+    sampled = sum(int(r.get("sampled_tokens") or 0) for r in run.rows)
+    if "tokens_per_s" not in run.run_info and run.run_info.get("generation_s") and sampled:
+        add("tokens_per_s (sampled tokens / generation_s)", sampled / run.run_info["generation_s"],
+            "paths.parquet, run_info.json")
+    hit = metrics.cache_hit_rate(run.rows)
+    if hit is not None and "prefix_cache_hit_rate" not in run.run_info:
+        add("prefix-cache hit rate (all paths)", hit, "paths.parquet")
+    add("paths", len(run.rows) or None, "paths.parquet")
+    add("peer messages delivered", len(run.messages) or None, "messages.parquet")
+    return Table("facts", "Run", ["fact", "value", "from"], rows)
+
+
+__all__ = [
+    "Cell",
+    "Run",
+    "Table",
+    "efficiency_table",
+    "facts_table",
+    "fmt",
+    "load_run",
+    "lookup",
+    "main_table",
+    "pass_at_k_table",
+    "problem_table",
+    "transitions_table",
+]

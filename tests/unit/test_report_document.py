@@ -1,0 +1,331 @@
+"""report.html / report.md against summary.json, and the transcript's peer attribution.
+
+A small sweep (independent, compute-matched, two LeaP points) runs through the real round state
+machine on the fake replica in-process (no Ray), is written as a run's files, and reported. Every
+table cell of the HTML that shows a metric names its summary.json key (`data-src`); the test
+reads each back and compares, and checks that the Markdown tables show the same cells.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from omegaconf import OmegaConf
+
+from orchestrator.config import Config, prompt_file, sweep_points
+from orchestrator.core import metrics
+from orchestrator.core.grading import canonical_answer, extract_answer
+from orchestrator.core.group import Group
+from orchestrator.core.prompts import load_prompts
+from orchestrator.core.types import Problem
+from orchestrator.engines.fake import FakeReplica
+from orchestrator.engines.tokenizer import FakeTokenizer, render_prompt
+from orchestrator.report import write_report
+from orchestrator.report.data import load_run
+from orchestrator.report.document import load_transcript
+from orchestrator.report.transcript import blocks_from_spans, blocks_from_tags, split_path
+
+TOK = FakeTokenizer()
+PROMPTS = load_prompts(prompt_file("default"))
+PROBLEMS = [Problem(id=f"q{i}", benchmark="synthetic", question=f"What is {i} + 1?", gold=str(g))
+            for i, g in enumerate((3, 5))]
+SWEEP = [
+    {"name": "independent", "mode": "independent"},
+    {"name": "matched", "mode": "compute_matched", "token_budget": 300},
+    {"T": 96, "top_k": 1, "router": "dispersed"},
+    {"T": 96, "top_k": 2, "router": "clustered"},
+]
+
+
+def _cheap_grade(row: dict) -> dict:
+    """Grading by voting key (math-verify costs ~45 ms a call; the report only reads verdicts)."""
+    def verdict(text: str | None) -> tuple[str | None, bool]:
+        answer = extract_answer(text or "")
+        return answer, answer is not None and canonical_answer(answer) == canonical_answer(row["gold"])
+
+    answer, ok = verdict(row["text"].split("</think>")[-1])
+    rounds = [verdict(s) for s in row["summaries"]]
+    return {**row, "answer": answer, "correct": ok, "correct_compat": ok,
+            "round_answers": [a for a, _ in rounds], "round_correct": [c for _, c in rounds]}
+
+
+async def _run_group(point: str, params, problem: Problem, replica: FakeReplica):
+    group = Group(f"{point}|{problem.id}", problem, render_prompt(TOK, PROMPTS, problem, params),
+                  params, PROMPTS, TOK, sweep_point=point)
+    sent = set()
+    while not group.done:
+        reqs = group.requests()
+        for r in reqs:
+            if r.path_key not in sent:
+                r.full, _ = group.full_tokens(r.path_key), sent.add(r.path_key)
+        for res in await asyncio.gather(*(replica.generate(r) for r in reqs)):
+            group.on_result(res)
+    return group.records(), group.messages
+
+
+def _char_spans(row: dict) -> list[dict]:
+    """The spans with character offsets, computed as the path's record would: the length of the
+    decoded text up to each token offset."""
+    ids = TOK.encode(row["text"])
+    assert TOK.decode(ids) == row["text"]
+
+    def char(x: int) -> int:
+        return len(TOK.decode(ids[:x]))
+
+    return [{**s, "char_start": char(s["start"]), "char_end": char(s["end"])} for s in row["spans"]]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("run")
+    cfg = Config()
+    cfg.engine.kind = "fake"
+    cfg.leap.paths, cfg.leap.max_rounds, cfg.leap.summary_tokens = 4, 3, 64
+    cfg.sweep = SWEEP
+    cfg.experiment = "unit_sweep"
+    points = sweep_points(cfg)
+    replica = FakeReplica(0, engine={"think_end_prob": 0.05, "run_seed": 1, "max_model_len": 4096})
+
+    async def run_all():
+        if hasattr(replica, "start"):
+            await replica.start()
+        out = []
+        for name, params in points.items():
+            for problem in PROBLEMS:
+                out.append(await _run_group(name, params, problem, replica))
+        return out
+
+    rows, messages = [], []
+    for group_rows, group_messages in asyncio.run(run_all()):
+        rows += [_cheap_grade(r) for r in group_rows]
+        messages += group_messages
+    summary = metrics.summarize(rows, points=points)
+    pq.write_table(pa.Table.from_pylist(rows), root / "paths.parquet")
+    pq.write_table(pa.Table.from_pylist(messages), root / "messages.parquet")
+    (root / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    (root / "config.json").write_text(json.dumps(OmegaConf.to_container(OmegaConf.structured(cfg))))
+    (root / "run_info.json").write_text(json.dumps({"wall_s": 1.5, "generation_s": 1.25, "failovers": 0}))
+    write_report(root, plots=False)  # figures: see test_single_point_run_without_baselines
+    return root
+
+
+# --------------------------------------------------------------------------- parsing back
+
+
+class _Tables(HTMLParser):
+    """Every <table data-table=KEY>: rows of (text, data-src or None, tag)."""
+
+    def __init__(self):
+        super().__init__()
+        self.tables: dict[str, list[list[tuple[str, str | None, str]]]] = {}
+        self.peers: list[dict] = []
+        self._table = self._cell = None
+        self._peer = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "table" and "data-table" in a:
+            self._table = self.tables.setdefault(a["data-table"], [])
+        elif tag == "tr" and self._table is not None:
+            self._table.append([])
+        elif tag in ("td", "th") and self._table is not None:
+            self._cell = [tag, a.get("data-src"), a.get("class") or "", ""]
+        elif tag == "div" and "data-sender" in a:
+            self._peer = {"rank": int(a["data-rank"]), "sender": a["data-sender"], "text": ""}
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._table[-1].append((self._cell[3], self._cell[1], self._cell[0], self._cell[2]))
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+        elif tag == "div" and self._peer is not None:
+            self.peers.append(self._peer)
+            self._peer = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell[3] += data
+        if self._peer is not None:
+            self._peer["text"] += data
+
+
+def _html(run_dir: Path) -> _Tables:
+    parser = _Tables()
+    parser.feed((run_dir / "report.html").read_text())
+    return parser
+
+
+def _md_tables(run_dir: Path) -> dict[str, list[list[str]]]:
+    tables, key = {}, None
+    for line in (run_dir / "report.md").read_text().splitlines():
+        if line.startswith("<!-- table:"):
+            key = line[len("<!-- table:"):-len(" -->")]
+            tables[key] = []
+        elif key and line.startswith("|"):
+            cells = [c.strip().replace("\\|", "|") for c in line.strip("|").split(" | ")]
+            if not set("".join(cells)) <= set("-:|"):
+                tables[key].append(cells)
+        elif key and not line.strip():
+            key = None
+    return tables
+
+
+def _matches(text: str, value) -> bool:
+    """The displayed text is the summary.json value at the precision shown."""
+    if value is None:
+        return text == "-"
+    if isinstance(value, str):
+        return text == value
+    shown = text.replace(",", "")
+    decimals = len(shown.split(".")[1]) if "." in shown else 0
+    return abs(float(shown) - float(value)) <= 0.5 * 10 ** -decimals + 1e-12
+
+
+def test_every_metric_cell_equals_summary_json(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    tables = _html(run_dir).tables
+    checked = 0
+    for key, rows in tables.items():
+        for row in rows:
+            for text, src, tag, cls in row:
+                if "num" in cls or "delta" in cls:
+                    assert src is not None or text == "-", f"{key}: number {text!r} without a source"
+                if src is None:
+                    continue
+                value = summary
+                for k in json.loads(src):
+                    value = value[k]
+                assert _matches(text, value), f"{key}: {src} shows {text!r}, summary.json has {value!r}"
+                checked += 1
+    assert checked > 100
+    main = tables["main"]
+    assert any("Δ indep." in c[0] for c in main[1]) and any("Δ matched" in c[0] for c in main[1])
+    # a LeaP row's delta is its Pass@1 minus the independent point's, as summary.json has it
+    point = "T=96,router=dispersed,top_k=1"
+    row = next(r for r in main if r and r[0][0] == point)
+    src = json.loads(row[7][1])
+    assert src == [point, "synthetic", "vs_independent", "pass@1"]
+    assert float(row[7][0]) == pytest.approx(
+        summary[point]["synthetic"]["pass@1"] - summary["independent"]["synthetic"]["pass@1"], abs=5e-4)
+
+
+def test_markdown_tables_show_the_html_cells(run_dir):
+    html_tables = _html(run_dir).tables
+    md = _md_tables(run_dir)
+    assert set(md) == {"facts", "main", "tokens", "transitions", "pass_at_k", "problems"}
+    for key, rows in md.items():
+        body = [[c[0] for c in r] for r in html_tables[key] if r and r[0][2] == "td"]
+        assert rows[1:] == body, key
+
+
+def test_transitions_table_sums(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    table = summary["T=96,router=dispersed,top_k=1"]["synthetic"]["round_transitions"]
+    assert list(table) == ["1", "2"]  # max_rounds 3: rounds 1 and 2 communicate
+    for counts in table.values():
+        assert counts["changed"] == sum(counts[k] for k in metrics.TRANSITIONS)
+        assert 0 < counts["paths"] <= 8
+    assert summary["independent"]["synthetic"]["round_transitions"] == {}
+
+
+def _senders_summary(rows, point, problem, sender, round_):
+    row = next(r for r in rows if r["sweep_point"] == point and r["problem_id"] == problem
+               and r["path"] == sender)
+    return row["summaries"][round_ - 1]  # every round but the last communicates
+
+
+@pytest.mark.parametrize("exact", [False, True], ids=["tags", "char-spans"])
+def test_transcript_attributes_every_peer_note_to_its_sender(run_dir, exact):
+    rows = pq.read_table(run_dir / "paths.parquet").to_pylist()
+    messages = pq.read_table(run_dir / "messages.parquet").to_pylist()
+    checked = 0
+    for row in rows:
+        if row["sweep_point"] in ("independent", "matched"):
+            continue
+        mine = [m for m in messages if m["sweep_point"] == row["sweep_point"]
+                and m["problem_id"] == row["problem_id"] and m["recipient"] == row["path"]]
+        spans = _char_spans(row) if exact else row["spans"]
+        blocks = split_path(row["text"], spans, PROMPTS, "math", mine, row["path"], [1, 2])
+        assert "".join(b.text for b in blocks) == row["text"]  # nothing lost, nothing doubled
+        notes = [(b.round, n) for b in blocks for n in b.notes]
+        assert len(notes) == len(mine)
+        for round_, note in notes:
+            assert note.verified and note.sender is not None
+            assert note.text == _senders_summary(rows, row["sweep_point"], row["problem_id"],
+                                                 note.sender, round_)
+            checked += 1
+        summaries = [b.text for b in blocks if b.kind == "summary"]
+        assert len(summaries) == len(row["summaries"])
+    assert checked > 10
+
+
+def test_tag_cut_matches_the_span_cut(run_dir):
+    rows = pq.read_table(run_dir / "paths.parquet").to_pylist()
+    for row in rows[::3]:
+        by_span = blocks_from_spans(row["text"], _char_spans(row))
+        by_tag = blocks_from_tags(row["text"], PROMPTS, "math")
+        merged = [b for b in by_span if b.kind != "summary_fix"]  # tags keep the repair inside the summary
+        assert [b.kind for b in by_tag] == [b.kind for b in merged], row["sweep_point"]
+
+
+def test_html_transcript_names_senders(run_dir):
+    run = load_run(run_dir)
+    tr = load_transcript(run)
+    assert tr is not None and tr.point not in ("independent", "matched")
+    peers = _html(run_dir).peers
+    assert peers and all(p["sender"] != "" for p in peers)
+    rows = pq.read_table(run_dir / "paths.parquet").to_pylist()
+    blocks = [b for b in tr.blocks if b.kind == "comment"]
+    for p, note in zip(peers, [n for b in blocks for n in b.notes]):
+        assert int(p["sender"]) == note.sender and f"path {note.sender}" in p["text"]
+        assert note.text == _senders_summary(rows, tr.point, tr.problem_id, note.sender,
+                                             next(b.round for b in blocks if note in b.notes))
+
+
+def test_single_point_run_without_baselines(tmp_path, run_dir):
+    point = "T=96,router=clustered,top_k=2"
+    for name in ("paths.parquet", "messages.parquet"):
+        table = pq.read_table(run_dir / name).to_pylist()
+        pq.write_table(pa.Table.from_pylist([r for r in table if r["sweep_point"] == point]), tmp_path / name)
+    only = json.loads((run_dir / "summary.json").read_text())[point]
+    for m in only.values():
+        del m["vs_independent"], m["vs_compute_matched"]
+    (tmp_path / "summary.json").write_text(json.dumps({point: only}))
+    written = write_report(tmp_path)
+    tables = _html(tmp_path).tables
+    assert not any("Δ" in c[0] for r in tables["main"] for c in r)
+    assert [c[0] for c in tables["main"][-1]][0] == point
+    names = {p.name for p in written["plots"]}
+    assert names == {"pass1.png", "tokens.png", "transitions.png", "pass_at_k.png"}  # no sweep
+    md = (tmp_path / "report.md").read_text()
+    assert "Peer 1" in md
+    for name in names:
+        assert f"](plots/{name})" in md and (tmp_path / "plots" / name).read_bytes()[:4] == b"\x89PNG"
+    # one self-contained file: the figures inline, nothing fetched, no script
+    text = (tmp_path / "report.html").read_text()
+    assert "<script" not in text and "http://" not in text and "https://" not in text
+    assert text.count("data:image/png;base64,") == len(names)
+
+
+def test_report_computes_what_an_older_summary_lacks(tmp_path, run_dir):
+    for name in ("paths.parquet", "messages.parquet", "config.json"):
+        (tmp_path / name).write_bytes((run_dir / name).read_bytes())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for per_bench in summary.values():
+        for m in per_bench.values():
+            for key in ("round_transitions", "settings", "vs_independent", "vs_compute_matched"):
+                m.pop(key, None)
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    run = load_run(tmp_path)
+    assert run.derived and "round_transitions" in run.derived[0]
+    full = json.loads((run_dir / "summary.json").read_text())
+    point = "T=96,router=dispersed,top_k=1"
+    assert run.summary[point]["synthetic"]["round_transitions"] == full[point]["synthetic"]["round_transitions"]
+    assert run.summary[point]["synthetic"]["vs_independent"] == full[point]["synthetic"]["vs_independent"]
