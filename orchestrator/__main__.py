@@ -1,20 +1,38 @@
 """`python -m orchestrator [+experiment=NAME] [key=value ...]` — the thin Hydra entry.
 
 Composes the config (schema defaults + conf/ YAML + overrides), then hands it to `runner.run`.
+A failure ends as one paragraph on stderr and exit status 2 (user error: config, data, model
+path, cluster address or size, an engine that cannot load) or 1 (runtime failure); the
+traceback only with `HYDRA_FULL_ERROR=1` or `debug=true` (see `errors.py`).
 """
 
 from __future__ import annotations
 
-import logging
+import io
+import re
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .config import ConfigError, register, to_config
+from .config import register, to_config
+from .errors import USER_ERROR, paragraph, report, want_traceback
 
 register()
+
+_composed = False  # Hydra reached our function: a later exit 1 from Hydra is not a compose error
+_held: io.StringIO | None = None  # Hydra's stderr while it composes (see `entry`)
+_stderr = sys.stderr
+
+
+def _release_stderr() -> str:
+    """Give stderr back; returns what Hydra wrote meanwhile."""
+    global _held
+    text = _held.getvalue() if _held is not None else ""
+    _held = None
+    sys.stderr = _stderr
+    return text
 
 
 def _point_from_overrides() -> str:
@@ -29,19 +47,74 @@ def _point_from_overrides() -> str:
     return ",".join(f"{k.lstrip('+~').removeprefix('leap.')}={v}" for k, v in items)
 
 
+def _debug_flag(dcfg) -> bool:
+    try:
+        return bool(dcfg.get("debug", False))
+    except Exception:
+        return False
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(dcfg: DictConfig) -> None:
-    from .runner import run
-
+    global _composed
+    _composed = True
+    early = _release_stderr()
+    if early:
+        sys.stderr.write(early)
+    debug = _debug_flag(dcfg)
     try:
+        from .runner import run
+
         cfg = to_config(dcfg)
+        debug = cfg.debug
         if not cfg.point and not cfg.sweep:
             cfg.point = _point_from_overrides()
         run(cfg)
-    except ConfigError as exc:
-        logging.getLogger("orchestrator").error("config error: %s", exc)
-        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: finished groups and the last barrier's checkpoints are saved; rerun the same "
+              "command to continue", file=sys.stderr, flush=True)
+        sys.exit(130)
+    except Exception as exc:
+        sys.exit(report(exc, debug=debug))
+
+
+def entry() -> None:
+    """Run `main`. While Hydra composes, its stderr is held: an override it cannot apply
+    (unknown key, wrong type, missing group or experiment) makes it print a message of several
+    lines (sometimes a traceback) and exit 1; that becomes one paragraph and exit 2."""
+    global _held
+    if not want_traceback():
+        _held = io.StringIO()
+        sys.stderr = _held
+    try:
+        main()
+    except SystemExit as exc:
+        early = _release_stderr()
+        if exc.code == 1 and not _composed:
+            print(paragraph(f"error: {_compose_message(early)}"), file=sys.stderr, flush=True)
+            sys.exit(USER_ERROR)
+        if early:
+            sys.stderr.write(early)
+        raise
+    finally:
+        early = _release_stderr()
+        if early:
+            sys.stderr.write(early)
+
+
+_NOISE = re.compile(r"^\s*(full_key:|reference_type=|object_type=|Set the environment variable HYDRA_FULL_ERROR"
+                    r"|Traceback \(most recent call last\)|File \"|\^+$|~+$)")
+
+
+def _compose_message(text: str) -> str:
+    """Hydra's compose error without its stack frames and OmegaConf's key dump."""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not _NOISE.match(ln)]
+    lines = [ln for ln in lines if not ln.startswith("    ")] or lines
+    msg = " ".join(ln.strip() for ln in lines) or "the command line could not be composed into a config"
+    msg = msg.split(" Config search path:")[0]
+    msg = re.sub(r" To append to your config use \+\S+", "", msg)  # the schema has no open sections
+    return msg + " (`python -m orchestrator --cfg job` prints the composed config; keys are in orchestrator/config.py)"
 
 
 if __name__ == "__main__":
-    main()
+    entry()

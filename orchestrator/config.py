@@ -16,14 +16,15 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from .core.group import MODES, LeapParams
 from .core.routing import POLICIES, SIMILARITIES
 from .core.types import SamplingSpec
+from .errors import UserError
 
 ENGINES = ("vllm", "fake")
 DATASETS = ("aime24", "aime25", "aimo25", "gpqa_diamond", "synthetic")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
-class ConfigError(ValueError):
-    """A bad config value; the message names the key."""
+class ConfigError(UserError, ValueError):
+    """A bad config value; the message names the key. Exits with status 2."""
 
 
 @dataclass
@@ -96,14 +97,32 @@ class ReplicasConfig:
     placement: str = "spread"  # spread: a problem's paths over replicas | pack: one replica
     strategy: str = "PACK"  # placement-group strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
     max_groups_in_flight: int = 8  # groups the coordinator runs at once
+    # Deadlines (seconds). Placement: how long to wait for the cluster to grant the replicas'
+    # bundles (and the coordinator's CPU) when it may still grow; a cluster that cannot grow and
+    # lacks the resources is refused at once. Start: how long a replica's engine may take to load
+    # (weights, compile, CUDA graphs) before the run gives up and says which phase it was in.
+    placement_timeout_s: float = 300
+    start_timeout_s: float = 1200
+    coordinator_restarts: int = 3  # new coordinators the driver starts when one dies, per run
 
 
 @dataclass
 class RayConfig:
-    address: str = ""  # empty: start a local Ray in-process; "auto" or ray://... to join
+    # "" (or "local"): a private Ray started in-process, even when another Ray runs on this machine
+    # (a Ray Job's driver, which finds RAY_ADDRESS set to its cluster, joins that cluster instead);
+    # "auto": join the Ray already running on this machine (`ray start --head`);
+    # "HOST:PORT" (the head's GCS port, 6379 by default) or "ray://HOST:10001": join that cluster.
+    address: str = ""
     num_cpus: Optional[int] = None  # local Ray only
     num_gpus: Optional[int] = None  # local Ray only (a number on a CPU machine fakes GPUs)
     namespace: str = "orchestrator"
+    # Joining a cluster (ray.address set) must succeed within this many seconds, or the run stops
+    # naming the address: a TCP probe of the address first, then ray.init under the same deadline.
+    connect_timeout_s: float = 15
+    # Can the cluster add nodes? null: a local Ray cannot; a joined cluster can when an autoscaler
+    # reports node types it may launch. When it cannot, a request it lacks the resources for is
+    # refused at once instead of waiting out replicas.placement_timeout_s.
+    autoscaling: Optional[bool] = None
 
 
 @dataclass
@@ -123,6 +142,7 @@ class Config:
     progress: bool = True
     plots: bool = True
     experiment: str = ""  # set by experiment files, for the record
+    debug: bool = False  # print the traceback of a failure (also: HYDRA_FULL_ERROR=1)
 
 
 def register() -> None:
@@ -267,4 +287,167 @@ def validate(cfg: Config) -> dict[str, LeapParams]:
     if not cfg.output_dir:
         raise ConfigError("output_dir must be set")
     sampling_spec(cfg)
-    return sweep_points(cfg)
+    check_cluster_keys(cfg)
+    check_model_path(cfg)
+    points = sweep_points(cfg)
+    for message in setting_warnings(cfg, points):
+        _warn_once(message)
+    return points
+
+
+def check_cluster_keys(cfg: Config) -> None:
+    """Deadlines are positive; `ray.address` has a shape Ray can join."""
+    for key, value in (("replicas.placement_timeout_s", cfg.replicas.placement_timeout_s),
+                       ("replicas.start_timeout_s", cfg.replicas.start_timeout_s),
+                       ("ray.connect_timeout_s", cfg.ray.connect_timeout_s)):
+        if not (isinstance(value, (int, float)) and value > 0):
+            raise ConfigError(f"{key}={value!r} must be a number of seconds > 0")
+    _positive("replicas.coordinator_restarts", cfg.replicas.coordinator_restarts, minimum=0)
+    address = (cfg.ray.address or "").strip()
+    if address.startswith(("http://", "https://")):
+        raise ConfigError(f"ray.address={address!r} is a dashboard / Ray Jobs address; the driver joins a "
+                          f"cluster at its GCS address (HOST:6379), at ray://HOST:10001, or with "
+                          f"ray.address=auto on the head node (submit jobs with jobs/submit.py --address "
+                          f"{address} instead)")
+    if address and address not in ("auto", "local"):
+        from .cluster import parse_address
+
+        try:
+            parse_address(address)
+        except ValueError as exc:
+            raise ConfigError(f"ray.address={address!r}: {exc}") from None
+
+
+BUILTIN_MODELS = ("tiny", "smollm2")
+
+
+def model_kind(spec: str) -> str:
+    """How `model.path` is read: `builtin`, `local` (a path on this machine: absolute, or starting
+    with ./ ../ ~, or naming something that exists here) or `hub` (`org/name` or `name`)."""
+    spec = spec.strip()
+    if spec.startswith("builtin:"):
+        return "builtin"
+    if spec.startswith(("/", "./", "../", "~", ".\\", "..\\")) or spec in (".", "..") or Path(spec).expanduser().exists():
+        return "local"
+    import re
+
+    if re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", spec) and ".." not in spec and not spec.endswith("."):
+        return "hub"
+    return "local"  # a path shape that is no hub id: it must exist here
+
+
+def check_model_path(cfg: Config) -> None:
+    """Refuse, before Ray starts, a model that cannot load: an unknown builtin, a local path that
+    does not exist or is no checkpoint, a hub id when the hub is off and nothing is cached."""
+    if cfg.engine.kind == "fake":
+        return
+    import os
+
+    spec = (cfg.model.path or "").strip()
+    if not spec:
+        raise ConfigError("model.path must be set (builtin:smollm2, builtin:tiny, a checkpoint directory "
+                          "or a hub id org/name)")
+    kind = model_kind(spec)
+    if kind == "builtin":
+        name = spec.split(":", 1)[1]
+        if name not in BUILTIN_MODELS:
+            raise ConfigError(f"model.path={spec!r}: unknown builtin model; choose one of "
+                              f"{[f'builtin:{m}' for m in BUILTIN_MODELS]}")
+        return
+    if kind == "local":
+        local = Path(spec).expanduser()
+        if not local.exists():
+            raise ConfigError(f"model.path={spec!r}: no such directory ({local.resolve()}); give a checkpoint "
+                              f"directory that exists on this machine, a hub id like org/name, or "
+                              f"builtin:smollm2")
+        if local.is_file():
+            if local.suffix != ".gguf":
+                raise ConfigError(f"model.path={spec!r} is a file; give the checkpoint directory that holds "
+                                  f"config.json and the weights")
+            return
+        if not any((local / f).is_file() for f in ("config.json", "params.json")):
+            raise ConfigError(f"model.path={spec!r}: the directory has no config.json, so it is not a "
+                              f"Hugging Face checkpoint directory")
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or \
+        os.environ.get("TRANSFORMERS_OFFLINE", "") not in ("", "0")
+    if offline:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            return
+        if not isinstance(try_to_load_from_cache(spec, "config.json"), str):
+            raise ConfigError(f"model.path={spec!r} reads as a hub id, but HF_HUB_OFFLINE is set and the hub "
+                              f"cache has no copy of it; give a local checkpoint directory (./path or /path)")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    import logging
+
+    if message not in _warned:
+        _warned.add(message)
+        logging.getLogger("orchestrator.config").warning("%s", message)
+
+
+# room the injected text takes besides summaries: trigger + opener, the peer block's frame, the
+# reflection sentence, the answer-forcing suffix (generous; the prompt files are short)
+_INJECT_FRAME = 96
+
+
+def setting_warnings(cfg: Config, points: dict[str, LeapParams]) -> list[str]:
+    """Legal settings that will not do what the user may think; each names the key and the
+    effective value, once per run (for a sweep: once, with the points it concerns, or the worst
+    one). The prompt's own length is not known before the tokenizer loads, so the context check
+    counts everything but the prompt."""
+    found: dict[str, list[tuple[int, str, str]]] = {}
+    for name, p in points.items():
+        for topic, weight, message in _point_warnings(p, cfg.engine.max_model_len):
+            found.setdefault(topic, []).append((weight, name, message))
+    out = []
+    for hits in found.values():
+        weight, name, message = max(hits, key=lambda h: h[0])
+        if len(points) > 1:
+            names = [n for _, n, _ in hits]
+            message += (f" (sweep point {name})" if len(names) == 1 else
+                        f" ({len(names)} of {len(points)} sweep points; worst: {name})")
+        out.append(message)
+    return out
+
+
+def _point_warnings(p: LeapParams, max_len: int) -> list[tuple[str, int, str]]:
+    """(topic, how bad, message) for one sweep point."""
+    out = []
+    peers = p.paths - 1
+    comm = 0
+    if p.mode in ("leap", "leap_t"):
+        comm = len(p.comm_rounds) if p.comm_rounds is not None else p.max_rounds - 1
+    if comm and p.top_k != -1 and p.top_k >= peers:
+        out.append(("top_k", p.top_k - peers,
+                    f"leap.top_k={p.top_k} with leap.paths={p.paths}: a path has only {peers} peer(s), so it "
+                    f"receives all of them (effective top_k={peers}) and leap.router={p.router} has no "
+                    f"choice to make"))
+    if p.summary_tokens > p.T:
+        out.append(("summary_tokens", p.summary_tokens - p.T,
+                    f"leap.summary_tokens={p.summary_tokens} > leap.T={p.T}: a summary may be longer than "
+                    f"the segment it sums up"))
+    if p.mode == "compute_matched" and p.token_budget is None:
+        return out  # the budget comes from the matched point at run time
+    sampled = p.token_budget if p.token_budget is not None else p.T * p.max_rounds
+    k = peers if p.top_k == -1 else min(p.top_k, peers)
+    injected = comm * (p.summary_tokens * (1 + k) + _INJECT_FRAME) \
+        + max(p.summary_tokens, p.answer_tokens) + _INJECT_FRAME
+    what = "leap.token_budget" if p.token_budget is not None else "leap.T x leap.max_rounds"
+    if sampled >= max_len:
+        out.append(("context", sampled + injected - max_len,
+                    f"{what} = {sampled} sampled tokens alone do not fit in engine.max_model_len={max_len}: "
+                    f"paths will stop with finish_reason=context after about {max_len} tokens less the prompt"))
+    elif sampled + injected > max_len:
+        out.append(("context", sampled + injected - max_len,
+                    f"engine.max_model_len={max_len} may be too short: {what} = {sampled} sampled tokens plus "
+                    f"up to {injected} injected (summaries, {k} peer summaries per communication round, the "
+                    f"answer) plus the prompt can exceed it; a path that reaches it stops with "
+                    f"finish_reason=context"))
+    return out

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from orchestrator.core.types import Problem
+from orchestrator.errors import UserError
 
 __all__ = [
     "BENCHMARKS",
@@ -98,12 +99,14 @@ SYNTHETIC_PROBLEMS: tuple[tuple[str, int], ...] = (
 )
 
 
-class DatasetError(ValueError):
-    """A local file or hub table that cannot be turned into problems (names the file and row)."""
+class DatasetError(UserError, ValueError):
+    """A local file or hub table that cannot be turned into problems (names the file and row,
+    counting rows from 0). Exits with status 2."""
 
 
-class HubUnavailableError(RuntimeError):
-    """The benchmark could not be fetched from the Hugging Face Hub."""
+class HubUnavailableError(UserError, RuntimeError):
+    """The benchmark could not be fetched from the Hugging Face Hub (the message says to set
+    dataset.path). Exits with status 2."""
 
 
 # --------------------------------------------------------------------------------------------

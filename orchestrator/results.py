@@ -7,9 +7,13 @@ Layout under `output_dir`:
     paths.parquet      one row per path (every finished group), rebuilt from the parts
     messages.parquet   one row per delivered peer summary
     summary.json       metrics per sweep point and benchmark
-    config.json        the resolved config of the run;  run_info.json  wall time, groups run/skipped
+    config.json        the resolved config of the run;  run_info.json  wall time, groups run/skipped,
+                       and the faults met (replica deaths, moved paths, coordinator restarts,
+                       groups resumed from a checkpoint)
+    checkpoints/       the last barrier's state of each group not yet written (`checkpoint.py`)
 
-Resume: a group whose part file exists is complete and is not run again.
+Resume: a group whose part file exists is complete and is not run again; a group with a
+checkpoint under `checkpoints/` (see `checkpoint.py`) continues from its last barrier.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ PATHS_SCHEMA = pa.schema([
     ("summaries", pa.list_(pa.string())), ("answer_first_summary", pa.string()),
     ("answer_changed", pa.bool_()), ("replica", pa.int32()), ("node", pa.string()),
     ("text", pa.string()), ("spans", pa.list_(SPAN)), ("requests", pa.list_(REQUEST)),
+    # the round a group went on with after a restart from its checkpoint; null: ran in one go
+    ("resumed_from_round", pa.int32()),
+    # per communication round: the answer in the path's summary, and whether it was right
+    ("round_answers", pa.list_(pa.string())), ("round_correct", pa.list_(pa.bool_())),
 ])
 MESSAGES_SCHEMA = pa.schema([
     ("sweep_point", pa.string()), ("benchmark", pa.string()), ("problem_id", pa.string()),
@@ -62,6 +70,21 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (a power cut could otherwise lose it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. not allowed on this platform
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_table(path: Path, table: pa.Table) -> None:
@@ -99,8 +122,10 @@ class ResultStore:
             blobs = table.column("ipc").to_pylist()
             for kind, blob in zip(kinds, blobs):
                 (paths if kind == "paths" else msgs).append(pa.ipc.open_stream(blob).read_all())
-        paths_t = pa.concat_tables(paths) if paths else PATHS_SCHEMA.empty_table()
-        msgs_t = pa.concat_tables(msgs) if msgs else MESSAGES_SCHEMA.empty_table()
+        paths_t = pa.concat_tables([_conform(t, PATHS_SCHEMA) for t in paths]) if paths \
+            else PATHS_SCHEMA.empty_table()
+        msgs_t = pa.concat_tables([_conform(t, MESSAGES_SCHEMA) for t in msgs]) if msgs \
+            else MESSAGES_SCHEMA.empty_table()
         order = [("sweep_point", "ascending"), ("benchmark", "ascending"), ("problem_id", "ascending")]
         paths_t = paths_t.sort_by(order + [("path", "ascending")])
         msgs_t = msgs_t.sort_by(order + [("round", "ascending"), ("recipient", "ascending"),
@@ -118,6 +143,15 @@ class ResultStore:
     def write_json(self, name: str, obj: dict) -> None:
         text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
         atomic_write_bytes(self.root / name, text.encode("utf-8"))
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A part written by an older version: columns it lacks are null, in today's order."""
+    if table.schema.equals(schema):
+        return table
+    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names
+            else pa.nulls(table.num_rows, f.type) for f in schema]
+    return pa.Table.from_arrays(cols, schema=schema)
 
 
 def _ipc(table: pa.Table) -> bytes:

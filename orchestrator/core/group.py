@@ -14,14 +14,19 @@ Path phases:  segment -> [summary -> barrier ->] segment ... -> force -> done
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass, field
+import struct
+import sys
+import zlib
+from array import array
+from dataclasses import asdict, dataclass, field
 
 from . import routing
-from .grading import canonical_answer, extract_answer, grade
+from .grading import extract_answer
 from .prompts import SUMMARY_CLOSE, SUMMARY_OPEN, THINK_END, PromptSet
 from .rng import rng_for, stable_int
-from .text import extract_summary, paragraph_cut, repair_summary, strip_comments
+from .text import extract_summary, paragraph_cut, repair_summary
 from .types import GenRequest, GenResult, Problem, SamplingSpec, Tokenizer
 
 log = logging.getLogger(__name__)
@@ -60,11 +65,48 @@ class LeapParams:
         return self.mode == "leap"
 
 
+class TokenIds(array):
+    """A path's token ids as 32-bit ints: 4 bytes a token where a list of ints costs about 36.
+
+    It slices, `del`s, extends and compares like a list (a slice is a `TokenIds` again, and it
+    equals a list holding the same ids); call `.tolist()` where a plain list must go out (a
+    `GenRequest`, a tokenizer)."""
+
+    def __new__(cls, ids=()):
+        return super().__new__(cls, "i", ids)
+
+    def __getitem__(self, index):
+        got = super().__getitem__(index)
+        return TokenIds(got) if isinstance(index, slice) else got
+
+    def __eq__(self, other):
+        if isinstance(other, (list, tuple)):
+            return len(self) == len(other) and self.tolist() == list(other)
+        return super().__eq__(other)
+
+    def __ne__(self, other):
+        return not self == other
+
+    __hash__ = None  # mutable, like a list
+
+    def __reduce__(self):
+        return (_token_ids_from_bytes, (self.tobytes(),))
+
+    def __repr__(self) -> str:
+        return f"TokenIds({self.tolist()!r})"
+
+
+def _token_ids_from_bytes(raw: bytes) -> TokenIds:
+    ids = TokenIds()
+    ids.frombytes(raw)
+    return ids
+
+
 @dataclass
 class PathState:
     index: int
     key: str
-    tokens: list[int]
+    tokens: TokenIds
     prompt_len: int
     synced: int = 0  # tokens[:synced] are on the replica exactly as here
     computed: int = 0  # leading tokens whose KV the replica has computed (for reuse stats)
@@ -123,11 +165,13 @@ class Group:
         self.embed = embed
         self.sweep_point = sweep_point
         self.messages: list[dict] = []
+        self.barriers_released = 0  # communication rounds completed (a checkpoint point each)
+        self.resumed_from_round: int | None = None  # set by `restore`: the round it went on with
         self.paths = [
             PathState(
                 index=i,
                 key=f"{key}/{i}",
-                tokens=list(prompt_ids),
+                tokens=TokenIds(prompt_ids),
                 prompt_len=len(prompt_ids),
                 segment_start=len(prompt_ids),
             )
@@ -172,7 +216,7 @@ class Group:
         return GenRequest(
             path_key=p.key,
             keep=p.synced,
-            append=p.tokens[p.synced:],
+            append=p.tokens[p.synced:].tolist(),
             max_tokens=max(int(max_tokens), 1),
             stop=stop,
             sampling=SamplingSpec(
@@ -186,7 +230,7 @@ class Group:
     def full_tokens(self, path_key: str) -> list[int]:
         """What a replica that lost (or never had) the path must be sent: its synced prefix."""
         p = self._by_key[path_key]
-        return p.tokens[: p.synced]
+        return p.tokens[: p.synced].tolist()
 
     def replica_lost(self, path_key: str) -> None:
         """The path's replica died: nothing of it is cached anywhere any more."""
@@ -247,7 +291,7 @@ class Group:
         return None
 
     def _start_summary(self, p: PathState) -> None:
-        segment = p.tokens[p.segment_start:]
+        segment = p.tokens[p.segment_start:].tolist()
         keep = paragraph_cut(self.tok, segment)
         p.cut(p.segment_start + keep)
         lead = "" if keep < len(segment) else "\n\n"
@@ -264,11 +308,11 @@ class Group:
             return self._finish(p, "context")
         if new and new[-1] == self.tok.eos_token_id:
             p.cut(len(p.tokens) - 1)  # an EOS inside a summary would end the path later
-        keep, fix = repair_summary(self.tok, p.tokens[base:])
+        keep, fix = repair_summary(self.tok, p.tokens[base:].tolist())
         p.cut(base + keep)
         if fix:
             p.append(self.tok.encode(fix), "summary_fix")
-        p.summaries.append(extract_summary(self.tok.decode(p.tokens[p.summary_start:])))
+        p.summaries.append(extract_summary(self.tok.decode(p.tokens[p.summary_start:].tolist())))
         p.phase = "barrier"
         return None
 
@@ -323,18 +367,15 @@ class Group:
                 })
             q.round += 1
             q.phase = "segment"
+        self.barriers_released += 1
 
     # -- results -------------------------------------------------------------------------------
     def records(self) -> list[dict]:
         """One row per path (the paths.parquet schema, minus the run's sweep columns)."""
         rows = []
         for p in self.paths:
-            text = self.tok.decode(p.tokens[p.prompt_len:])
-            graded = grade(strip_comments(text), self.problem.gold, kind=self.problem.kind)
+            text = self.tok.decode(p.tokens[p.prompt_len:].tolist())
             first = extract_answer(p.summaries[0]) if p.summaries and self.problem.kind == "math" else None
-            changed = None
-            if first is not None and graded["answer"] is not None:
-                changed = canonical_answer(first) != canonical_answer(str(graded["answer"]))
             reqs = p.requests
             rows.append({
                 "sweep_point": self.sweep_point,
@@ -342,9 +383,9 @@ class Group:
                 "problem_id": self.problem.id,
                 "path": p.index,
                 "gold": self.problem.gold,
-                "answer": None if graded["answer"] is None else str(graded["answer"]),
-                "correct": bool(graded["correct"]),
-                "correct_compat": bool(graded["correct_compat"]),
+                "answer": None,  # filled by grading.grade_record, off the coordinator
+                "correct": None,
+                "correct_compat": None,
                 "finish_reason": p.finish or "unfinished",
                 "rounds": p.round,
                 "prompt_tokens": p.prompt_len,
@@ -354,12 +395,164 @@ class Group:
                 "uncached_tokens": sum(r["prompt_tokens"] - r["cached_tokens"] for r in reqs),
                 "summaries": list(p.summaries),
                 "answer_first_summary": first,
-                "answer_changed": changed,
+                "answer_changed": None,
                 "replica": p.replica,
                 "node": p.node,
                 "text": text,
                 "spans": [{"kind": k, "start": s - p.prompt_len, "end": e - p.prompt_len}
                           for k, s, e in p.spans],
                 "requests": [dict(r) for r in reqs],
+                "resumed_from_round": self.resumed_from_round,
             })
         return rows
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def snapshot(self) -> bytes:
+        """The group's whole state as compact bytes (see `restore`). Taken after a barrier
+        release, it loses nothing but requests under way, which `restore` sends again."""
+        meta = []
+        chunks = []
+        for p in self.paths:
+            meta.append({
+                "index": p.index, "key": p.key, "n": len(p.tokens), "prompt_len": p.prompt_len,
+                "phase": p.phase, "round": p.round, "in_flight": p.in_flight, "finish": p.finish,
+                "segment_start": p.segment_start, "summary_start": p.summary_start,
+                "sampled_segments": p.sampled_segments, "spans": [list(s) for s in p.spans],
+                "summaries": p.summaries, "requests": p.requests, "replica": p.replica, "node": p.node,
+            })
+            chunks.append(_le_bytes(p.tokens))
+        header = {
+            "version": SNAPSHOT_VERSION, "key": self.key, "problem_id": self.problem.id,
+            "sweep_point": self.sweep_point, "params": _params_record(self.params),
+            "barriers_released": self.barriers_released, "resumed_from_round": self.resumed_from_round,
+            "messages": self.messages, "paths": meta,
+        }
+        head = zlib.compress(json.dumps(header, separators=(",", ":")).encode("utf-8"), 1)
+        body = b"".join([SNAPSHOT_MAGIC, struct.pack("<I", len(head)), head, *chunks])
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    @classmethod
+    def restore(
+        cls,
+        blob: bytes,
+        problem: Problem,
+        prompt_ids: list[int],
+        params: LeapParams,
+        prompts: PromptSet,
+        tokenizer: Tokenizer,
+        sampling: SamplingSpec = SamplingSpec(),
+        embed=None,
+        sweep_point: str | None = None,
+    ) -> "Group":
+        """Rebuild a group from `snapshot()` bytes; it continues exactly where the snapshot was.
+
+        Nothing is assumed about replicas: every path is marked as held by none (its next request
+        carries its whole token list), and a request that was under way is asked again. Raises
+        `CheckpointError` when the bytes are damaged or were made for another problem, sweep
+        point, prompt or parameters (the caller then starts the group afresh)."""
+        header, tokens = read_snapshot(blob)
+        point = header["sweep_point"] if sweep_point is None else sweep_point
+        if header["problem_id"] != problem.id or header["sweep_point"] != point:
+            raise CheckpointError(f"checkpoint of {header['key']!r} does not belong to {point}|{problem.id}")
+        if header["params"] != _params_record(params):
+            changed = sorted(k for k, v in _params_record(params).items() if header["params"].get(k) != v)
+            raise CheckpointError(f"checkpoint of {header['key']!r} was made with other leap settings "
+                                  f"({', '.join(changed)})")
+        metas = header["paths"]
+        if len(metas) != params.paths:
+            raise CheckpointError(f"checkpoint of {header['key']!r} has {len(metas)} paths, not {params.paths}")
+        group = cls(header["key"], problem, prompt_ids, params, prompts, tokenizer, sampling,
+                    embed=embed, sweep_point=point)
+        prompt = list(prompt_ids)
+        for p, meta, ids in zip(group.paths, metas, tokens):
+            if ids[: meta["prompt_len"]] != prompt:
+                raise CheckpointError(f"checkpoint of {header['key']!r}: path {meta['index']} starts with "
+                                      f"another prompt (prompt file or chat template changed)")
+            p.tokens = ids
+            p.prompt_len = meta["prompt_len"]
+            p.phase, p.round, p.finish = meta["phase"], meta["round"], meta["finish"]
+            p.segment_start, p.summary_start = meta["segment_start"], meta["summary_start"]
+            p.sampled_segments = meta["sampled_segments"]
+            p.spans = [(k, s, e) for k, s, e in meta["spans"]]
+            p.summaries = list(meta["summaries"])
+            p.requests = [dict(r) for r in meta["requests"]]
+            p.replica, p.node = meta["replica"], meta["node"]
+            # no replica is assumed to hold anything; work under way is asked for again
+            p.synced = p.computed = 0
+            p.in_flight = None
+        group.messages = list(header["messages"])
+        group.barriers_released = header["barriers_released"]
+        group.resumed_from_round = _resume_round(metas)
+        if any(p.phase == "barrier" for p in group.paths):
+            group._maybe_release()
+        return group
+
+
+SNAPSHOT_MAGIC = b"LEAPGRP\x01"
+SNAPSHOT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """Snapshot bytes that are damaged or belong to another group or configuration."""
+
+
+def _params_record(params: LeapParams) -> dict:
+    """The parameters as JSON would give them back (tuples become lists)."""
+    return json.loads(json.dumps(asdict(params)))
+
+
+def _le_bytes(ids: array) -> bytes:
+    if sys.byteorder == "little":
+        return ids.tobytes()
+    swapped = array("i", ids)
+    swapped.byteswap()
+    return swapped.tobytes()
+
+
+def read_snapshot(blob: bytes) -> tuple[dict, list[TokenIds]]:
+    """Parse and check `Group.snapshot()` bytes: (header, each path's token ids)."""
+    view = memoryview(blob)
+    fixed = len(SNAPSHOT_MAGIC) + 4
+    if len(view) < fixed + 4 or bytes(view[: len(SNAPSHOT_MAGIC)]) != SNAPSHOT_MAGIC:
+        raise CheckpointError("not a group checkpoint (bad magic bytes)")
+    (crc,) = struct.unpack("<I", view[-4:])
+    if zlib.crc32(view[:-4]) != crc:
+        raise CheckpointError("group checkpoint is damaged (checksum mismatch)")
+    (head_len,) = struct.unpack("<I", view[len(SNAPSHOT_MAGIC):fixed])
+    try:
+        header = json.loads(zlib.decompress(view[fixed: fixed + head_len]))
+    except (zlib.error, ValueError) as exc:
+        raise CheckpointError(f"group checkpoint header is unreadable: {exc}") from exc
+    if header.get("version") != SNAPSHOT_VERSION:
+        raise CheckpointError(f"group checkpoint version {header.get('version')} is not {SNAPSHOT_VERSION}")
+    pos, end = fixed + head_len, len(view) - 4
+    tokens = []
+    for meta in header["paths"]:
+        n = meta["n"] * 4
+        if pos + n > end:
+            raise CheckpointError("group checkpoint is truncated")
+        ids = TokenIds()
+        ids.frombytes(view[pos: pos + n])
+        if sys.byteorder != "little":
+            ids.byteswap()
+        tokens.append(ids)
+        pos += n
+    if pos != end:
+        raise CheckpointError("group checkpoint has trailing bytes")
+    return header, tokens
+
+
+def snapshot_info(blob: bytes) -> dict:
+    """What a checkpoint holds, without a tokenizer: key, sweep point, problem id, params, the
+    barriers released so far and the round the group would resume with."""
+    header, _ = read_snapshot(blob)
+    return {"key": header["key"], "sweep_point": header["sweep_point"], "problem_id": header["problem_id"],
+            "params": header["params"], "barriers_released": header["barriers_released"],
+            "round": _resume_round(header["paths"])}
+
+
+def _resume_round(metas: list[dict]) -> int:
+    """The round the group goes on with: after a barrier, the round its released paths start
+    (paths still writing an earlier round's answer are behind it)."""
+    active = [m["round"] for m in metas if m["phase"] != "done"]
+    return max(active) if active else max((m["round"] for m in metas), default=1)

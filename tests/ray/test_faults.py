@@ -1,0 +1,162 @@
+"""Never hang, never lose work (issue 9), with the fake engine.
+
+Each failure case runs the real command line and checks what its user sees: the exit status, one
+paragraph on stderr naming the cause, no traceback, and how long it took. A Ray head started with
+`ray start` lives in its own temp dir (RAY_TMPDIR) and ports, and is stopped by its process ids:
+other Ray instances on the machine are never touched.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from tests.conftest import REPO, compose  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+RAY = str(Path(sys.executable).with_name("ray"))
+SMALL = ["engine=fake", "dataset=synthetic", "leap.paths=4", "leap.T=160", "leap.max_rounds=3", "leap.top_k=2",
+         "leap.summary_tokens=48", "progress=false", "plots=false", "replicas.gpus_per_replica=0"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(out, *args, env=None, timeout=120):
+    """Run the command line; returns (exit status, stdout, stderr, seconds)."""
+    env = dict(os.environ if env is None else env, RAY_USAGE_STATS_ENABLED="0")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "orchestrator", *SMALL, f"output_dir={out}", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr, time.monotonic() - t0
+
+
+def error_paragraph(stderr: str) -> str:
+    """The error paragraph: the lines from 'error:' on; Ray's own INFO lines may precede it."""
+    lines = stderr.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith(("error:", "run failed:")))
+    para = lines[start:]
+    assert all(ln.strip() for ln in para), f"more than one paragraph:\n{stderr}"
+    return " ".join(para)
+
+
+@pytest.fixture(scope="module")
+def head():
+    """`ray start --head --num-cpus=2 --num-gpus=1` (a fake GPU) in a private temp dir; yields
+    (address, env for it)."""
+    tmp = tempfile.mkdtemp(prefix="rf", dir="/tmp")  # short: Ray's socket paths have a length limit
+    env = dict(os.environ, RAY_TMPDIR=tmp, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    port = _free_port()
+    cmd = [RAY, "start", "--head", "--block", "--num-cpus=2", "--num-gpus=1", f"--port={port}",
+           "--include-dashboard=false", "--disable-usage-stats", f"--ray-client-server-port={_free_port()}",
+           f"--dashboard-agent-listen-port={_free_port()}", f"--node-manager-port={_free_port()}",
+           f"--object-manager-port={_free_port()}"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        current = Path(tmp) / "ray" / "ray_current_cluster"
+        while time.time() < deadline and not current.exists():
+            assert proc.poll() is None, "ray start --head failed"
+            time.sleep(0.2)
+        assert current.exists(), "ray start --head did not come up in 60 s"
+        yield f"127.0.0.1:{port}", env
+    finally:
+        _stop_head(proc, tmp)
+
+
+def _stop_head(proc, tmp):
+    """Stop the head by process id: its `ray start` session, then any of its processes left
+    (they carry the private temp dir on their command line). Never `ray stop`, which would stop
+    every Ray on the machine."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=3)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+    for _ in range(2):
+        left = []
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if tmp.encode() in cmdline:
+                left.append(int(pid))
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not left:
+            break
+        time.sleep(0.5)
+    subprocess.run(["rm", "-rf", tmp], check=False)
+
+
+def test_unreachable_address_fails_fast_naming_it(tmp_path):
+    port = _free_port()  # nothing listens there
+    code, out, err, secs = cli(tmp_path, f"ray.address=127.0.0.1:{port}")
+    assert code == 2 and secs < 20, (code, secs)
+    msg = error_paragraph(err)
+    assert f"127.0.0.1:{port}" in msg and "ray.address" in msg and "refused" in msg
+    assert "Traceback" not in err + out
+    assert not (tmp_path / "parts").exists()
+
+
+def test_address_that_never_answers_fails_within_the_connect_deadline(tmp_path):
+    # a TEST-NET-1 address (RFC 5737): no host answers there
+    code, out, err, secs = cli(tmp_path, "ray.address=192.0.2.123:6379", "ray.connect_timeout_s=3")
+    assert code == 2 and secs < 20, (code, secs)
+    msg = error_paragraph(err)
+    assert "192.0.2.123:6379" in msg
+    assert "Traceback" not in err + out
+
+
+def test_too_few_cpus_for_replicas_and_coordinator_is_refused_with_the_numbers(head, tmp_path):
+    address, env = head
+    # auto joins the head (RAY_TMPDIR names it); 2 replicas x 1 CPU + 1 for the coordinator > 2
+    code, out, err, secs = cli(tmp_path, "ray.address=auto", "replicas.count=2", "replicas.cpus_per_replica=1",
+                               env=env)
+    assert code == 2 and secs < 30, (code, secs, err)
+    msg = error_paragraph(err)
+    assert "3 CPUs" in msg and "has 2" in msg and "coordinator" in msg
+    assert "replicas.count" in msg and "replicas.cpus_per_replica" in msg
+    assert "Traceback" not in err + out
+    # by its explicit address, asking for more GPUs than it has
+    code, out, err, secs = cli(tmp_path, f"ray.address={address}", "replicas.count=1",
+                               "replicas.cpus_per_replica=0.5", "replicas.gpus_per_replica=2", env=env)
+    assert code == 2 and secs < 30, (code, secs, err)
+    msg = error_paragraph(err)
+    assert "2 GPUs" in msg and "replicas.gpus_per_replica=2" in msg and "has 1" in msg
+
+
+def test_a_plain_local_run_works_beside_a_running_head(head, tmp_path):
+    _, env = head  # its ray_current_cluster is where a plain ray.init() would look
+    code, out, err, secs = cli(tmp_path, "replicas.count=1", "dataset.limit=1", env=env)
+    assert code == 0, err
+    rows = pq.read_table(tmp_path / "paths.parquet").num_rows
+    assert rows == 4
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    assert info.get("ray", {}).get("mode") in (None, "local")
