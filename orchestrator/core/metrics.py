@@ -17,7 +17,7 @@ Contract
 - `per_problem(rows)`: one dict per (sweep_point, benchmark, problem_id).
 - `round_transitions(paths, comm_rounds=None)`: per communication round, how many paths changed
   their answer after reading peer messages (wrong to right, right to wrong, wrong to another
-  wrong, right to another right). A path's checkpoints are its round answers (`round_answers` /
+  wrong, right to another right), and how many without an answer then found one. A path's checkpoints are its round answers (`round_answers` /
   `round_correct`: the answer in the summary it wrote at each communication round, before it saw
   its peers) followed by its final graded answer; exchange i moves checkpoint i to i + 1.
 - `compare_points(summary, settings)`: per point and benchmark, Pass@1 and Cons@N deltas against
@@ -220,22 +220,30 @@ def _problem_details(problems: dict) -> dict[str, dict]:
 # --------------------------------------------------------------------------- per-round answers
 
 TRANSITIONS = ("wrong_to_right", "right_to_wrong", "wrong_to_wrong", "right_to_right")
+GAINED = ("no_answer_to_right", "no_answer_to_wrong")
 
 
 def _transition(before: tuple, after: tuple) -> str | None:
     """The kind of change from one (answer, correct) checkpoint to the next; None: unchanged.
-    A change is a different voting key or a different verdict."""
+    From an answer, a change is a different voting key (no answer included) or verdict; from no
+    answer, finding one is `no_answer_to_*` (not a change of answer)."""
     (a, ok_a), (b, ok_b) = before, after
-    if canonical_answer(a) == canonical_answer(b) and bool(ok_a) == bool(ok_b):
+    key_a, key_b = canonical_answer(a), canonical_answer(b)
+    if key_a is None:
+        return None if key_b is None else f"no_answer_to_{'right' if ok_b else 'wrong'}"
+    if key_a == key_b and bool(ok_a) == bool(ok_b):
         return None
     return f"{'right' if ok_a else 'wrong'}_to_{'right' if ok_b else 'wrong'}"
 
 
 def round_transitions(paths: Iterable[dict], comm_rounds: Sequence[int] | None = None) -> dict | None:
-    """{round: {"paths", "changed", *TRANSITIONS}} over the paths that wrote a summary in that
-    round. Rounds are the communicating rounds (`comm_rounds`, in order) when given, else 1, 2,
-    ... by summary index. None when the rows carry summaries but no `round_answers` (not graded
-    per round); {} when no path communicated."""
+    """{round: {"paths", "answered", "changed", *TRANSITIONS, *GAINED}} over the paths that wrote
+    a summary in that round: `answered` had an answer in it, `changed` (of those) moved to
+    another answer or verdict by the next checkpoint, split by verdicts before and after;
+    `no_answer_to_*` had none and then found one. Rounds are the communicating rounds
+    (`comm_rounds`, in order) when given, else 1, 2, ... by summary index. None when the rows
+    carry summaries but no `round_answers` (not graded per round); {} when no path
+    communicated."""
     paths = list(paths)
     if any(p.get("summaries") and p.get("round_answers") is None for p in paths):
         return None
@@ -249,11 +257,13 @@ def round_transitions(paths: Iterable[dict], comm_rounds: Sequence[int] | None =
         points = list(zip(answers, verdicts)) + [(p.get("answer"), p.get("correct"))]
         for i in range(len(answers)):
             label = comm_rounds[i] if comm_rounds is not None and i < len(comm_rounds) else i + 1
-            counts = table.setdefault(label, {"paths": 0, "changed": 0, **dict.fromkeys(TRANSITIONS, 0)})
+            counts = table.setdefault(label, {"paths": 0, "answered": 0, "changed": 0,
+                                              **dict.fromkeys(TRANSITIONS + GAINED, 0)})
             counts["paths"] += 1
+            counts["answered"] += canonical_answer(points[i][0]) is not None
             kind = _transition(points[i], points[i + 1])
             if kind is not None:
-                counts["changed"] += 1
+                counts["changed"] += kind in TRANSITIONS
                 counts[kind] += 1
     return {r: table[r] for r in sorted(table)}
 
@@ -417,6 +427,7 @@ def per_problem(rows: Iterable[dict]) -> list[dict]:
 
 
 __all__ = [
+    "GAINED",
     "TRANSITIONS",
     "comm_round_list",
     "cache_hit_rate",

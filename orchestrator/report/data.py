@@ -354,9 +354,10 @@ def efficiency_table(run: Run) -> Table:
     return Table("tokens", "Tokens and efficiency", headers, rows, note)
 
 
-TRANSITION_HEADERS = (("paths", "paths"), ("changed", "changed"), ("wrong_to_right", "wrong→right"),
-                      ("right_to_wrong", "right→wrong"), ("wrong_to_wrong", "wrong→other wrong"),
-                      ("right_to_right", "right→other right"))
+TRANSITION_HEADERS = (("paths", "paths"), ("answered", "with an answer"), ("changed", "changed"),
+                      ("wrong_to_right", "wrong→right"), ("right_to_wrong", "right→wrong"),
+                      ("wrong_to_wrong", "wrong→other wrong"), ("right_to_right", "right→other right"),
+                      ("no_answer_to_right", "none→right"), ("no_answer_to_wrong", "none→wrong"))
 
 
 def transitions_table(run: Run) -> Table:
@@ -367,9 +368,11 @@ def transitions_table(run: Run) -> Table:
         for r in sorted(table, key=_sort_key):
             rows.append(_label(run, p, b) + [Cell(str(r))] + [
                 num(run, (p, b, "round_transitions", r, k), "int") for k, _ in TRANSITION_HEADERS])
-    note = ("After each communication round: of the paths that wrote a summary in that round, how "
-            "many changed their answer (the answer in that summary, written before reading peers, "
-            "against the next summary's answer, or the final answer after the last one).")
+    note = ("After each communication round: of the paths that wrote a summary in that round (its "
+            "answer written before reading peers), how many changed their answer by the next "
+            "checkpoint (the next summary, or the final answer after the last one), split by the "
+            "verdicts before and after; none→right / none→wrong: the summary had no answer and the "
+            "next checkpoint has one (not counted as changed).")
     return Table("transitions", "Answer changes after peer messages", headers, rows, note)
 
 
@@ -406,63 +409,132 @@ def problem_table(run: Run) -> Table:
 
 # --------------------------------------------------------------------------- run facts
 
+# headline facts from run_info.json: (label, candidate key paths, unit)
+HEADLINE = (
+    ("wall time", (("wall_s",),), "s"),
+    ("model preparation", (("model_prepare_s",),), "s"),
+    ("replica start-up", (("replicas_start_s",),), "s"),
+    ("generation time", (("generation_s",),), "s"),
+    ("grading time", (("grading_s",),), "s"),
+    ("tokens/s (sampled)", (("tokens_per_s",), ("sampled_tokens_per_s",)), ""),
+    ("prefix-cache hit rate", (("prefix_cache_hit_rate",), ("cache_hit_rate",)), ""),
+    ("groups run", (("groups_run",),), ""),
+    ("groups already complete (resume)", (("groups_skipped",),), ""),
+    ("groups resumed from a checkpoint", (("groups_resumed",), ("resumed_groups",), ("checkpoint", "resumed")), ""),
+    ("failovers (paths moved)", (("failovers",), ("coordinator", "moved_paths")), ""),
+    ("replica deaths", (("replica_deaths",), ("coordinator", "replica_deaths")), ""),
+    ("coordinator restarts", (("coordinator_restarts",),), ""),
+)
+
+
+def _show(value: Any, unit: str = "") -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        text = f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
+    elif isinstance(value, int):
+        text = f"{value:,}" if abs(value) >= 10000 else str(value)
+    elif isinstance(value, list) and all(not isinstance(v, (dict, list)) for v in value):
+        text = ", ".join(str(v) for v in value) if value else "none"
+    elif isinstance(value, (list, dict)):
+        text = json.dumps(value, default=str)
+    else:
+        text = str(value)
+    return f"{text} {unit}".rstrip()
+
 
 def _flatten(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
     out = []
     for k, v in tree.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and v:
             out += _flatten(v, f"{prefix}{k}.")
         else:
             out.append((f"{prefix}{k}", v))
     return out
 
 
+def _records(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
 def facts_table(run: Run) -> Table:
-    """Model, replicas and nodes, times, throughput, cache, failovers and resumes: every key the
-    run's files hold, with the file it came from."""
+    """Model, replicas and nodes, times, throughput, cache, failovers and resumes, with the file
+    each came from; run_info.json keys the headline does not name are in `run_info_table`."""
     cfg = run.config
     rows: list[list[Cell]] = []
 
-    def add(label: str, value: Any, source: str) -> None:
-        if value is None or value == "" or value == []:
+    def add(label: str, value: Any, source: str, unit: str = "") -> None:
+        if value is None or value == "":
             return
-        if isinstance(value, float):
-            value = f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3f}"
-        elif isinstance(value, (list, dict)):
-            value = json.dumps(value)
-        rows.append([Cell(label, kind="head"), Cell(str(value)), Cell(source)])
+        rows.append([Cell(label, kind="head"), Cell(_show(value, unit)), Cell(source)])
 
     model = cfg.get("model") or {}
+    engine = cfg.get("engine") or {}
+    ds = cfg.get("dataset") or {}
+    rep = cfg.get("replicas") or {}
     add("experiment", cfg.get("experiment"), "config.json")
     add("model", model.get("name") or model.get("path"), "config.json")
-    engine = cfg.get("engine") or {}
     add("engine", engine.get("kind"), "config.json")
-    ds = cfg.get("dataset") or {}
     add("dataset", " ".join(str(x) for x in (ds.get("name"), ds.get("path") or "") if x), "config.json")
     add("dataset.limit", ds.get("limit"), "config.json")
-    rep = cfg.get("replicas") or {}
     if rep:
-        add("replicas", f"{rep.get('count')} x {rep.get('gpus_per_replica')} GPU, "
-            f"{rep.get('cpus_per_replica')} CPU", "config.json")
+        add("replicas", f"{rep.get('count')} x ({rep.get('gpus_per_replica')} GPU, "
+            f"{rep.get('cpus_per_replica')} CPU)", "config.json")
     nodes = sorted({str(r.get("node")) for r in run.rows if r.get("node")})
-    replicas = sorted({int(r["replica"]) for r in run.rows if r.get("replica") is not None and r["replica"] >= 0})
     if nodes:
-        add("nodes that served paths", f"{len(nodes)} ({', '.join(n[:12] for n in nodes[:8])})",
-            "paths.parquet")
-    if replicas:
-        add("replicas that served paths", len(replicas), "paths.parquet")
-    for key, value in _flatten(run.run_info):
-        add(key, value, "run_info.json")
-    sampled = sum(int(r.get("sampled_tokens") or 0) for r in run.rows)
-    if "tokens_per_s" not in run.run_info and run.run_info.get("generation_s") and sampled:
-        add("tokens_per_s (sampled tokens / generation_s)", sampled / run.run_info["generation_s"],
-            "paths.parquet, run_info.json")
-    hit = metrics.cache_hit_rate(run.rows)
-    if hit is not None and "prefix_cache_hit_rate" not in run.run_info:
-        add("prefix-cache hit rate (all paths)", hit, "paths.parquet")
+        add("nodes that served paths", f"{len(nodes)}: " + ", ".join(n[:12] for n in nodes[:8]), "paths.parquet")
+    for label, candidates, unit in HEADLINE:
+        for keys in candidates:
+            value = lookup(run.run_info, keys)
+            if value is not None:
+                add(label, len(value) if isinstance(value, list) else value, "run_info.json", unit)
+                break
+        else:
+            if label.startswith("tokens/s") and run.run_info.get("generation_s"):
+                sampled = sum(int(r.get("sampled_tokens") or 0) for r in run.rows)
+                if sampled:
+                    add("tokens/s (sampled tokens / generation time)",
+                        sampled / run.run_info["generation_s"], "paths.parquet, run_info.json")
+            elif label.startswith("prefix-cache"):
+                add("prefix-cache hit rate (all paths)", metrics.cache_hit_rate(run.rows), "paths.parquet")
+            elif label == "groups resumed from a checkpoint":
+                resumed = {(r["sweep_point"], r["problem_id"]) for r in run.rows
+                           if r.get("resumed_from_round") is not None}
+                if resumed:
+                    add(label, len(resumed), "paths.parquet")
     add("paths", len(run.rows) or None, "paths.parquet")
     add("peer messages delivered", len(run.messages) or None, "messages.parquet")
     return Table("facts", "Run", ["fact", "value", "from"], rows)
+
+
+def replica_table(run: Run) -> Table:
+    """One row per replica: run_info.json's `replicas` (static facts) beside `replica_stats`."""
+    infos = run.run_info.get("replicas") if _records(run.run_info.get("replicas")) else []
+    stats = run.run_info.get("replica_stats") if _records(run.run_info.get("replica_stats")) else []
+    columns = ["index", "node", "device", "gpu_names", "capacity", "max_model_len",
+               "attention_backend", "startup_s", "requests", "new_tokens", "prompt_tokens",
+               "cached_tokens", "busy_s", "occupancy"]
+    rows = []
+    for i in range(max(len(infos), len(stats))):
+        merged = {**(stats[i] if i < len(stats) else {}), **(infos[i] if i < len(infos) else {})}
+        phases = merged.get("startup")
+        if _records(phases):
+            merged["startup_s"] = sum(float(p.get("seconds") or 0) for p in phases)
+        if merged.get("node"):
+            merged["node"] = str(merged["node"])[:12]
+        rows.append([Cell(_show(merged.get(c)) if merged.get(c) is not None else "-") for c in columns])
+    keep = [j for j, c in enumerate(columns) if any(r[j].text != "-" for r in rows)]
+    return Table("replicas", "Replicas", [columns[j] for j in keep], [[r[j] for j in keep] for r in rows],
+                 "From run_info.json: each replica's engine facts and its counters over the run.")
+
+
+def run_info_table(run: Run) -> Table:
+    """Every other run_info.json entry, flattened (`coordinator.barrier_ms_mean`, ...)."""
+    shown = {".".join(keys) for _, candidates, _ in HEADLINE for keys in candidates}
+    tables = {"replicas", "replica_stats"}  # see replica_table
+    rows = [[Cell(k, kind="head"), Cell(_show(v))] for k, v in _flatten(run.run_info)
+            if k not in shown and k not in tables]
+    return Table("run_info", "All of run_info.json", ["key", "value"], rows)
 
 
 __all__ = [
@@ -477,5 +549,7 @@ __all__ = [
     "main_table",
     "pass_at_k_table",
     "problem_table",
+    "replica_table",
+    "run_info_table",
     "transitions_table",
 ]

@@ -156,9 +156,9 @@ def _cell_html(c: D.Cell, tag: str = "td") -> str:
     return f"<{tag}{attrs}>{_e(c.text)}</{tag}>"
 
 
-def table_html(t: D.Table) -> str:
+def table_html(t: D.Table, empty: bool = True) -> str:
     if not t.rows:
-        return f'<p class="note">{_e(t.title)}: nothing to show for this run.</p>'
+        return f'<p class="note">{_e(t.title)}: nothing to show for this run.</p>' if empty else ""
     out = [f'<div class="scroll"><table data-table="{_e(t.key)}">', "<thead>"]
     if any(label for label, _ in t.groups):
         out.append("<tr>" + "".join(f'<th colspan="{span}">{_e(label)}</th>' for label, span in t.groups) + "</tr>")
@@ -225,7 +225,9 @@ def render_html(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
                 tr: Transcript | None) -> str:
     title = run.config.get("experiment") or run.root.name
     sections = [
-        ("facts", "Run", [table_html(tables["facts"])]),
+        ("facts", "Run", [table_html(tables["facts"]), table_html(tables["replicas"], empty=False),
+                          "<details><summary>all of run_info.json</summary>",
+                          table_html(tables["run_info"]), "</details>"]),
         ("main", "Accuracy by configuration", [table_html(tables["main"]), figure_html(figs.get("accuracy"))]),
     ]
     if "sweep_T" in figs or "sweep_top_k" in figs:
@@ -323,7 +325,10 @@ def render_md(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
     out = [f"# LeaP report: {title}", "", f"`{run.root.resolve()}` · every number is read from summary.json", ""]
     for d in run.derived:
         out += [f"> {d}", ""]
-    out += ["## Run", "", table_md(tables["facts"]),
+    out += ["## Run", "", table_md(tables["facts"])]
+    if tables["replicas"].rows:
+        out += ["", table_md(tables["replicas"])]
+    out += [
             "## Accuracy by configuration", "", table_md(tables["main"]), figure_md(figs.get("accuracy"))]
     if "sweep_T" in figs or "sweep_top_k" in figs:
         out += ["## Sweep: accuracy against T and top-k", "", figure_md(figs.get("sweep_T")),
@@ -343,6 +348,8 @@ def render_md(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
 def build_tables(run: D.Run) -> dict[str, D.Table]:
     return {
         "facts": D.facts_table(run),
+        "replicas": D.replica_table(run),
+        "run_info": D.run_info_table(run),
         "main": D.main_table(run),
         "tokens": D.efficiency_table(run),
         "transitions": D.transitions_table(run),

@@ -14,9 +14,11 @@ from .data import Run, is_leap
 from .tables import _sort_key
 
 TRANSITION_COLORS = {"wrong_to_right": "#2e7d32", "right_to_wrong": "#c62828",
-                     "wrong_to_wrong": "#ef6c00", "right_to_right": "#9e9e9e"}
+                     "wrong_to_wrong": "#ef6c00", "right_to_right": "#757575",
+                     "no_answer_to_right": "#a5d6a7", "no_answer_to_wrong": "#ffcc80"}
 TRANSITION_LABELS = {"wrong_to_right": "wrong→right", "right_to_wrong": "right→wrong",
-                     "wrong_to_wrong": "wrong→other wrong", "right_to_right": "right→other right"}
+                     "wrong_to_wrong": "wrong→other wrong", "right_to_right": "right→other right",
+                     "no_answer_to_right": "none→right", "no_answer_to_wrong": "none→wrong"}
 
 
 @dataclass
@@ -76,6 +78,7 @@ def accuracy_bars(run: Run) -> Figure | None:
         ax.set_xticks(list(xs), [_short(p, 18) for p in points], fontsize=7,
                       rotation=30 if len(points) > 4 else 0, ha="right" if len(points) > 4 else "center")
         ax.set_ylim(0, 1.08)
+        ax.set_xlim(-0.5 - max(0, 3 - len(points)) / 2, len(points) - 0.5 + max(0, 3 - len(points)) / 2)
         ax.set_ylabel(bench)
         ax.legend(fontsize=8, loc="upper left")
     axes[0].set_title("Accuracy per configuration")
@@ -171,7 +174,9 @@ def transitions_plot(run: Run) -> Figure | None:
             ys = [float(table[r].get(kind, 0)) for r in rounds]
             ax.bar(range(len(rounds)), ys, bottom=bottom, color=color, label=TRANSITION_LABELS[kind])
             bottom = [a + c for a, c in zip(bottom, ys)]
-        kept = [float(table[r].get("paths", 0)) - float(table[r].get("changed", 0)) for r in rounds]
+        kept = [float(table[r].get("paths", 0)) - float(table[r].get("changed", 0))
+                - sum(float(table[r].get(k, 0)) for k in ("no_answer_to_right", "no_answer_to_wrong"))
+                for r in rounds]
         ax.bar(range(len(rounds)), kept, bottom=bottom, color="#e0e0e0", label="unchanged")
         ax.set_ylim(0, max(1.0, max(float(table[r].get("paths", 0)) for r in rounds)) * 1.05)
         ax.set_xticks(range(len(rounds)), rounds)

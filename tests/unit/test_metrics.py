@@ -254,17 +254,20 @@ def test_round_transitions_counts_each_kind():
         _path(["3", "5"], [F, T], "5", T, path=0),  # r1 wrong->right, r2 unchanged
         _path(["5", "3"], [T, F], "4", F, path=1),  # r1 right->wrong, r2 wrong->other wrong
         _path(["3", "03"], [F, F], "3", F, path=2),  # "03" is "3": unchanged twice
-        _path([None], [F], "7", F, path=3),  # no answer -> an answer: a change, wrong to wrong
+        _path([None], [F], "7", F, path=3),  # no answer, then one: found, not changed
         _path(["1/2"], [T], "0.5", T, path=4),  # same value spelled two ways: unchanged
         _path([], [], "5", T, path=5),  # finished before the first summary: not counted
     ]
     table = round_transitions(paths, comm_rounds=[2, 4])
     assert table == {
-        2: {"paths": 5, "changed": 3, "wrong_to_right": 1, "right_to_wrong": 1, "wrong_to_wrong": 1,
-            "right_to_right": 0},
-        4: {"paths": 3, "changed": 1, "wrong_to_right": 0, "right_to_wrong": 0, "wrong_to_wrong": 1,
-            "right_to_right": 0},
+        2: {"paths": 5, "answered": 4, "changed": 2, "wrong_to_right": 1, "right_to_wrong": 1,
+            "wrong_to_wrong": 0, "right_to_right": 0, "no_answer_to_right": 0, "no_answer_to_wrong": 1},
+        4: {"paths": 3, "answered": 3, "changed": 1, "wrong_to_right": 0, "right_to_wrong": 0,
+            "wrong_to_wrong": 1, "right_to_right": 0, "no_answer_to_right": 0, "no_answer_to_wrong": 0},
     }
+    # an answer that disappears is a change to a wrong verdict
+    lost = round_transitions([_path(["5"], [T], None, F)])
+    assert lost[1]["right_to_wrong"] == 1 and lost[1]["changed"] == 1
     assert list(round_transitions(paths)) == [1, 2]  # by summary index without comm_rounds
 
 

@@ -329,3 +329,32 @@ def test_report_computes_what_an_older_summary_lacks(tmp_path, run_dir):
     point = "T=96,router=dispersed,top_k=1"
     assert run.summary[point]["synthetic"]["round_transitions"] == full[point]["synthetic"]["round_transitions"]
     assert run.summary[point]["synthetic"]["vs_independent"] == full[point]["synthetic"]["vs_independent"]
+
+
+def test_run_facts_come_from_run_info_and_config(tmp_path, run_dir):
+    for name in ("paths.parquet", "messages.parquet", "summary.json", "config.json"):
+        (tmp_path / name).write_bytes((run_dir / name).read_bytes())
+    info = {"wall_s": 12.5, "generation_s": 2.0, "groups_run": 8, "groups_skipped": 2,
+            "coordinator": {"moved_paths": 3, "replica_deaths": [{"replica": 1}], "barriers": 7},
+            "replicas": [{"index": 0, "node": "abcdef0123456789", "device": "cuda", "capacity": 256,
+                          "startup": [{"name": "loading_weights", "seconds": 2.5, "done": True},
+                                      {"name": "ready", "seconds": 0.5, "done": True}]}],
+            "replica_stats": [{"requests": 40, "new_tokens": 900}]}
+    (tmp_path / "run_info.json").write_text(json.dumps(info))
+    run = load_run(tmp_path)
+    from orchestrator.report.data import facts_table, replica_table, run_info_table
+
+    facts = {r[0].text: (r[1].text, r[2].text) for r in facts_table(run).rows}
+    assert facts["wall time"] == ("12.500 s", "run_info.json")
+    assert facts["failovers (paths moved)"] == ("3", "run_info.json")
+    assert facts["replica deaths"] == ("1", "run_info.json")
+    assert facts["groups already complete (resume)"] == ("2", "run_info.json")
+    sampled = sum(r["sampled_tokens"] for r in pq.read_table(tmp_path / "paths.parquet").to_pylist())
+    assert float(facts["tokens/s (sampled tokens / generation time)"][0].replace(",", "")) == \
+        pytest.approx(sampled / 2.0, abs=0.05)
+    assert facts["experiment"] == ("unit_sweep", "config.json")
+    replicas = replica_table(run)
+    row = dict(zip(replicas.headers, (c.text for c in replicas.rows[0])))
+    assert row["node"] == "abcdef012345" and row["startup_s"] == "3.000" and row["requests"] == "40"
+    rest = {r[0].text for r in run_info_table(run).rows}
+    assert "coordinator.barriers" in rest and "coordinator.moved_paths" not in rest and "replicas" not in rest
