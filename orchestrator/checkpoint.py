@@ -81,3 +81,113 @@ def _parse(data: bytes) -> tuple[str, str, bytes]:
     (n,) = struct.unpack("<I", data[len(MAGIC):fixed])
     head = json.loads(data[fixed: fixed + n].decode("utf-8"))
     return head["point"], head["problem_id"], data[fixed + n:]
+
+
+class Recovery:
+    """The driver's side of surviving faults: which groups are out with the coordinator, their
+    latest checkpoints, and the record of what happened, for run_info.json.
+
+        rec = Recovery(output_dir, points)          # reads the checkpoints a killed run left
+        items = rec.attach(items)                   # (point, problem, overrides, blob | None)
+        rec.checkpoint(point, problem_id, blob)     # from poll()["checkpoints"]: write it
+        rec.returned(point, problem_id)             # poll() handed the group back (done or failed)
+        rec.written(point, problem_id)              # its result part is on disk: drop the checkpoint
+        rec.pending()                               # what a new coordinator must be given
+        rec.coordinator_restarted(cause, n)         # for the record
+        rec.facts()                                 # run_info.json's fault record
+    """
+
+    def __init__(self, output_dir: str | Path, points: dict | None = None):
+        self.store = CheckpointStore(output_dir)
+        self.points = points or {}
+        self.saved = self.store.load_all()  # (point, problem_id) -> blob, from an earlier run
+        self.latest: dict[tuple[str, str], bytes] = {}
+        self.out: dict[tuple[str, str], tuple] = {}  # submitted, not yet handed back
+        self.resumed: list[dict] = []
+        self.restarts: list[dict] = []
+        self.ignored: list[dict] = []
+
+    def forget_done(self, is_done) -> None:
+        """Drop checkpoints of groups whose results are already written (a kill between the
+        part's rename and the checkpoint's removal leaves one behind)."""
+        for key in [k for k in self.saved if is_done(*k)]:
+            self.store.remove(*key)
+            del self.saved[key]
+
+    def attach(self, items: list[tuple]) -> list[tuple]:
+        """Give each (point, problem, overrides) the checkpoint it can resume from, if any."""
+        out = []
+        for point, problem, overrides, *_ in items:
+            key = (point, problem.id)
+            blob = self.latest.get(key) or self.saved.pop(key, None)
+            if blob is not None and key not in self.latest:
+                blob = self._usable(point, problem.id, overrides, blob)
+                if blob is not None:
+                    info = _info(blob)
+                    self.resumed.append({"sweep_point": point, "problem_id": problem.id,
+                                         "round": info["round"], "barriers": info["barriers_released"]})
+            item = (point, problem, overrides, blob)
+            self.out[key] = item
+            out.append(item)
+        if self.resumed:
+            log.info("resuming %d group(s) from their last barrier", len(self.resumed))
+        return out
+
+    def _usable(self, point: str, problem_id: str, overrides: dict, blob: bytes) -> bytes | None:
+        from dataclasses import replace
+
+        from .core.group import CheckpointError, _params_record
+
+        try:
+            info = _info(blob)
+        except CheckpointError as exc:
+            return self._ignore(point, problem_id, str(exc))
+        if (info["sweep_point"], info["problem_id"]) != (point, problem_id):
+            return self._ignore(point, problem_id, f"it holds {info['key']}")
+        params = self.points.get(point)
+        if params is not None and info["params"] != _params_record(replace(params, **(overrides or {}))):
+            return self._ignore(point, problem_id, "it was made with other leap settings")
+        return blob
+
+    def _ignore(self, point: str, problem_id: str, why: str) -> None:
+        log.warning("checkpoint of %s|%s not used (%s): the group starts from the beginning", point, problem_id, why)
+        self.ignored.append({"sweep_point": point, "problem_id": problem_id, "why": why})
+        return None
+
+    def checkpoint(self, point: str, problem_id: str, blob: bytes) -> None:
+        if (point, problem_id) not in self.out:
+            return  # a late checkpoint of a group already handed back
+        self.latest[(point, problem_id)] = blob
+        self.store.write(point, problem_id, blob)
+
+    def returned(self, point: str, problem_id: str) -> None:
+        self.out.pop((point, problem_id), None)
+        self.latest.pop((point, problem_id), None)
+
+    def failed(self, error: str) -> None:
+        """poll()["errors"] names a failed group as 'point|problem: cause': it is back too (its
+        checkpoint stays on disk, so a rerun resumes it)."""
+        for key in [k for k in self.out if error.startswith(f"{k[0]}|{k[1]}: ")]:
+            self.returned(*key)
+
+    def written(self, point: str, problem_id: str) -> None:
+        self.store.remove(point, problem_id)
+
+    def pending(self) -> list[tuple]:
+        """Every group out with the coordinator, each with its latest checkpoint."""
+        return [(pt, pb, ov, self.latest.get(key, blob)) for key, (pt, pb, ov, blob) in self.out.items()]
+
+    def coordinator_restarted(self, cause: str, resubmitted: int) -> None:
+        from_checkpoint = sum(1 for key in self.out if key in self.latest)
+        self.restarts.append({"t": round(time.time(), 3), "cause": cause[:300], "groups_resubmitted": resubmitted,
+                              "from_checkpoint": from_checkpoint})
+
+    def facts(self) -> dict:
+        return {"coordinator_restarts": list(self.restarts), "resumed_groups": list(self.resumed),
+                "checkpoints_ignored": list(self.ignored), "checkpoint_writes": self.store.stats()}
+
+
+def _info(blob: bytes) -> dict:
+    from .core.group import snapshot_info
+
+    return snapshot_info(blob)

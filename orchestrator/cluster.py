@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict
 
 from .config import Config
-from .errors import ClusterError, DeadlineError, EngineError, first_lines, paragraph, remote_cause
+from .errors import ClusterError, DeadlineError, EngineError, RunFailed, first_lines, paragraph, remote_cause
 
 log = logging.getLogger(__name__)
 
@@ -549,12 +549,67 @@ def start_coordinator(cfg: Config, replicas: list, model: str, points, prompts, 
             time.sleep(0.2)
 
 
+def await_coordinator(cfg: Config, coordinator, ref=None) -> dict:
+    """Wait (at most replicas.start_timeout_s) for the coordinator's `ready()`: it loads the
+    tokenizer (and an embedder) first. Returns what `ready()` says."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    timeout = cfg.replicas.start_timeout_s
+    try:
+        return ray.get(ref if ref is not None else coordinator.ready.remote(), timeout=timeout)
+    except GetTimeoutError:
+        raise DeadlineError(f"the coordinator did not come up within replicas.start_timeout_s={timeout:g} s "
+                            f"(it loads the tokenizer of model.path={cfg.model.path} first)") from None
+    except Exception as exc:
+        if coordinator_died(exc):
+            raise RunFailed(f"the coordinator could not start: {remote_cause(exc)}") from None
+        raise
+
+
+def restart_coordinator(cfg: Config, replicas: list, model: str, points, prompts, sampling, capacity: list[int],
+                        recovery, cause: BaseException, old=None):
+    """A new coordinator after the last one died: in the bundle reserved for it, with the
+    replicas' capacity, given every group still out, each from its latest checkpoint. Raises
+    RunFailed once `replicas.coordinator_restarts` new ones have been started."""
+    import ray
+
+    limit = cfg.replicas.coordinator_restarts
+    if len(recovery.restarts) >= limit:
+        raise RunFailed(f"the coordinator died again ({first_lines(remote_cause(cause), 1)}) after {limit} "
+                        f"restart(s) (replicas.coordinator_restarts={limit}); finished groups and checkpoints "
+                        f"are saved: rerun the same command to continue")
+    t0 = time.monotonic()
+    if old is not None:  # make sure it is gone, and its name free
+        try:
+            ray.kill(old)
+        except Exception:
+            pass
+    coordinator = start_coordinator(cfg, replicas, model, points, prompts, sampling)
+    await_coordinator(cfg, coordinator)
+    ray.get(coordinator.set_capacity.remote(list(capacity)))
+    items = recovery.pending()
+    if items:
+        ray.get(coordinator.submit.remote(items))
+    recovery.coordinator_restarted(f"{type(cause).__name__}: {first_lines(remote_cause(cause), 1)}", len(items))
+    log.warning("the coordinator died (%s); a new one took over in %.1f s and resumed %d group(s), %d from "
+                "their last barrier", first_lines(remote_cause(cause), 1), time.monotonic() - t0, len(items),
+                recovery.restarts[-1]["from_checkpoint"])
+    return coordinator
+
+
 def coordinator_died(exc: BaseException) -> bool:
     """Did this call fail because the coordinator actor is gone (killed, crashed, its node lost)?"""
     try:
         from ray.exceptions import ActorDiedError, RayActorError
     except ImportError:  # pragma: no cover
         return False
+    try:
+        from ray.exceptions import ActorUnavailableError
+    except ImportError:  # pragma: no cover
+        ActorUnavailableError = ()  # noqa: N806
+    if ActorUnavailableError and isinstance(exc, ActorUnavailableError):
+        return False  # for a moment unreachable, not gone: the driver polls again
     return isinstance(exc, (ActorDiedError, RayActorError))
 
 

@@ -31,7 +31,10 @@ REQUEST = pa.struct([
     ("round", pa.int32()), ("kind", pa.string()), ("prompt_tokens", pa.int64()),
     ("cached_tokens", pa.int64()), ("reusable_tokens", pa.int64()), ("new_tokens", pa.int64()), ("replica", pa.int32()),
 ])
-SPAN = pa.struct([("kind", pa.string()), ("start", pa.int64()), ("end", pa.int64())])
+# start/end: token offsets into the generated tokens; char_start/char_end: character offsets into
+# `text` (null when the tokenizer's pieces do not decode to `text` exactly)
+SPAN = pa.struct([("kind", pa.string()), ("start", pa.int64()), ("end", pa.int64()),
+                  ("char_start", pa.int64()), ("char_end", pa.int64())])
 
 PATHS_SCHEMA = pa.schema([
     ("sweep_point", pa.string()), ("benchmark", pa.string()), ("problem_id", pa.string()),
@@ -149,9 +152,19 @@ def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """A part written by an older version: columns it lacks are null, in today's order."""
     if table.schema.equals(schema):
         return table
-    cols = [table.column(f.name).cast(f.type) if f.name in table.column_names
+    cols = [_cast(table.column(f.name), f.type) if f.name in table.column_names
             else pa.nulls(table.num_rows, f.type) for f in schema]
     return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _cast(column: pa.ChunkedArray, to: pa.DataType) -> pa.ChunkedArray:
+    if column.type.equals(to):
+        return column
+    try:
+        return column.cast(to)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        # a struct that gained fields (spans' char offsets): rebuild, the new fields null
+        return pa.chunked_array([pa.array(column.to_pylist(), type=to)], type=to)
 
 
 def _ipc(table: pa.Table) -> bytes:

@@ -399,11 +399,37 @@ class Group:
                 "replica": p.replica,
                 "node": p.node,
                 "text": text,
-                "spans": [{"kind": k, "start": s - p.prompt_len, "end": e - p.prompt_len}
-                          for k, s, e in p.spans],
+                "spans": self._span_rows(p, text),
                 "requests": [dict(r) for r in reqs],
                 "resumed_from_round": self.resumed_from_round,
             })
+        return rows
+
+    def _span_rows(self, p: PathState, text: str) -> list[dict]:
+        """Spans in token offsets of the generated text, with character offsets into `text` when
+        decoding span by span gives `text` back exactly (else null: a seam split a character,
+        or the tokenizer does not decode piecewise)."""
+        body_start = p.prompt_len
+        rows, pieces = [], []
+        pos = body_start
+        for k, s, e in p.spans:
+            if s > pos:  # not covered by a span (never, today): decode it to keep offsets right
+                pieces.append(self.tok.decode(p.tokens[pos:s].tolist()))
+            piece = self.tok.decode(p.tokens[s:e].tolist())
+            pieces.append(piece)
+            rows.append({"kind": k, "start": s - body_start, "end": e - body_start, "piece": len(pieces) - 1})
+            pos = max(pos, e)
+        if pos < len(p.tokens):
+            pieces.append(self.tok.decode(p.tokens[pos:].tolist()))
+        exact = "".join(pieces) == text
+        offsets, acc = [], 0
+        for piece in pieces:
+            offsets.append(acc)
+            acc += len(piece)
+        for r in rows:
+            i = r.pop("piece")
+            r["char_start"] = offsets[i] if exact else None
+            r["char_end"] = offsets[i] + len(pieces[i]) if exact else None
         return rows
 
     # -- checkpoints ---------------------------------------------------------------------------

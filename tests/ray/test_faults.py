@@ -160,3 +160,59 @@ def test_a_plain_local_run_works_beside_a_running_head(head, tmp_path):
     assert rows == 4
     info = json.loads((tmp_path / "run_info.json").read_text())
     assert info.get("ray", {}).get("mode") in (None, "local")
+
+
+def test_bounded_waits_for_placement_and_engine_start(tmp_path):
+    """In one local Ray: a growable cluster waits out replicas.placement_timeout_s and says what it
+    asked for; a late engine is reported with its phase; a failing one with its own cause."""
+    import asyncio
+
+    from orchestrator import cluster
+    from orchestrator.core.types import EngineStartError
+    from orchestrator.errors import DeadlineError, EngineError
+
+    class SlowStart:
+        async def start(self):
+            await asyncio.sleep(60)
+
+        async def startup_status(self):
+            return {"phases": [{"name": "importing", "seconds": 1.0, "done": True},
+                               {"name": "loading_weights", "seconds": 42.0, "done": False}],
+                    "ready": False, "error": None}
+
+    class FailStart:
+        async def start(self):
+            raise EngineStartError("ValueError: 2048 tokens do not fit in the KV cache\nsecond line\nthird")
+
+        async def startup_status(self):
+            return {"phases": [], "ready": False, "error": "ValueError"}
+
+    ray.init(num_cpus=2, namespace="orchestrator", include_dashboard=False)
+    try:
+        cfg = compose(SMALL + [f"output_dir={tmp_path}", "replicas.count=3", "replicas.placement_timeout_s=2",
+                               "ray.autoscaling=true"])
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineError) as info:
+            cluster.create_replicas(cfg, "fake")
+        assert time.monotonic() - t0 < 10
+        msg = str(info.value)
+        assert "replicas.placement_timeout_s=2" in msg and "3 x {CPU: 1}" in msg and "coordinator" in msg
+        assert not ray.util.placement_group_table() or all(
+            pg["state"] == "REMOVED" for pg in ray.util.placement_group_table().values())
+
+        cfg = compose(SMALL + [f"output_dir={tmp_path}", "replicas.start_timeout_s=2"])
+        slow = [ray.remote(SlowStart).options(num_cpus=0).remote()]
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineError) as info:
+            cluster.await_replicas(cfg, slow)
+        assert time.monotonic() - t0 < 15
+        assert "replicas.start_timeout_s=2" in str(info.value) and "loading_weights for 42 s" in str(info.value)
+
+        failing = [ray.remote(FailStart).options(num_cpus=0).remote()]
+        with pytest.raises(EngineError) as info:
+            cluster.await_replicas(cfg, failing)
+        msg = str(info.value)
+        assert "replica 0 could not start its engine" in msg and "2048 tokens do not fit" in msg
+        assert "Traceback" not in msg and 'File "' not in msg
+    finally:
+        ray.shutdown()

@@ -169,3 +169,82 @@ def test_a_write_killed_midway_keeps_the_old_checkpoint(tmp_path, monkeypatch):
     store.path("pt", "p2").write_bytes(b"garbage")
     assert store.load_all() == {("pt", "p1"): b"round-1 state"}
     assert not leftover.exists()
+
+
+def test_result_parts_of_an_older_schema_still_read(tmp_path):
+    """Parts written before the resume and char-offset columns existed read back with nulls."""
+    import pyarrow as pa
+
+    from orchestrator.results import MESSAGES_SCHEMA, PATHS_SCHEMA, ResultStore, _ipc, atomic_write_table
+
+    g = new_group()
+    drive(g, FakeReplica(0, engine=ENGINE))
+    store = ResultStore(tmp_path)
+    store.write_group("default", "q7", g.records(), g.messages)
+    old_span = pa.struct([("kind", pa.string()), ("start", pa.int64()), ("end", pa.int64())])
+    old_fields = [pa.field("spans", pa.list_(old_span)) if f.name == "spans" else f for f in PATHS_SCHEMA
+                  if f.name not in ("resumed_from_round", "round_answers", "round_correct")]
+    rows = g.records()
+    for r in rows:
+        r["sweep_point"] = "old"
+        r["spans"] = [{"kind": s["kind"], "start": s["start"], "end": s["end"]} for s in r["spans"]]
+    old = pa.Table.from_pylist(rows, schema=pa.schema(old_fields))
+    msgs = pa.Table.from_pylist(g.messages, schema=MESSAGES_SCHEMA)
+    atomic_write_table(store.part_path("old", "q7"), pa.table({
+        "kind": pa.array(["paths", "messages"]), "ipc": pa.array([_ipc(old), _ipc(msgs)], type=pa.binary())}))
+    paths, _ = store.read_parts()
+    by_point = {}
+    for r in paths.to_pylist():
+        by_point.setdefault(r["sweep_point"], []).append(r)
+    assert len(by_point["old"]) == len(by_point["default"]) == PARAMS.paths
+    assert all(r["resumed_from_round"] is None for r in by_point["old"])
+    assert all(s["char_start"] is None for r in by_point["old"] for s in r["spans"])
+    assert all(s["char_start"] is not None for r in by_point["default"] for s in r["spans"])
+    assert [s["start"] for s in by_point["old"][0]["spans"]] == [s["start"] for s in by_point["default"][0]["spans"]]
+
+
+def test_span_char_offsets_cut_the_text_exactly():
+    g = new_group()
+    drive(g, FakeReplica(0, engine=ENGINE))
+    for row in g.records():
+        text = row["text"]
+        assert "".join(text[s["char_start"]:s["char_end"]] for s in row["spans"]) == text
+        comments = [text[s["char_start"]:s["char_end"]] for s in row["spans"] if s["kind"] == "comment"]
+        assert all(c.lstrip().startswith("<comment>") for c in comments)
+
+
+def test_recovery_resumes_saved_groups_and_tracks_what_is_out(tmp_path):
+    from orchestrator.checkpoint import Recovery
+
+    g = new_group()
+    blob = drive(g, FakeReplica(0, engine=ENGINE), stop_at_barrier=2)
+    CheckpointStore(tmp_path).write("default", "q7", blob)
+    other = Problem(id="q8", benchmark="unit", question="What is 1 + 1?", gold="2")
+    CheckpointStore(tmp_path).write("default", "q8", blob)  # made for another problem: unusable
+    CheckpointStore(tmp_path).write("gone", "q9", b"x")  # its group is already written
+
+    rec = Recovery(tmp_path, {"default": PARAMS})
+    rec.forget_done(lambda point, pid: point == "gone")
+    assert not CheckpointStore(tmp_path).path("gone", "q9").exists()
+    items = rec.attach([("default", PROBLEM, {}), ("default", other, {})])
+    assert items[0][3] == blob and items[1][3] is None
+    assert rec.facts()["resumed_groups"] == [{"sweep_point": "default", "problem_id": "q7", "round": 3,
+                                              "barriers": 2}]
+    assert rec.facts()["checkpoints_ignored"][0]["problem_id"] == "q8"
+    # made with other leap settings (a compute-matched budget that changed): not used
+    again = Recovery(tmp_path, {"default": PARAMS})
+    assert again.attach([("default", PROBLEM, {"token_budget": 500})])[0][3] is None
+    assert "other leap settings" in again.facts()["checkpoints_ignored"][0]["why"]
+
+    newer = drive(new_group(), FakeReplica(0, engine=ENGINE), stop_at_barrier=3)
+    rec.checkpoint("default", "q7", newer)
+    assert [i[3] for i in rec.pending()] == [newer, None]  # a new coordinator gets the latest
+    rec.coordinator_restarted("ActorDiedError: killed", 2)
+    assert rec.facts()["coordinator_restarts"][0]["from_checkpoint"] == 1
+    rec.returned("default", "q7")
+    rec.failed("default|q8: RuntimeError: stuck")
+    assert rec.pending() == []
+    rec.checkpoint("default", "q7", blob)  # late: ignored, the newer one stays on disk
+    assert CheckpointStore(tmp_path).load_all()[("default", "q7")] == newer
+    rec.written("default", "q7")
+    assert ("default", "q7") not in CheckpointStore(tmp_path).load_all()
