@@ -342,6 +342,51 @@ def render_md(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
     return "\n".join(out).rstrip() + "\n"
 
 
+# --------------------------------------------------------------------------- console text
+
+
+def table_text(t: D.Table, drop: tuple[str, ...] = ()) -> str:
+    """A fixed-width text rendering of a table (columns whose header is in `drop` left out)."""
+    from .tables import _fmt_table
+
+    headers = list(t.headers)
+    if sum(1 for label, _ in t.groups if label) > 1:  # several benchmarks: name them in the header
+        i = 0
+        for label, span in t.groups:
+            for j in range(i, i + span):
+                headers[j] = f"{label} {headers[j]}" if label else headers[j]
+            i += span
+    keep = [j for j, h in enumerate(t.headers) if h not in drop]
+    left = sum(1 for j in keep if t.rows and t.rows[0][j].kind not in ("num", "delta"))
+    order = sorted(keep, key=lambda j: t.rows[0][j].kind in ("num", "delta")) if t.rows else keep
+    return _fmt_table([headers[j] for j in order], [[r[j].text for j in order] for r in t.rows], left=left)
+
+
+def console_text(run: D.Run, tables: dict[str, D.Table]) -> str:
+    """What the console shows at the end of a run: the per-problem table for a single
+    configuration (when short), and the accuracy table of every configuration."""
+    parts = []
+    if len(run.order) == 1 and 0 < len(tables["problems"].rows) <= 40:
+        parts.append(_problems_text(run))
+    main = tables["main"]
+    parts.append(table_text(main, drop=("mode", "T", "top-k", "router")))  # the name says them
+    return "\n\n".join(p for p in parts if p)
+
+
+def _problems_text(run: D.Run) -> str:
+    from .tables import _fmt_table, _sort_key
+
+    point = run.order[0]
+    rows = []
+    for b in run.benchmarks:
+        per = run.metric(point, b, "per_problem") or {}
+        for pid in sorted(per, key=_sort_key):
+            m = per[pid]
+            rows.append([b, pid, D.fmt(m.get("paths"), "int"), D.fmt(m.get("pass@1")),
+                         D.fmt(m.get("cons@N"), "int"), str(m.get("majority_answer") or "-")[:16]])
+    return _fmt_table(["benchmark", "problem", "N", "Pass@1", "Cons@N", "majority"], rows, left=2)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
@@ -361,7 +406,7 @@ def build_tables(run: D.Run) -> dict[str, D.Table]:
 def write_report(output_dir: str | Path, point: str | None = None, problem: str | None = None,
                  path: int | None = None, plots: bool = True) -> dict[str, Path | list[Path]]:
     """Write OUTPUT_DIR/report.html, OUTPUT_DIR/report.md and OUTPUT_DIR/plots/*.png; returns
-    {"html": ..., "md": ..., "plots": [...]}. `point`, `problem`, `path` choose the transcript
+    {"html": ..., "md": ..., "plots": [...], "text": the console's tables}. `point`, `problem`, `path` choose the transcript
     (default: a path that received peer notes and changed its answer); `plots=False` leaves the
     figures out (the tables and transcript only)."""
     root = Path(output_dir)
@@ -384,7 +429,7 @@ def write_report(output_dir: str | Path, point: str | None = None, problem: str 
     html_path, md_path = root / "report.html", root / "report.md"
     html_path.write_text(render_html(run, tables, figs, tr), encoding="utf-8")
     md_path.write_text(render_md(run, tables, figs, tr), encoding="utf-8")
-    return {"html": html_path, "md": md_path, "plots": pngs}
+    return {"html": html_path, "md": md_path, "plots": pngs, "text": console_text(run, tables)}
 
 
 __all__ = ["Transcript", "build_tables", "choose_path", "load_transcript", "render_html",
