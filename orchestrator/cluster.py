@@ -195,7 +195,7 @@ def _join(cfg: Config, address: str, source: str) -> dict:
 class _watchdog:
     """Bound a call that has no timeout of its own (ray.init). When time runs out the main
     thread is interrupted and the call's failure becomes a ClusterError with `message`; a call
-    that still does not return within 5 more seconds ends the process with that message."""
+    that still does not return within 3 more seconds ends the process with that message."""
 
     def __init__(self, seconds: float, message: str):
         self.seconds, self.message = seconds, message
@@ -209,7 +209,7 @@ class _watchdog:
         import _thread
 
         _thread.interrupt_main()
-        if not self.done.wait(5.0):
+        if not self.done.wait(3.0):
             sys.stderr.write(paragraph(f"error: {self.message}") + "\n")
             sys.stderr.flush()
             os._exit(ClusterError.exit_code)

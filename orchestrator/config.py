@@ -118,7 +118,7 @@ class RayConfig:
     namespace: str = "orchestrator"
     # Joining a cluster (ray.address set) must succeed within this many seconds, or the run stops
     # naming the address: a TCP probe of the address first, then ray.init under the same deadline.
-    connect_timeout_s: float = 15
+    connect_timeout_s: float = 10
     # Can the cluster add nodes? null: a local Ray cannot; a joined cluster can when an autoscaler
     # reports node types it may launch. When it cannot, a request it lacks the resources for is
     # refused at once instead of waiting out replicas.placement_timeout_s.

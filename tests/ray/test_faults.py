@@ -134,6 +134,22 @@ def test_address_that_never_answers_fails_within_the_connect_deadline(tmp_path):
     assert "Traceback" not in err + out
 
 
+def test_a_port_that_is_not_ray_fails_within_the_connect_deadline(tmp_path):
+    """Something accepts connections but never speaks Ray: ray.init would retry for minutes."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    try:
+        code, out, err, secs = cli(tmp_path, f"ray.address=127.0.0.1:{port}", "ray.connect_timeout_s=3")
+    finally:
+        listener.close()
+    assert code == 2 and secs < 20, (code, secs)
+    msg = error_paragraph(err)
+    assert f"127.0.0.1:{port}" in msg and "ray.connect_timeout_s=3" in msg
+    assert "Traceback" not in err + out
+
+
 def test_too_few_cpus_for_replicas_and_coordinator_is_refused_with_the_numbers(head, tmp_path):
     address, env = head
     # auto joins the head (RAY_TMPDIR names it); 2 replicas x 1 CPU + 1 for the coordinator > 2
@@ -216,3 +232,86 @@ def test_bounded_waits_for_placement_and_engine_start(tmp_path):
         assert "Traceback" not in msg and 'File "' not in msg
     finally:
         ray.shutdown()
+
+
+def _expected_paths(cfg) -> set:
+    from orchestrator.config import sweep_points
+    from orchestrator.data import load_problems
+
+    problems = load_problems(cfg.dataset.name, path=cfg.dataset.path, limit=cfg.dataset.limit, seed=cfg.leap.seed)
+    return {(pt, pb.id, i) for pt, p in sweep_points(cfg).items() for pb in problems for i in range(p.paths)}
+
+
+def _rows(out):
+    return pq.read_table(Path(out) / "paths.parquet").to_pylist()
+
+
+SWEEP = "+sweep=[{T: 160}, {T: 128, top_k: 1}]"
+SLOW = "+engine.latency.decode_base_s=0.01"  # 160-token segments take 1.6 s
+
+
+def test_coordinator_killed_by_name_mid_run_the_run_completes(tmp_path):
+    from orchestrator.runner import run
+
+    ray.init(num_cpus=4, namespace="orchestrator", include_dashboard=False)
+    try:
+        cfg = compose(SMALL + [f"output_dir={tmp_path}", "replicas.count=2", SWEEP, SLOW, "dataset.limit=3"])
+        result: dict = {}
+
+        def go():
+            try:
+                result["summary"] = run(cfg)
+            except BaseException as exc:  # reported below
+                result["error"] = exc
+
+        thread = threading.Thread(target=go, daemon=True)
+        thread.start()
+        deadline = time.time() + 90
+        while time.time() < deadline and not list((tmp_path / "checkpoints").glob("*/*.ckpt")):
+            time.sleep(0.1)
+        assert list((tmp_path / "checkpoints").glob("*/*.ckpt")), "no barrier was reached"
+        assert not list((tmp_path / "parts").glob("*/*.parquet")), "a group finished before the kill"
+        ray.kill(ray.get_actor("leap-coordinator", namespace="orchestrator"))
+        thread.join(timeout=120)
+        assert not thread.is_alive() and "error" not in result, result.get("error")
+    finally:
+        ray.shutdown()
+    rows = _rows(tmp_path)
+    keys = [(r["sweep_point"], r["problem_id"], r["path"]) for r in rows]
+    assert len(keys) == len(set(keys)) and set(keys) == _expected_paths(cfg)
+    info = json.loads((tmp_path / "run_info.json").read_text())
+    (restart,) = info["coordinator_restarts"]
+    assert 1 <= restart["groups_resubmitted"] <= 6 and restart["from_checkpoint"] >= 1
+    assert any(r["resumed_from_round"] is not None for r in rows)
+    assert not list((tmp_path / "checkpoints").glob("*/*.ckpt"))  # all written: none left
+
+
+def test_driver_sigkilled_between_barriers_resumes_from_its_checkpoints(tmp_path):
+    out = tmp_path / "out"
+    args = [*SMALL, f"output_dir={out}", "replicas.count=2", SWEEP, "dataset.limit=3"]
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", *args, SLOW], cwd=REPO, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline and not list((out / "checkpoints").glob("*/*.ckpt")):
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    saved = list((out / "checkpoints").glob("*/*.ckpt"))
+    assert saved, "no barrier was reached before the kill"
+    done_before = len(list((out / "parts").glob("*/*.parquet")))
+    code, _, err, _ = cli(out, "replicas.count=2", SWEEP, "dataset.limit=3")  # no latency now
+    assert code == 0, err
+    rows = _rows(out)
+    keys = [(r["sweep_point"], r["problem_id"], r["path"]) for r in rows]
+    cfg = compose(args)
+    assert len(keys) == len(set(keys)) and set(keys) == _expected_paths(cfg)
+    info = json.loads((out / "run_info.json").read_text())
+    resumed = {(g["sweep_point"], g["problem_id"]): g["round"] for g in info["resumed_groups"]}
+    assert len(resumed) >= 1 and done_before < 6
+    for r in rows:
+        assert r["resumed_from_round"] == resumed.get((r["sweep_point"], r["problem_id"]))
+    assert all(v >= 2 for v in resumed.values())
+    assert not list((out / "checkpoints").glob("*/*.ckpt"))
