@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -63,6 +62,7 @@ class Workload:
     replicas: int
     segment_min_tokens: int = 0
     answer_tokens: int = 0
+    oversubscribe: float = 1.5  # replicas.oversubscribe
 
 
 CPU = Workload(problems=8, paths=8, T=128, rounds=3, summary=64, top_k=2, replicas=2,
@@ -124,21 +124,24 @@ async def run_schedule(make_coordinator, replicas, problems, params, schedule: s
 async def run_floor(replicas, tokenizer, problems, params, leap_rows: list[dict], prompts, clock,
                     vocab: tuple[int, int]) -> dict:
     """One request per path: prompt + unique injected tokens, exactly the sampled tokens."""
+    import numpy as np
+
+    from orchestrator.core.rng import stable_int
     from orchestrator.core.types import GenRequest, SamplingSpec
     from orchestrator.engines.tokenizer import render_prompt
 
     for r in replicas:
         await call(r, "stats", reset=True)
     by_problem = {p.id: p for p in problems}
-    # the best static order: longest paths first, each onto the replica with the least work so
-    # far (LPT), so that no long path starts late and runs alone at the end
-    rows = sorted(leap_rows, key=lambda r: -(r["sampled_tokens"] + r["injected_tokens"]))
+    # all at once, in the order the paths exist (problem, path), each onto the replica with the
+    # least work so far: no orchestration, and no knowledge of which paths will run long
+    rows = sorted(leap_rows, key=lambda r: (r["problem_id"], r["path"]))
     work = [0] * len(replicas)
     reqs = []
     for row in rows:
         prompt = render_prompt(tokenizer, prompts, by_problem[row["problem_id"]], params)
-        rng = random.Random(f"floor|{row['problem_id']}|{row['path']}")
-        unique = [rng.randrange(*vocab) for _ in range(int(row["injected_tokens"]))]
+        rng = np.random.default_rng(stable_int("floor", row["problem_id"], row["path"]))
+        unique = rng.integers(vocab[0], vocab[1], int(row["injected_tokens"])).tolist()
         r = min(range(len(replicas)), key=lambda i: (work[i], i))
         work[r] += int(row["sampled_tokens"]) + int(row["injected_tokens"])
         reqs.append((r, GenRequest(
@@ -249,7 +252,7 @@ def simulate(w: Workload) -> dict:
 
             def make(schedule):
                 return LocalHandle(Coordinator(replicas, "fake", {"bench": params}, prompts, SamplingSpec(),
-                                               schedule=schedule))
+                                               schedule=schedule, oversubscribe=w.oversubscribe))
 
             cpu0 = time.process_time()
             res = await bench(w, replicas, make, FakeTokenizer(), prompts, loop.time, (32, 127))
@@ -289,7 +292,8 @@ def real(w: Workload, model: str, engine_overrides: list[str]) -> dict:
         from orchestrator.coordinator import Coordinator
 
         return ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1000).remote(
-            replicas, path, {"bench": params}, prompts, sampling_spec(cfg), schedule=schedule)
+            replicas, path, {"bench": params}, prompts, sampling_spec(cfg), schedule=schedule,
+            oversubscribe=w.oversubscribe)
 
     try:
         return asyncio.run(bench(w, replicas, make, tok, prompts, time.monotonic, vocab))
@@ -309,10 +313,12 @@ def main(argv=None) -> int:
     ap.add_argument("--problems", type=int)
     ap.add_argument("--paths", type=int)
     ap.add_argument("--replicas", type=int)
+    ap.add_argument("--oversubscribe", type=float, help="replicas.oversubscribe (default 1.5)")
     args = ap.parse_args(argv)
     w = SIM if args.simulate else GPU if args.gpu_check else CPU
     w = replace(w, **{k: v for k, v in (("problems", args.problems), ("paths", args.paths),
-                                        ("replicas", args.replicas)) if v})
+                                        ("replicas", args.replicas),
+                                        ("oversubscribe", args.oversubscribe)) if v})
     t0 = time.monotonic()
     if args.simulate:
         res = simulate(w)

@@ -18,11 +18,12 @@ request returns at once.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import random
 import re
 import time
 from array import array
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, fields
 
 from ..core.rng import stable_int
@@ -65,32 +66,40 @@ class LatencyModel:
 
 
 class _Job:
-    __slots__ = ("left", "prefill", "done")
+    __slots__ = ("left", "prefill", "done", "order")
 
-    def __init__(self, tokens: int, prefill_s: float, done: asyncio.Future):
+    def __init__(self, tokens: int, prefill_s: float, done: asyncio.Future, order: tuple):
         self.left = tokens
         self.prefill = prefill_s
         self.done = done
+        self.order = order  # (priority, arrival): the waiting queue's order, as in vLLM
+
+    def __lt__(self, other: "_Job") -> bool:
+        return self.order < other.order
 
 
 class _Engine:
-    """Continuous batching in simulated time: FIFO admission up to `max_num_seqs`, flat-ish
-    decode steps, prefill stalls. Keeps busy time and batch occupancy for `stats()`."""
+    """Continuous batching in simulated time: admission up to `max_num_seqs`, first come first
+    served (a `priority` argument orders the queue as vLLM's priority policy would; running
+    requests are never preempted), flat-ish decode steps, prefill stalls. Keeps busy time and
+    batch occupancy for `stats()`."""
 
     def __init__(self, model: LatencyModel):
         self.m = model
-        self.waiting: deque[_Job] = deque()
+        self.waiting: list[_Job] = []  # a heap
+        self.arrivals = 0
         self.running: list[_Job] = []
         self.arrival = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.busy_s = 0.0
         self.occupied = 0.0  # integral of batch size over busy time
 
-    async def run(self, tokens: int, prefill_s: float) -> None:
+    async def run(self, tokens: int, prefill_s: float, priority: int = 0) -> None:
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._loop())
         fut = asyncio.get_running_loop().create_future()
-        self.waiting.append(_Job(tokens, prefill_s, fut))
+        self.arrivals += 1
+        heapq.heappush(self.waiting, _Job(tokens, prefill_s, fut, (priority, self.arrivals)))
         self.arrival.set()
         await fut
 
@@ -99,7 +108,7 @@ class _Engine:
         carry = 0.0
         while True:
             while self.waiting and len(self.running) < self.m.max_num_seqs:
-                self.running.append(self.waiting.popleft())
+                self.running.append(heapq.heappop(self.waiting))
             if not self.running:
                 self.arrival.clear()
                 await self.arrival.wait()
@@ -285,7 +294,7 @@ class FakeReplica:
         rng = random.Random(stable_int(self.seed, req.path_key, len(tokens), "floor"))
         parts, size = [], 0
         while size < limit:
-            n = rng.randint(2, 99)
+            n = 2 + int(rng.random() * 98)
             part = f"Step: combining {n} with the rest gives {n * 3 % 97}.\n\n"
             parts.append(part)
             size += len(part)
@@ -317,7 +326,7 @@ class FakeReplica:
             if roll < (self.think_prob + self.eos_prob) / 4 and self.eos_prob > 0:
                 parts.append(f"Therefore the answer is \\boxed{{{belief}}}.")
                 return self._clip("".join(parts), limit, "eos")
-            n = rng.randint(2, 99)
+            n = 2 + int(rng.random() * 98)
             parts.append(f"Step: combining {n} with the rest gives {n * belief % 97 + belief}.")
             parts.append("\n\n" if rng.random() < 0.5 else " ")
             size += len(parts[-2]) + 1

@@ -183,3 +183,18 @@ def test_core_routing_has_no_heavy_imports():
     source = open(routing.__file__).read()
     for name in ("import ray", "import vllm", "import torch"):
         assert name not in source
+
+
+def test_matrix_equals_the_pairwise_scores_for_both_metrics():
+    import random as _random
+
+    from orchestrator.core.routing import indel_similarity, levenshtein_similarity, similarity_matrix
+
+    rng = _random.Random(3)
+    texts = ["".join(rng.choice("ab c\n1") for _ in range(rng.randrange(0, 60))) for _ in range(12)]
+    texts += ["", ""]
+    for name, fn in (("indel", indel_similarity), ("levenshtein", levenshtein_similarity)):
+        sim = similarity_matrix(texts, name)
+        for i, a in enumerate(texts):
+            for j, b in enumerate(texts):
+                assert sim[i][j] == (1.0 if i == j else fn(a, b)), (name, a, b)
