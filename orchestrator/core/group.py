@@ -133,7 +133,10 @@ class PathState:
     def append(self, ids: list[int], kind: str) -> None:
         if ids:
             self.spans.append((kind, len(self.tokens), len(self.tokens) + len(ids)))
-            self.tokens.extend(ids)
+            if isinstance(ids, list):
+                self.tokens.fromlist(ids)  # several times faster than extend() from a list
+            else:
+                self.tokens.extend(ids)
 
     def count(self, injected: bool) -> int:
         return sum(e - s for k, s, e in self.spans if (k in INJECTED) == injected)
@@ -178,6 +181,12 @@ class Group:
             for i in range(params.paths)
         ]
         self._by_key = {p.key: p for p in self.paths}
+        self._by_index = {p.index: p for p in self.paths}
+        # barrier work done as summaries arrive (see `_arrive`); cleared at every release
+        self._parts = prompts.peer_block_parts()
+        self._pieces: dict[str, list[int]] = {}
+        self._summary_ids: dict[int, list[int]] = {}
+        self._sim_row: dict[int, dict[int, float]] = {}
 
     # -- the plan ------------------------------------------------------------------------------
     @property
@@ -314,7 +323,56 @@ class Group:
             p.append(self.tok.encode(fix), "summary_fix")
         p.summaries.append(extract_summary(self.tok.decode(p.tokens[p.summary_start:].tolist())))
         p.phase = "barrier"
+        self._arrive(p)
         return None
+
+    # -- barrier work, done as summaries arrive ------------------------------------------------
+    def _arrive(self, p: PathState) -> None:
+        """Encode the path's summary and compare it with the summaries already waiting, now:
+        releasing the barrier then only sorts and concatenates token ids."""
+        text = p.summaries[-1]
+        if self._parts is not None:
+            self._summary_ids[p.index] = self.tok.encode(text)
+        if self.params.similarity in routing.STRING_SIMILARITIES:
+            row = self._sim_row.setdefault(p.index, {})
+            others = [q for q in self._sim_row if q != p.index]
+            values = routing.similarities_to(text, [self._by_index[q].summaries[-1] for q in others],
+                                             self.params.similarity)
+            for q, v in zip(others, values):
+                row[q] = v
+                self._sim_row[q][p.index] = v
+
+    def _matrix(self, waiting: list[PathState], summaries: list[str]):
+        """The waiting paths' similarity matrix from the rows built on arrival (None: compute)."""
+        if self.params.similarity not in routing.STRING_SIMILARITIES:
+            return None
+        rows = self._sim_row
+        if any(q.index not in rows for q in waiting):  # e.g. restored from a checkpoint
+            return None
+        return [[1.0 if a is b else rows[a.index][b.index] for b in waiting] for a in waiting]
+
+    def _peer_ids(self, summaries: list[str], waiting: list[PathState], peers) -> list[int]:
+        """The peer block's token ids: cached pieces around each summary's ids, or an encode of
+        the whole block when the prompt file's templates cannot be split."""
+        texts = [summaries[j] for j, _ in peers]
+        if self._parts is None or not peers or any(waiting[j].index not in self._summary_ids for j, _ in peers):
+            return self.tok.encode(self.prompts.peer_block(texts))
+        head, prefix, suffix, tail = self._parts
+        ids = list(self._piece(head))
+        for rank, (j, _) in enumerate(peers, start=1):
+            if rank > 1:
+                ids += self._piece("\n")
+            ids += self._piece(prefix.format(index=rank))
+            ids += self._summary_ids[waiting[j].index]
+            ids += self._piece(suffix)
+        ids += self._piece(tail)
+        return ids
+
+    def _piece(self, text: str) -> list[int]:
+        ids = self._pieces.get(text)
+        if ids is None:
+            ids = self._pieces[text] = self.tok.encode(text) if text else []
+        return ids
 
     def _after_answer(self, p: PathState, res: GenResult, new: list[int]) -> None:
         p.append(new, "answer")
@@ -349,10 +407,10 @@ class Group:
         else:
             rng = rng_for(prm.seed, self.problem.id, -1, round_, "router")
             routes = routing.route(summaries, prm.router, prm.top_k, rng=rng,
-                                   similarity=prm.similarity, embed=self.embed)
+                                   similarity=prm.similarity, embed=self.embed,
+                                   sim=self._matrix(waiting, summaries))
         for q, peers in zip(waiting, routes):
-            block = self.prompts.peer_block([summaries[j] for j, _ in peers])
-            q.append(self.tok.encode(block), "comment")
+            q.append(self._peer_ids(summaries, waiting, peers), "comment")
             for rank, (j, sim) in enumerate(peers, start=1):
                 self.messages.append({
                     "sweep_point": self.sweep_point,
@@ -368,6 +426,8 @@ class Group:
             q.round += 1
             q.phase = "segment"
         self.barriers_released += 1
+        self._summary_ids.clear()
+        self._sim_row.clear()
 
     # -- results -------------------------------------------------------------------------------
     def records(self) -> list[dict]:

@@ -62,6 +62,22 @@ class PromptSet:
         )
         return self.comment_block.format(peers=lines) + self.reflection
 
+    def peer_block_parts(self) -> tuple[str, str, str, str] | None:
+        """The peer block split around its summaries: (head, line prefix with `{index}`, line
+        suffix, tail), so that `head + "\n".join(prefix.format(index=i) + s + suffix ...) +
+        tail` is `peer_block(...)`. None when the templates cannot be split that way."""
+        block, line = self.comment_block, self.peer_line
+        if block.count("{peers}") != 1 or line.count("{summary}") != 1:
+            return None
+        head, tail = block.split("{peers}")
+        prefix, suffix = line.split("{summary}")
+        try:
+            if "{" in head.format() + tail.format() + suffix.format() or prefix.format(index=1) == prefix:
+                return None
+        except (KeyError, IndexError, ValueError):
+            return None
+        return head.format(), prefix, suffix.format(), tail.format() + self.reflection
+
     def forcing(self, kind: str) -> str:
         return self.answer_forcing[kind]
 

@@ -82,6 +82,18 @@ def _cdist(summaries: Sequence[str], scorer) -> Matrix:
     return sim
 
 
+def similarities_to(text: str, others: Sequence[str], similarity: str = "indel") -> list[float]:
+    """One summary against several (string similarities only): a row of the matrix, computed
+    when a summary arrives so that the barrier itself only sorts."""
+    scorer = {"indel": Indel.normalized_similarity, "levenshtein": Levenshtein.normalized_similarity}
+    if not others:
+        return []
+    return process.cdist([text], list(others), scorer=scorer[similarity], dtype=np.float64)[0].tolist()
+
+
+STRING_SIMILARITIES = ("indel", "levenshtein")
+
+
 def _indel_matrix(summaries: Sequence[str], embed: EmbedFn | None = None) -> Matrix:
     return _cdist(summaries, Indel.normalized_similarity)
 
@@ -231,12 +243,15 @@ def route(
     rng: random.Random | None = None,
     similarity: str = "indel",
     embed: EmbedFn | None = None,
+    sim: Matrix | None = None,
 ) -> list[list[tuple[int, float]]]:
-    """For each path, its peers (Peer 1 first) with their similarity to that path."""
+    """For each path, its peers (Peer 1 first) with their similarity to that path. `sim`, when
+    given, is the similarity matrix already computed (e.g. as the summaries arrived)."""
     _check_policy(policy)
     _check_similarity(similarity)
     _check_top_k(top_k)
-    sim = similarity_matrix(summaries, similarity, embed)
+    if sim is None:
+        sim = similarity_matrix(summaries, similarity, embed)
     chosen = _choose(sim, policy, top_k, rng)
     return [[(j, sim[i][j]) for j in peers] for i, peers in enumerate(chosen)]
 
@@ -269,5 +284,6 @@ __all__ = [
     "levenshtein_similarity",
     "route",
     "select_peers",
+    "similarities_to",
     "similarity_matrix",
 ]

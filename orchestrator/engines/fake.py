@@ -251,7 +251,7 @@ class FakeReplica:
         elif key not in self.paths:
             raise PathStateMissing(key)
         tokens = self.paths[key][: req.keep]
-        tokens.extend(req.append)
+        tokens.fromlist(list(req.append))
         self.paths[key] = tokens
         now = self._now()
         if self.first_request_t is None:
@@ -277,7 +277,7 @@ class FakeReplica:
                 self.busy_base = (0.0, 0.0)
             await self.engine.run(len(new), self.latency.prefill(len(tokens) - cached))
         self.computed[key] = len(tokens) + max(len(new) - 1, 0)
-        tokens.extend(new)
+        tokens.fromlist(new)
         self.served += 1
         c = self.counters
         c["requests"] += 1

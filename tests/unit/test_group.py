@@ -271,3 +271,25 @@ def test_unknown_result_is_rejected():
     g = make_group()
     with pytest.raises(ValueError):
         g.on_result(GenResult("pt|p1/0", [], "", "length"))
+
+
+def test_peer_block_from_cached_pieces_decodes_to_the_rendered_block():
+    """The barrier concatenates ids encoded as summaries arrived; the text is the block's text."""
+    from orchestrator.models import resolve_model
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(resolve_model("builtin:tiny"))
+    summaries = ['so far 3b + 4 = 5b + 2, "b = 1"?', "No answer yet.\n\nChecking é and 日本.", "x" * 300]
+    for tok in (TOK, hf):
+        g = Group("pt|p1", PROBLEM, tok.encode("prompt"), LeapParams(paths=3, top_k=2), PROMPTS, tok,
+                  sweep_point="pt")
+        waiting = g.paths
+        for p, s in zip(waiting, summaries):
+            p.summaries.append(s)
+            g._arrive(p)
+        peers = [(2, 0.1), (0, 0.5)]
+        ids = g._peer_ids(summaries, waiting, peers)
+        assert tok.decode(ids) == PROMPTS.peer_block([summaries[2], summaries[0]])
+        sim = g._matrix(waiting, summaries)
+        from orchestrator.core.routing import similarity_matrix
+        assert sim == similarity_matrix(summaries, "indel")
