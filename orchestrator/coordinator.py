@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from .assign import ReplicaPool
-from .core.group import Group, LeapParams
+from .core.group import CheckpointError, Group, LeapParams
 from .core.prompts import PromptSet
 from .core.types import GenRequest, GenResult, PathStateMissing, Problem, ReplicaDead, SamplingSpec
 from .engines import node_id
@@ -189,6 +189,7 @@ class Coordinator:
             "cache_hit_rate": self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None,
             "replicas_alive": sum(self.pool.alive),
             "failovers": self.pool.moved,
+            "replica_deaths": list(self.pool.deaths),
             "node": self.node,
         }
 
@@ -285,10 +286,14 @@ class Coordinator:
     def _open(self, pend: _Pending) -> Group:
         prompt = render_prompt(self.tok, self.prompts, pend.problem, pend.params)
         key = f"{pend.point}|{pend.problem.id}"
+        group = None
         if pend.checkpoint is not None:
-            group = Group.restore(pend.checkpoint, pend.problem, prompt, pend.params, self.prompts,
-                                  self.tok, self.sampling, embed=self.embed, sweep_point=pend.point)
-        else:
+            try:
+                group = Group.restore(pend.checkpoint, pend.problem, prompt, pend.params, self.prompts,
+                                      self.tok, self.sampling, embed=self.embed, sweep_point=pend.point)
+            except CheckpointError as exc:  # another prompt file or tokenizer: start afresh
+                log.warning("group %s: checkpoint not usable (%s); running it from the start", key, exc)
+        if group is None:
             group = Group(key, pend.problem, prompt, pend.params, self.prompts, self.tok,
                           self.sampling, embed=self.embed, sweep_point=pend.point)
         live = [p.key for p in group.paths if p.phase != "done"]

@@ -8,24 +8,20 @@ writes each finished group as soon as it arrives, and rebuilds the result files 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
-from dataclasses import asdict
 
 from omegaconf import OmegaConf
 
 from .config import Config, prompt_file, sampling_spec, validate
 from .core import metrics
+from .core.grading import grade_rows
 from .core.prompts import load_prompts
 from .core.types import Problem
 from .data import load_problems
 from .results import ResultStore
 
 log = logging.getLogger(__name__)
-
-REPLICA_NAME = "leap-replica-{}"
-NAMESPACE = "orchestrator"
 
 
 def run(cfg: Config) -> dict:
@@ -52,13 +48,14 @@ def run(cfg: Config) -> dict:
     later = [(pt, pb) for pt, pb in todo if pt in waits]
     phases = [lambda: first, lambda: _matched_items(store, points, later)]
     started = time.monotonic()
-    generation_s = _run_groups(cfg, points, prompts, phases, len(todo), store) if todo else 0.0
+    facts = _run_groups(cfg, points, prompts, phases, len(todo), store) if todo else {"generation_s": 0.0}
     paths_t, _ = store.read_parts()
-    summary = metrics.summarize(paths_t.to_pylist())
+    summary = metrics.summarize(paths_t.to_pylist(), points=points)
+    t_write = time.monotonic()
     store.consolidate(summary)
     store.write_json("run_info.json", {"wall_s": round(time.monotonic() - started, 3),
-                                       "generation_s": round(generation_s, 3),
-                                       "groups_run": len(todo), "groups_skipped": skipped})
+                                       "writing_s": round(time.monotonic() - t_write, 3),
+                                       "groups_run": len(todo), "groups_skipped": skipped, **facts})
     _report(cfg, store, paths_t, summary)
     return summary
 
@@ -83,24 +80,36 @@ def _matched_items(store: ResultStore, points, later: list[tuple[str, Problem]])
     return items
 
 
-def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore) -> float:
-    """Run the phases' groups on fresh replicas; returns seconds from first submit to last result."""
+def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore) -> dict:
+    """Run the phases' groups on fresh replicas; returns the run's timing and fault record."""
     import ray
 
-    from .coordinator import Coordinator
+    from . import cluster
+    from .console import progress_bar, show
 
-    model = _model_path(cfg)
-    _init_ray(cfg)
-    replicas, pg = _start_replicas(cfg, model)
-    coordinator = ray.remote(Coordinator).options(
-        name="leap-coordinator", namespace=NAMESPACE, num_cpus=1, max_concurrency=1000,
-    ).remote(replicas, "fake" if cfg.engine.kind == "fake" else model, points, prompts,
-             sampling_spec(cfg), cfg.replicas.placement, cfg.replicas.max_groups_in_flight,
-             cfg.leap.embedding_model)
+    facts: dict = {}
+    t0 = time.monotonic()
+    model = cluster.model_path(cfg)
+    facts["model_prepare_s"] = round(time.monotonic() - t0, 3)
+    cluster.init_ray(cfg)
+    grader = Grader()
+    replicas, pg = cluster.create_replicas(cfg, model)
+    # the coordinator loads its tokenizer and prompts while the engines load
+    t_coord = time.monotonic()
+    coordinator = cluster.start_coordinator(cfg, replicas, model, points, prompts, sampling_spec(cfg))
+    coord_ready = coordinator.ready.remote()
     failed: list[str] = []
-    bar = _progress_bar(cfg, total)
-    submitted = time.monotonic()
+    bar = None
     try:
+        t_start = time.monotonic()
+        infos = cluster.await_replicas(cfg, replicas)
+        facts["replicas_start_s"] = round(time.monotonic() - t_start, 3)
+        facts["replicas"] = infos
+        facts["coordinator"] = ray.get(coord_ready)
+        facts["coordinator"]["ready_after_s"] = round(time.monotonic() - t_coord, 3)
+        ray.get(coordinator.set_capacity.remote([int(i.get("capacity") or cfg.engine.max_num_seqs) for i in infos]))
+        ray.get([r.stats.remote(reset=True) for r in replicas])
+        bar = progress_bar(cfg, total)
         for phase in phases:
             items = phase()
             if not items:
@@ -109,16 +118,29 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
             while True:
                 update = ray.get(coordinator.poll.remote(1.0))
                 for g in update["groups"]:
+                    grader.submit(g)
+                for g in grader.ready():
                     store.write_group(g["point"], g["problem_id"], g["paths"], g["messages"])
                 failed.extend(update["errors"])
                 for err in update["errors"]:
                     log.error("group failed: %s", err)
-                _show(bar, update["progress"], len(update["groups"]) + len(update["errors"]))
+                show(bar, update["progress"], len(update["groups"]) + len(update["errors"]))
                 if update["all_done"]:
                     break
+            # a later phase (compute-matched) reads this one's results: finish grading first
+            for g in grader.drain():
+                store.write_group(g["point"], g["problem_id"], g["paths"], g["messages"])
+        facts.update(_generation_facts(ray.get([r.stats.remote() for r in replicas])))
+        facts["coordinator"].update(ray.get(coordinator.stats.remote()))
     finally:
         if bar is not None:
             bar.close()
+        t_tail = time.monotonic()
+        for g in grader.drain():  # groups that finished before a failure are saved
+            store.write_group(g["point"], g["problem_id"], g["paths"], g["messages"])
+        facts["grading_tail_s"] = round(time.monotonic() - t_tail, 3)
+        facts["grading_s"] = round(grader.busy_s, 3)
+        grader.close()
         for handle in [coordinator, *replicas]:
             try:
                 ray.kill(handle)
@@ -133,128 +155,66 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
     if failed:
         raise RuntimeError(f"{len(failed)} group(s) failed (finished groups are saved; rerun to retry): "
                            + "; ".join(failed[:5]))
-    return time.monotonic() - submitted
+    return facts
 
 
-def _model_path(cfg: Config) -> str:
-    if cfg.engine.kind == "fake":
-        return "fake"
-    from .models import resolve_model
-
-    return resolve_model(cfg.model.path)
-
-
-def _init_ray(cfg: Config) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        ray.init(address=address, namespace=NAMESPACE)
-        return
-    # Ray 2.52+ turns token authentication on for a new local cluster and writes
-    # ~/.ray/auth_token; every later `ray start --head` on the machine then requires the token,
-    # which `ray job submit` does not send by default. This in-process cluster lives and dies
-    # with the driver, so it opts out unless the user chose a mode.
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    need = math.ceil(cfg.replicas.count * cfg.replicas.cpus_per_replica) + 1
-    num_cpus = cfg.ray.num_cpus or max(os.cpu_count() or 1, need)
-    ray.init(num_cpus=num_cpus, num_gpus=cfg.ray.num_gpus, namespace=NAMESPACE,
-             include_dashboard=False, log_to_driver=True)
+def _generation_facts(stats: list[dict]) -> dict:
+    """Generation time from the first request reaching a replica to the last token any replica
+    produced, and how busy each replica was in that window."""
+    firsts = [s["first_request_t"] for s in stats if s.get("first_request_t")]
+    lasts = [s["last_token_t"] for s in stats if s.get("last_token_t")]
+    gen = (max(lasts) - min(firsts)) if firsts and lasts else 0.0
+    return {
+        "generation_s": round(gen, 3),
+        "replica_stats": [{**s, "busy_fraction": round(s["busy_s"] / gen, 4) if gen and s.get("busy_s") else None}
+                          for s in stats],
+    }
 
 
-def replica_class(kind: str):
-    if kind == "fake":
-        from .engines.fake import FakeReplica
+class Grader:
+    """Grades finished groups in a process pool, off the coordinator and off the critical path
+    (math-verify is pure Python: ~45 ms per long path). Results come back in submission order."""
 
-        return FakeReplica
-    from .engines.vllm_replica import VLLMReplica
+    def __init__(self, workers: int | None = None):
+        self.workers = workers or max(1, min(8, (os.cpu_count() or 2) - 1))
+        self.pool = None
+        self.pending: list[tuple[dict, object]] = []
+        self.busy_s = 0.0
 
-    return VLLMReplica
+    def _ensure(self):
+        if self.pool is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
 
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+        return self.pool
 
-def engine_options(cfg: Config) -> dict:
-    opts = asdict(cfg.engine)
-    opts.pop("kind")
-    opts["tensor_parallel_size"] = max(cfg.replicas.gpus_per_replica, 1)
-    opts["cpus_per_replica"] = cfg.replicas.cpus_per_replica
-    opts["run_seed"] = cfg.leap.seed  # the fake writes by the run's seed, whichever replica serves
-    return opts
+    def submit(self, group: dict) -> None:
+        fut = self._ensure().submit(grade_rows, group["paths"], group.get("kind", "math"))
+        self.pending.append((group, fut))
 
+    def ready(self) -> list[dict]:
+        out = []
+        while self.pending and self.pending[0][1].done():
+            out.append(self._take())
+        return out
 
-def _start_replicas(cfg: Config, model: str):
-    """One placement group, a bundle per replica (its GPUs and CPUs); replicas named by index."""
-    import ray
-    from ray.util.placement_group import placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    def drain(self) -> list[dict]:
+        out = []
+        while self.pending:
+            out.append(self._take())
+        return out
 
-    rc = cfg.replicas
-    gpus = rc.gpus_per_replica
-    have = ray.cluster_resources().get("GPU", 0)
-    if cfg.engine.kind == "fake" and gpus and not have:
-        # fake replicas use GPUs only to mimic placement; on a machine without any, ask for none
-        log.info("fake engine on a cluster without GPUs: replicas ask for none "
-                 "(replicas.gpus_per_replica=%s ignored)", gpus)
-        gpus = 0
-    if gpus * rc.count > have and not _autoscaling(cfg):
-        raise RuntimeError(f"replicas.count={rc.count} x replicas.gpus_per_replica={gpus} needs "
-                           f"{gpus * rc.count} GPUs but this Ray cluster has {have:g}; lower them "
-                           f"(replicas.gpus_per_replica=0 with engine=cpu on a CPU machine)")
-    bundle = {"CPU": rc.cpus_per_replica}
-    if gpus:
-        bundle["GPU"] = gpus
-    pg = placement_group([dict(bundle) for _ in range(rc.count)], strategy=rc.strategy)
-    ready, _ = ray.wait([pg.ready()], timeout=600)
-    if not ready:
-        raise RuntimeError(f"could not place {rc.count} replica(s) of {bundle}: the cluster has "
-                           f"{ray.cluster_resources()} (check replicas.count and replicas.gpus_per_replica)")
-    cls = ray.remote(replica_class(cfg.engine.kind))
-    replicas = []
-    for i in range(rc.count):
-        replicas.append(cls.options(
-            name=REPLICA_NAME.format(i), namespace=NAMESPACE,
-            num_cpus=rc.cpus_per_replica, num_gpus=gpus, max_concurrency=1000,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-            # vLLM logs every step of its start-up at INFO; keep the driver's console readable
-            runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}},
-        ).remote(i, model, engine_options(cfg), cfg.leap.seed + i))
-    infos = ray.get([r.info.remote() for r in replicas])  # waits until every engine is up
-    for info in infos:
-        log.info("replica %s up on node %s (%s)", info["index"], info["node"][:12], info["model"])
-    return replicas, pg
+    def _take(self) -> dict:
+        group, fut = self.pending.pop(0)
+        rows, seconds = fut.result()
+        self.busy_s += seconds
+        return {**group, "paths": rows}
 
-
-def _autoscaling(cfg: Config) -> bool:
-    """Only a cluster we joined can grow; the local Ray this driver started cannot."""
-    return bool(cfg.ray.address or os.environ.get("RAY_ADDRESS"))
-
-
-def _progress_bar(cfg: Config, total: int):
-    if not cfg.progress:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc="groups", unit="group", dynamic_ncols=True)
-
-
-def _show(bar, progress: dict, finished: int) -> None:
-    """Groups done (the bar), groups per current round, active paths, tokens/s, cache hit rate."""
-    per_round: dict[int, int] = {}
-    for r in progress["rounds"].values():
-        per_round[r] = per_round.get(r, 0) + 1
-    parts = [" ".join(f"r{r}:{n}" for r, n in sorted(per_round.items())) or "r-",
-             f"paths {progress['active_paths']}", f"{progress['tokens_per_s']:.0f} tok/s"]
-    if progress["cache_hit_rate"] is not None:
-        parts.append(f"cache {progress['cache_hit_rate']:.0%}")
-    if progress["failovers"]:
-        parts.append(f"failovers {progress['failovers']}")
-    text = " | ".join(parts)
-    if bar is None:
-        log.debug("progress: %s", text)
-        return
-    bar.update(finished)
-    bar.set_postfix_str(text, refresh=True)
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
 
 
 def _report(cfg: Config, store: ResultStore, paths_t, summary: dict) -> None:
