@@ -13,12 +13,14 @@ import time
 
 from omegaconf import OmegaConf
 
+from .checkpoint import Recovery
 from .config import Config, prompt_file, sampling_spec, validate
 from .core import metrics
 from .core.grading import grade_rows
 from .core.prompts import load_prompts
 from .core.types import Problem
-from .data import load_problems
+from .data import DatasetError, load_problems
+from .errors import RunFailed
 from .results import ResultStore
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,7 @@ def run(cfg: Config) -> dict:
     problems = load_problems(cfg.dataset.name, path=cfg.dataset.path, limit=cfg.dataset.limit,
                              seed=cfg.leap.seed, hub_id=cfg.dataset.hub_id, split=cfg.dataset.split)
     if not problems:
-        raise ValueError(f"dataset {cfg.dataset.name} ({cfg.dataset.path or 'hub'}) has no problems")
+        raise DatasetError(f"dataset {cfg.dataset.name} ({cfg.dataset.path or 'hub'}) has no problems")
     store = ResultStore(cfg.output_dir)
     store.root.mkdir(parents=True, exist_ok=True)
     store.write_json("config.json", OmegaConf.to_container(OmegaConf.structured(cfg)))
@@ -47,8 +49,13 @@ def run(cfg: Config) -> dict:
     first = [(pt, pb, {}) for pt, pb in todo if pt not in waits]
     later = [(pt, pb) for pt, pb in todo if pt in waits]
     phases = [lambda: first, lambda: _matched_items(store, points, later)]
+    # groups a killed run left a checkpoint for continue from their last barrier
+    recovery = Recovery(cfg.output_dir, points)
+    recovery.forget_done(store.is_done)
     started = time.monotonic()
-    facts = _run_groups(cfg, points, prompts, phases, len(todo), store) if todo else {"generation_s": 0.0}
+    facts = _run_groups(cfg, points, prompts, phases, len(todo), store, recovery) if todo \
+        else {"generation_s": 0.0}
+    facts.update(recovery.facts())
     paths_t, _ = store.read_parts()
     summary = metrics.summarize(paths_t.to_pylist(), points=points)
     t_write = time.monotonic()
@@ -80,8 +87,9 @@ def _matched_items(store: ResultStore, points, later: list[tuple[str, Problem]])
     return items
 
 
-def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore) -> dict:
-    """Run the phases' groups on fresh replicas; returns the run's timing and fault record."""
+def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore, recovery: Recovery) -> dict:
+    """Run the phases' groups on fresh replicas; returns the run's timing and fault record. A
+    coordinator that dies is replaced, and given every group it had, from their checkpoints."""
     import ray
 
     from . import cluster
@@ -91,71 +99,103 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
     t0 = time.monotonic()
     model = cluster.model_path(cfg)
     facts["model_prepare_s"] = round(time.monotonic() - t0, 3)
-    cluster.init_ray(cfg)
+    facts["ray"] = cluster.init_ray(cfg)
     grader = Grader()
     replicas, pg = cluster.create_replicas(cfg, model)
     # the coordinator loads its tokenizer and prompts while the engines load
     t_coord = time.monotonic()
-    coordinator = cluster.start_coordinator(cfg, replicas, model, points, prompts, sampling_spec(cfg))
+    sampling = sampling_spec(cfg)
+    coordinator = cluster.start_coordinator(cfg, replicas, model, points, prompts, sampling)
     coord_ready = coordinator.ready.remote()
     failed: list[str] = []
     bar = None
+    capacity: list[int] = []
+    deaths: dict[int, dict] = {}  # replica deaths seen by any coordinator, first report kept
+    moved_before = 0  # paths moved by coordinators that have since died
+    progress: dict = {}
+
+    def replace_coordinator(exc: BaseException):
+        nonlocal coordinator, moved_before, progress
+        moved_before += progress.get("failovers", 0)
+        progress = {}
+        coordinator = cluster.restart_coordinator(cfg, replicas, model, points, prompts, sampling, capacity,
+                                                  recovery, exc, old=coordinator)
     try:
         t_start = time.monotonic()
         infos = cluster.await_replicas(cfg, replicas)
         facts["replicas_start_s"] = round(time.monotonic() - t_start, 3)
         facts["replicas"] = infos
-        facts["coordinator"] = ray.get(coord_ready)
+        facts["coordinator"] = cluster.await_coordinator(cfg, coordinator, coord_ready)
         facts["coordinator"]["ready_after_s"] = round(time.monotonic() - t_coord, 3)
-        ray.get(coordinator.set_capacity.remote([int(i.get("capacity") or cfg.engine.max_num_seqs) for i in infos]))
+        capacity = [int(i.get("capacity") or cfg.engine.max_num_seqs) for i in infos]
+        ray.get(coordinator.set_capacity.remote(capacity))
         ray.get([r.stats.remote(reset=True) for r in replicas])
         bar = progress_bar(cfg, total)
         for phase in phases:
             items = phase()
             if not items:
                 continue
-            ray.get(coordinator.submit.remote(items))
+            items = recovery.attach(items)
+            try:
+                ray.get(coordinator.submit.remote(items))
+            except Exception as exc:
+                if not cluster.coordinator_died(exc):
+                    raise
+                replace_coordinator(exc)
             while True:
-                update = ray.get(coordinator.poll.remote(1.0))
+                try:
+                    update = ray.get(coordinator.poll.remote(1.0))
+                except Exception as exc:
+                    if not cluster.coordinator_died(exc):
+                        raise
+                    replace_coordinator(exc)
+                    continue
+                progress = update["progress"]
+                for d in progress.get("replica_deaths", []):
+                    deaths.setdefault(d["replica"], d)
+                for point, problem_id, blob in update.get("checkpoints", []):
+                    recovery.checkpoint(point, problem_id, blob)
                 for g in update["groups"]:
+                    recovery.returned(g["point"], g["problem_id"])
                     grader.submit(g)
                 for g in grader.ready():
-                    store.write_group(g["point"], g["problem_id"], g["paths"], g["messages"])
+                    _write(store, recovery, g)
                 failed.extend(update["errors"])
                 for err in update["errors"]:
+                    recovery.failed(err)
                     log.error("group failed: %s", err)
                 show(bar, update["progress"], len(update["groups"]) + len(update["errors"]))
                 if update["all_done"]:
                     break
             # a later phase (compute-matched) reads this one's results: finish grading first
             for g in grader.drain():
-                store.write_group(g["point"], g["problem_id"], g["paths"], g["messages"])
+                _write(store, recovery, g)
         facts.update(_generation_facts(ray.get([r.stats.remote() for r in replicas])))
         facts["coordinator"].update(ray.get(coordinator.stats.remote()))
+        for d in facts["coordinator"].get("replica_deaths", []):
+            deaths.setdefault(d["replica"], d)
+        facts["moved_paths"] = moved_before + facts["coordinator"].get("moved_paths", 0)
     finally:
         if bar is not None:
             bar.close()
         t_tail = time.monotonic()
         for g in grader.drain():  # groups that finished before a failure are saved
-            store.write_group(g["point"], g["problem_id"], g["paths"], g["messages"])
+            _write(store, recovery, g)
+        facts["replica_deaths"] = sorted(deaths.values(), key=lambda d: d["replica"])
         facts["grading_tail_s"] = round(time.monotonic() - t_tail, 3)
         facts["grading_s"] = round(grader.busy_s, 3)
         grader.close()
-        for handle in [coordinator, *replicas]:
-            try:
-                ray.kill(handle)
-            except Exception:  # already gone
-                pass
-        try:
-            from ray.util.placement_group import remove_placement_group
-
-            remove_placement_group(pg)
-        except Exception:
-            pass
+        cluster.teardown([coordinator, *replicas])  # and the placement group(s)
     if failed:
-        raise RuntimeError(f"{len(failed)} group(s) failed (finished groups are saved; rerun to retry): "
-                           + "; ".join(failed[:5]))
+        raise RunFailed(f"{len(failed)} group(s) failed (finished groups and checkpoints are saved; rerun to "
+                        f"retry): " + "; ".join(failed[:5]))
     return facts
+
+
+def _write(store: ResultStore, recovery: Recovery, g: dict) -> None:
+    """A finished group's result part, then its checkpoint is no longer needed."""
+    store.write_group(g["point"], g["problem_id"], g["paths"], g["messages"])
+    recovery.written(g["point"], g["problem_id"])
 
 
 def _generation_facts(stats: list[dict]) -> dict:

@@ -203,7 +203,7 @@ def test_bounded_waits_for_placement_and_engine_start(tmp_path):
         async def startup_status(self):
             return {"phases": [], "ready": False, "error": "ValueError"}
 
-    ray.init(num_cpus=2, namespace="orchestrator", include_dashboard=False)
+    ray.init(address="local", num_cpus=2, namespace="orchestrator", include_dashboard=False)
     try:
         cfg = compose(SMALL + [f"output_dir={tmp_path}", "replicas.count=3", "replicas.placement_timeout_s=2",
                                "ray.autoscaling=true"])
@@ -253,7 +253,7 @@ SLOW = "+engine.latency.decode_base_s=0.01"  # 160-token segments take 1.6 s
 def test_coordinator_killed_by_name_mid_run_the_run_completes(tmp_path):
     from orchestrator.runner import run
 
-    ray.init(num_cpus=4, namespace="orchestrator", include_dashboard=False)
+    ray.init(address="local", num_cpus=4, namespace="orchestrator", include_dashboard=False)
     try:
         cfg = compose(SMALL + [f"output_dir={tmp_path}", "replicas.count=2", SWEEP, SLOW, "dataset.limit=3"])
         result: dict = {}
