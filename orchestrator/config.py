@@ -143,6 +143,9 @@ class Config:
     plots: bool = True
     experiment: str = ""  # set by experiment files, for the record
     debug: bool = False  # print the traceback of a failure (also: HYDRA_FULL_ERROR=1)
+    # show engine, Ray and library output on the console as it comes (it always goes to
+    # OUTPUT_DIR/logs/run.log; by default the console shows phases, progress and results only)
+    verbose: bool = False
 
 
 def register() -> None:
