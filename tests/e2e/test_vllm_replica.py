@@ -2,12 +2,15 @@
 
 One engine serves the whole module (engine start takes 16-36 s). AsyncLLM binds its output
 handler to the event loop it first runs on, so every test runs on one shared loop
-(`asyncio.Runner`) instead of a fresh `asyncio.run` each.
+(`asyncio.Runner`) instead of a fresh `asyncio.run` each. The engine starts the way the driver
+starts it: `start()` in the background while `startup_status()` is polled, with a log file
+(phases read from the engine's own lines) and a `vllm_args` key that must reach the engine.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -15,8 +18,11 @@ pytestmark = pytest.mark.e2e
 
 pytest.importorskip("vllm")
 
-from orchestrator.core.types import GenRequest, PathStateMissing, SamplingSpec  # noqa: E402
-from orchestrator.engines.vllm_replica import VLLMReplica  # noqa: E402
+from orchestrator.core.types import (  # noqa: E402
+    EngineStartError, GenRequest, PathStateMissing, SamplingSpec,
+)
+from orchestrator.engine_args import names_from_source  # noqa: E402
+from orchestrator.engines.vllm_replica import PHASES, VLLMReplica  # noqa: E402
 from orchestrator.models import resolve_model  # noqa: E402
 
 MAX_MODEL_LEN = 2048
@@ -26,6 +32,7 @@ ENGINE = dict(
     kv_cache_space_gib=1,
     max_num_seqs=8,
     block_size=32,  # the smallest the CPU attention accepts (it needs a multiple of 32)
+    vllm_args={"max_num_batched_tokens": 384},  # vLLM's own default here is 2048 or more
 )
 SAMPLING = SamplingSpec(temperature=0.6, top_p=0.95, top_k=40, min_p=0.05)
 
@@ -49,13 +56,27 @@ def tok(model_dir):
 
 
 @pytest.fixture(scope="module")
-def replica(runner, model_dir):
-    async def make():
-        return VLLMReplica(0, model_dir, ENGINE, seed=1234)
+def started(runner, model_dir, tmp_path_factory):
+    """(replica, what start() returned, the startup_status() answers seen while it ran)."""
+    log_file = str(tmp_path_factory.mktemp("logs") / "replica-{index}.log")
 
-    rep = runner.run(make())
-    yield rep
+    async def start():
+        rep = VLLMReplica(0, model_dir, dict(ENGINE, log_file=log_file), seed=1234)
+        task = asyncio.create_task(rep.start())
+        polls = []
+        while not task.done():
+            polls.append(await rep.startup_status())
+            await asyncio.wait([task], timeout=0.5)
+        return rep, task.result(), polls
+
+    rep, info, polls = runner.run(start())
+    yield rep, info, polls
     runner.run(rep.shutdown())
+
+
+@pytest.fixture(scope="module")
+def replica(started):
+    return started[0]
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +112,37 @@ def test_info(runner, replica, model_dir, block):
     assert info["max_model_len"] == MAX_MODEL_LEN
     assert info["node"]
     assert block == 32
+    assert info["device"] == "cpu" and info["capacity"] == ENGINE["max_num_seqs"]
+    assert info["per_request_seed"] is False  # null resolves to off on CPU
+    assert info["versions"]["vllm"] and info["versions"]["torch"]
+    assert info["gpu_names"] == [] and info["attention_backend"]
+
+
+def test_start_reports_phases_while_it_runs(started):
+    rep, info, polls = started
+    assert polls and not polls[0]["ready"]  # the actor answered while the engine was loading
+    assert any(p["phases"] and not p["phases"][-1]["done"] for p in polls)
+    names = [p["name"] for p in info["startup"]]
+    assert names[0] == "importing" and names[-1] == "ready"
+    assert "loading_weights" in names  # a line of the engine's worker process, from the log file
+    assert set(names) <= set(PHASES) and all(p["done"] for p in info["startup"])
+    assert all(p["seconds"] >= 0 for p in info["startup"])
+
+
+def test_vllm_args_reach_the_engine(replica):
+    assert replica.engine.vllm_config.scheduler_config.max_num_batched_tokens == 384
+    from vllm.engine.arg_utils import AsyncEngineArgs  # already imported by the engine
+
+    assert names_from_source() == frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
+
+
+def test_a_failed_start_says_why_in_one_paragraph(runner, model_dir):
+    rep = VLLMReplica(1, model_dir, dict(ENGINE, vllm_args={"kv_cache_dtype": "fp4_bogus"}), 0)
+    with pytest.raises(EngineStartError) as err:
+        runner.run(rep.start())
+    msg = str(err.value)
+    assert "replica 1" in msg and "fp4_bogus" in msg and "\n" not in msg
+    assert runner.run(rep.startup_status())["error"] == msg
 
 
 def test_generation_returns_tokens(runner, replica, tok):
@@ -206,3 +258,15 @@ def test_stop_string_is_reported_and_kept(runner, replica, tok):
         assert res.text.endswith(res.stop_str)
     else:  # EOS first: legitimate, just unlikely
         assert res.finish_reason == "eos"
+
+
+def test_ignore_eos_generates_exactly_max_tokens(runner, replica, tok):
+    ids = prompt_ids(tok, "Say something.")
+    runner.run(replica.stats(reset=True))
+    res = gen(runner, replica, path_key="floor", keep=len(ids), append=[], max_tokens=48,
+              full=ids, stop=[" ", "e", "a"], ignore_eos=True)
+    assert res.finish_reason == "length" and len(res.token_ids) == 48
+    st = runner.run(replica.stats())
+    assert st["requests"] == 1 and st["new_tokens"] == 48 and st["prompt_tokens"] == len(ids)
+    assert 0 < st["busy_s"] <= st["window_s"] and st["occupancy"] == pytest.approx(1.0)
+    assert st["first_request_t"] <= st["last_token_t"]
