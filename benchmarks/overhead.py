@@ -122,8 +122,10 @@ async def run_schedule(make_coordinator, replicas, problems, params, schedule: s
 
 
 async def run_floor(replicas, tokenizer, problems, params, leap_rows: list[dict], prompts, clock,
-                    vocab: tuple[int, int]) -> dict:
-    """One request per path: prompt + unique injected tokens, exactly the sampled tokens."""
+                    vocab: tuple[int, int], longest_first: bool = False) -> dict:
+    """One request per path: prompt + unique injected tokens, exactly the sampled tokens.
+    `longest_first` submits the longest paths first (an ideal packing no online scheduler can
+    know in advance: a path's length is known only when it ends)."""
     import numpy as np
 
     from orchestrator.core.rng import stable_int
@@ -136,6 +138,8 @@ async def run_floor(replicas, tokenizer, problems, params, leap_rows: list[dict]
     # all at once, in the order the paths exist (problem, path), each onto the replica with the
     # least work so far: no orchestration, and no knowledge of which paths will run long
     rows = sorted(leap_rows, key=lambda r: (r["problem_id"], r["path"]))
+    if longest_first:
+        rows.sort(key=lambda r: -(r["sampled_tokens"] + r["injected_tokens"]))
     work = [0] * len(replicas)
     reqs = []
     for row in rows:
@@ -201,19 +205,23 @@ def summarize(name: str, res: dict) -> dict:
 
 
 def table(results: dict) -> str:
-    head = f"{'schedule':<10}{'wall s':>10}{'sampled':>11}{'injected':>10}{'tok/s':>10}{'cache':>7}{'busy':>7}{'batch':>8}{'wait s':>10}"
+    head = (f"{'schedule':<20}{'wall s':>10}{'sampled':>14}{'injected':>13}{'tok/s':>11}{'cache':>7}"
+            f"{'busy':>7}{'batch':>8}{'wait path-s':>13}")
     lines = [head, "-" * len(head)]
-    for name in ("floor", "leap", "lockstep"):
+    for name in ("floor", "leap", "lockstep", "floor_longest_first"):
+        if name not in results:
+            continue
         r = results[name]
-        lines.append(f"{name:<10}{r['wall_s']:>10.1f}{r['sampled_tokens']:>11,}{r['injected_tokens']:>10,}"
-                     f"{r['sampled_tokens_per_s'] or 0:>10,.0f}{(r['prefix_cache_hit_rate'] or 0):>7.2f}"
+        lines.append(f"{name:<20}{r['wall_s']:>10.1f}{r['sampled_tokens']:>14,}{r['injected_tokens']:>13,}"
+                     f"{r['sampled_tokens_per_s'] or 0:>11,.0f}{(r['prefix_cache_hit_rate'] or 0):>7.2f}"
                      f"{(r['busy_fraction_mean'] or 0):>7.2f}{(r['occupancy_mean'] or 0):>8.1f}"
-                     f"{r.get('barrier_wait_path_s', 0):>10.1f}")
+                     f"{r.get('barrier_wait_path_s', 0):>13.1f}")
     return "\n".join(lines)
 
 
 # -- backends ---------------------------------------------------------------------------------------
-async def bench(w: Workload, replicas, make_coordinator, tokenizer, prompts, clock, vocab) -> dict:
+async def bench(w: Workload, replicas, make_coordinator, tokenizer, prompts, clock, vocab,
+                lpt: bool = False) -> dict:
     problems = load_problems(w.problems)
     params = leap_params(w)
     raw_b = await run_schedule(make_coordinator, replicas, problems, params, "leap", clock)
@@ -221,6 +229,11 @@ async def bench(w: Workload, replicas, make_coordinator, tokenizer, prompts, clo
     raw_c = await run_schedule(make_coordinator, replicas, problems, params, "lockstep", clock)
     res = {"floor": summarize("floor", raw_a), "leap": summarize("leap", raw_b),
            "lockstep": summarize("lockstep", raw_c)}
+    if lpt:  # for reference: the same floor with perfect knowledge of every path's length
+        raw = await run_floor(replicas, tokenizer, problems, params, raw_b["rows"], prompts, clock, vocab,
+                              longest_first=True)
+        res["floor_longest_first"] = summarize("floor_longest_first", raw)
+        res["ratio_leap_vs_floor_longest_first"] = round(res["leap"]["wall_s"] / raw["wall_s"], 4)
     res["ratio_leap_vs_floor"] = round(res["leap"]["wall_s"] / res["floor"]["wall_s"], 4)
     res["ratio_lockstep_vs_leap"] = round(res["lockstep"]["wall_s"] / res["leap"]["wall_s"], 4)
     res["workload"] = w.__dict__
@@ -255,7 +268,7 @@ def simulate(w: Workload) -> dict:
                                                schedule=schedule, oversubscribe=w.oversubscribe))
 
             cpu0 = time.process_time()
-            res = await bench(w, replicas, make, FakeTokenizer(), prompts, loop.time, (32, 127))
+            res = await bench(w, replicas, make, FakeTokenizer(), prompts, loop.time, (32, 127), lpt=True)
             res["cpu_s"] = round(time.process_time() - cpu0, 1)
             return res
 

@@ -37,6 +37,7 @@ from .core.prompts import PromptSet
 from .core.types import GenRequest, GenResult, PathStateMissing, Problem, ReplicaDead, SamplingSpec
 from .engines import node_id
 from .engines.tokenizer import load_tokenizer, render_prompt
+from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class Coordinator:
         self.rss_start = _rss_bytes()
         self.wake = asyncio.Event() if _has_loop() else None
         self.node = node_id()
+        self.tm = Telemetry("coordinator")  # Ray metrics; a no-op outside Ray
         self.init_s = time.perf_counter() - t0
 
     # -- driver API ---------------------------------------------------------------------------
@@ -173,8 +175,14 @@ class Coordinator:
         done, self.finished = self.finished, []
         errors, self.errors = self.errors, []
         ckpts, self.checkpoints = self.checkpoints, []
+        snap = self.snapshot()
+        self.tm.active_paths(snap["active_paths"])
+        per_round: dict[int, int] = {}
+        for r in snap["rounds"].values():
+            per_round[r] = per_round.get(r, 0) + 1
+        self.tm.groups_per_round(per_round)
         return {"groups": done, "errors": errors, "checkpoints": ckpts,
-                "progress": self.snapshot(), "all_done": self._all_done()}
+                "progress": snap, "all_done": self._all_done()}
 
     def snapshot(self) -> dict:
         groups = list(self.progress.values())
@@ -310,6 +318,7 @@ class Coordinator:
             if self.pool.assign.get(p.key) is not None:
                 self._path_done(group, p.key)
         self.progress[group.key].done = True
+        self.tm.group_done()
         if error is not None:
             log.error("group %s failed: %s: %s", group.key, type(error).__name__, error)
             self.errors.append(f"{group.key}: {type(error).__name__}: {error}")
@@ -420,6 +429,8 @@ class Coordinator:
             self.timing.barrier_paths.append(len(waiting) + 1)
             for t in waiting.values():
                 self.timing.barrier_wait_s += now - t
+            if waiting:
+                self.tm.barrier_wait(now - min(waiting.values()))
             waiting.clear()
             if hasattr(group, "snapshot"):
                 self.checkpoints.append((group.sweep_point, group.problem.id, group.snapshot()))
@@ -455,7 +466,9 @@ class Coordinator:
             except Exception as exc:
                 if not _is_replica_death(exc):
                     raise
+                moved = self.pool.moved
                 self.pool.died(r, f"{type(exc).__name__}: {exc}", time.time())
+                self.tm.failover(self.pool.moved - moved)
                 group.replica_lost(key)
                 continue
             self.pool.served(key, r)
@@ -463,6 +476,7 @@ class Coordinator:
             self.sampled_tokens += len(res.token_ids)
             self.prompt_tokens += res.prompt_tokens
             self.cached_tokens += res.cached_tokens
+            self.tm.result(len(res.token_ids), res.prompt_tokens, res.cached_tokens, replica=res.replica)
             return res
         raise ReplicaDead(f"path {key}: no replica could serve it")
 

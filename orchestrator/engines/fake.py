@@ -29,6 +29,7 @@ from dataclasses import dataclass, fields
 from ..core.rng import stable_int
 from ..core.types import GenRequest, GenResult, PathStateMissing
 from . import node_id
+from ..telemetry import Telemetry
 from .tokenizer import FakeTokenizer
 
 BLOCK = 16
@@ -179,6 +180,8 @@ class FakeReplica:
         self.engine: _Engine | None = None
         self.served = 0
         self.node = node_id()
+        self.tm = Telemetry("replica", replica=index)  # Ray metrics; a no-op outside Ray
+        self.running = 0
         self._reset_counters()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -275,7 +278,13 @@ class FakeReplica:
             if self.engine is None:
                 self.engine = _Engine(self.latency)
                 self.busy_base = (0.0, 0.0)
-            await self.engine.run(len(new), self.latency.prefill(len(tokens) - cached))
+            self.running += 1
+            self.tm.running_requests(self.running)
+            try:
+                await self.engine.run(len(new), self.latency.prefill(len(tokens) - cached))
+            finally:
+                self.running -= 1
+                self.tm.running_requests(self.running)
         self.computed[key] = len(tokens) + max(len(new) - 1, 0)
         tokens.fromlist(new)
         self.served += 1
@@ -284,6 +293,7 @@ class FakeReplica:
         c["new_tokens"] += len(new)
         c["prompt_tokens"] += len(tokens) - len(new)
         c["cached_tokens"] += cached
+        self.tm.result(len(new), len(tokens) - len(new), cached)
         self.last_token_t = self._now()
         return GenResult(key, new, self.tok.decode(new, skip_special_tokens=True), reason,
                          stop_str=stop_str, prompt_tokens=len(tokens) - len(new), cached_tokens=cached,

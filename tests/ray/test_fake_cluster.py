@@ -96,7 +96,10 @@ def test_slow_problem_does_not_hold_back_the_others(local_ray, tmp_path):
     rows += [{"id": f"fast{i}", "problem": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(3)]
     data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     out = tmp_path / "out"
-    run(fake_cfg(out, f"dataset.path={data}", "replicas.count=2", "replicas.gpus_per_replica=0",
+    # one replica per group (pack): the long prompt's prefill stalls only its own engine, as it
+    # would on a GPU; with per-problem barriers nothing else waits for that group
+    run(fake_cfg(out, f"dataset.path={data}", "replicas.count=4", "replicas.gpus_per_replica=0",
+                 "replicas.cpus_per_replica=0.25", "replicas.placement=pack",
                  "+engine.latency.prefill_s_per_token=0.0002", "+engine.latency.decode_base_s=0.00001"))
     parts = sorted((out / "parts").glob("*/*.parquet"), key=lambda p: p.stat().st_mtime)
     assert len(parts) == 4
