@@ -54,6 +54,17 @@ def _debug_flag(dcfg) -> bool:
         return False
 
 
+def _run_log(dcfg) -> str | None:
+    """The run's own log (console.py writes OUTPUT_DIR/logs/run.log), when there is one."""
+    try:
+        from pathlib import Path
+
+        path = Path(str(dcfg.get("output_dir"))) / "logs" / "run.log"
+        return str(path.resolve()) if path.is_file() else None
+    except Exception:
+        return None
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(dcfg: DictConfig) -> None:
     global _composed
@@ -75,7 +86,7 @@ def main(dcfg: DictConfig) -> None:
               "command to continue", file=sys.stderr, flush=True)
         sys.exit(130)
     except Exception as exc:
-        sys.exit(report(exc, debug=debug))
+        sys.exit(report(exc, debug=debug, log_path=_run_log(dcfg)))
 
 
 def entry() -> None:

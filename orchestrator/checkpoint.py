@@ -93,7 +93,7 @@ class Recovery:
         rec.returned(point, problem_id)             # poll() handed the group back (done or failed)
         rec.written(point, problem_id)              # its result part is on disk: drop the checkpoint
         rec.pending()                               # what a new coordinator must be given
-        rec.coordinator_restarted(cause, n)         # for the record
+        rec.coordinator_restarted(cause, n)         # for the record (after the resubmission)
         rec.facts()                                 # run_info.json's fault record
     """
 
@@ -123,15 +123,18 @@ class Recovery:
             if blob is not None and key not in self.latest:
                 blob = self._usable(point, problem.id, overrides, blob)
                 if blob is not None:
-                    info = _info(blob)
-                    self.resumed.append({"sweep_point": point, "problem_id": problem.id,
-                                         "round": info["round"], "barriers": info["barriers_released"]})
+                    self._resumed(point, problem.id, blob, "rerun")
             item = (point, problem, overrides, blob)
             self.out[key] = item
             out.append(item)
         if self.resumed:
             log.info("resuming %d group(s) from their last barrier", len(self.resumed))
         return out
+
+    def _resumed(self, point: str, problem_id: str, blob: bytes, after: str) -> None:
+        info = _info(blob)
+        self.resumed.append({"sweep_point": point, "problem_id": problem_id, "round": info["round"],
+                             "barriers": info["barriers_released"], "after": after})
 
     def _usable(self, point: str, problem_id: str, overrides: dict, blob: bytes) -> bytes | None:
         from dataclasses import replace
@@ -178,7 +181,12 @@ class Recovery:
         return [(pt, pb, ov, self.latest.get(key, blob)) for key, (pt, pb, ov, blob) in self.out.items()]
 
     def coordinator_restarted(self, cause: str, resubmitted: int) -> None:
-        from_checkpoint = sum(1 for key in self.out if key in self.latest)
+        from_checkpoint = 0
+        for key, item in self.out.items():
+            blob = self.latest.get(key, item[3])
+            if blob is not None:
+                from_checkpoint += 1
+                self._resumed(key[0], key[1], blob, "coordinator restart")
         self.restarts.append({"t": round(time.time(), 3), "cause": cause[:300], "groups_resubmitted": resubmitted,
                               "from_checkpoint": from_checkpoint})
 

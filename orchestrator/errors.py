@@ -82,14 +82,18 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def report(exc: BaseException, debug: bool = False, stream=None) -> int:
-    """Print the failure as the user sees it; returns the exit status."""
+def report(exc: BaseException, debug: bool = False, stream=None, log_path=None) -> int:
+    """Print the failure as the user sees it; returns the exit status. `log_path`, when the run
+    wrote a log, ends the paragraph."""
     stream = stream or sys.stderr
     code = exit_code(exc)
     if want_traceback(debug):
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=stream)
     kind = "error" if code == USER_ERROR else "run failed"
-    print(paragraph(f"{kind}: {describe(exc)}"), file=stream, flush=True)
+    text = describe(exc).rstrip()
+    if log_path:
+        text += ("" if text.endswith((".", ")")) else ".") + f" The full log is {log_path}"
+    print(paragraph(f"{kind}: {text}"), file=stream, flush=True)
     return code
 
 

@@ -255,7 +255,7 @@ def test_coordinator_killed_by_name_mid_run_the_run_completes(tmp_path):
 
     ray.init(address="local", num_cpus=4, namespace="orchestrator", include_dashboard=False)
     try:
-        cfg = compose(SMALL + [f"output_dir={tmp_path}", "replicas.count=2", SWEEP, SLOW, "dataset.limit=3"])
+        cfg = compose(SMALL + [f"output_dir={tmp_path}", "replicas.count=1", SWEEP, SLOW, "dataset.limit=2"])
         result: dict = {}
 
         def go():
@@ -281,14 +281,18 @@ def test_coordinator_killed_by_name_mid_run_the_run_completes(tmp_path):
     assert len(keys) == len(set(keys)) and set(keys) == _expected_paths(cfg)
     info = json.loads((tmp_path / "run_info.json").read_text())
     (restart,) = info["coordinator_restarts"]
-    assert 1 <= restart["groups_resubmitted"] <= 6 and restart["from_checkpoint"] >= 1
-    assert any(r["resumed_from_round"] is not None for r in rows)
+    assert 1 <= restart["groups_resubmitted"] <= 4 and restart["from_checkpoint"] >= 1
+    resumed = {(g["sweep_point"], g["problem_id"]): g["round"] for g in info["resumed_groups"]
+               if g["after"] == "coordinator restart"}
+    assert len(resumed) == restart["from_checkpoint"]
+    for r in rows:
+        assert r["resumed_from_round"] == resumed.get((r["sweep_point"], r["problem_id"]))
     assert not list((tmp_path / "checkpoints").glob("*/*.ckpt"))  # all written: none left
 
 
 def test_driver_sigkilled_between_barriers_resumes_from_its_checkpoints(tmp_path):
     out = tmp_path / "out"
-    args = [*SMALL, f"output_dir={out}", "replicas.count=2", SWEEP, "dataset.limit=3"]
+    args = [*SMALL, f"output_dir={out}", "replicas.count=1", "dataset.limit=2"]
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.Popen([sys.executable, "-m", "orchestrator", *args, SLOW], cwd=REPO, env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -302,7 +306,7 @@ def test_driver_sigkilled_between_barriers_resumes_from_its_checkpoints(tmp_path
     saved = list((out / "checkpoints").glob("*/*.ckpt"))
     assert saved, "no barrier was reached before the kill"
     done_before = len(list((out / "parts").glob("*/*.parquet")))
-    code, _, err, _ = cli(out, "replicas.count=2", SWEEP, "dataset.limit=3")  # no latency now
+    code, _, err, _ = cli(out, "replicas.count=1", "dataset.limit=2")  # no latency now
     assert code == 0, err
     rows = _rows(out)
     keys = [(r["sweep_point"], r["problem_id"], r["path"]) for r in rows]
@@ -310,7 +314,7 @@ def test_driver_sigkilled_between_barriers_resumes_from_its_checkpoints(tmp_path
     assert len(keys) == len(set(keys)) and set(keys) == _expected_paths(cfg)
     info = json.loads((out / "run_info.json").read_text())
     resumed = {(g["sweep_point"], g["problem_id"]): g["round"] for g in info["resumed_groups"]}
-    assert len(resumed) >= 1 and done_before < 6
+    assert len(resumed) >= 1 and done_before < 2
     for r in rows:
         assert r["resumed_from_round"] == resumed.get((r["sweep_point"], r["problem_id"]))
     assert all(v >= 2 for v in resumed.values())

@@ -229,7 +229,7 @@ def test_recovery_resumes_saved_groups_and_tracks_what_is_out(tmp_path):
     items = rec.attach([("default", PROBLEM, {}), ("default", other, {})])
     assert items[0][3] == blob and items[1][3] is None
     assert rec.facts()["resumed_groups"] == [{"sweep_point": "default", "problem_id": "q7", "round": 3,
-                                              "barriers": 2}]
+                                              "barriers": 2, "after": "rerun"}]
     assert rec.facts()["checkpoints_ignored"][0]["problem_id"] == "q8"
     # made with other leap settings (a compute-matched budget that changed): not used
     again = Recovery(tmp_path, {"default": PARAMS})
@@ -241,6 +241,8 @@ def test_recovery_resumes_saved_groups_and_tracks_what_is_out(tmp_path):
     assert [i[3] for i in rec.pending()] == [newer, None]  # a new coordinator gets the latest
     rec.coordinator_restarted("ActorDiedError: killed", 2)
     assert rec.facts()["coordinator_restarts"][0]["from_checkpoint"] == 1
+    assert rec.facts()["resumed_groups"][-1] == {"sweep_point": "default", "problem_id": "q7", "round": 4,
+                                                 "barriers": 3, "after": "coordinator restart"}
     rec.returned("default", "q7")
     rec.failed("default|q8: RuntimeError: stuck")
     assert rec.pending() == []
