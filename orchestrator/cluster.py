@@ -614,7 +614,10 @@ def coordinator_died(exc: BaseException) -> bool:
 
 
 def teardown(handles: list, groups: list | None = None) -> None:
-    """Kill the actors and free the placement groups; what is already gone is skipped."""
+    """Kill the actors and free the placement groups; what is already gone is skipped. A Ray
+    this driver started or joined is then left, so that the actors' last log lines (a failed
+    engine's traceback, forwarded late) go to the run's log and not under the error message;
+    a Ray someone else initialised in this process (a test, a notebook) stays up."""
     import ray
     from ray.util.placement_group import remove_placement_group
 
@@ -630,3 +633,8 @@ def teardown(handles: list, groups: list | None = None) -> None:
             pass
     _placed.pop("groups", None)
     _placed.pop("coordinator_at", None)
+    if _placed.pop("mode", None) in ("local", "joined"):
+        try:
+            ray.shutdown()
+        except Exception:
+            pass

@@ -102,7 +102,9 @@ def remote_cause(exc: BaseException, max_lines: int = 4) -> str:
     wraps a whole remote traceback around it."""
     cause = getattr(exc, "cause", None)
     if cause is not None and cause is not exc and not _is_ray_wrapper(cause):
-        text = f"{type(cause).__name__}: {cause}" if not isinstance(cause, LeapError) else str(cause)
+        # our own errors (and an engine's start failure) say what they are; others need their type
+        plain = isinstance(cause, LeapError) or type(cause).__name__ == "EngineStartError"
+        text = str(cause) if plain else f"{type(cause).__name__}: {cause}"
     else:
         text = str(exc)
     return first_lines(_strip_traceback(text), max_lines)
