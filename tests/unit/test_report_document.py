@@ -111,7 +111,8 @@ def run_dir(tmp_path_factory) -> Path:
     (root / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
     (root / "config.json").write_text(json.dumps(OmegaConf.to_container(OmegaConf.structured(cfg))))
     (root / "run_info.json").write_text(json.dumps({"wall_s": 1.5, "generation_s": 1.25, "failovers": 0}))
-    write_report(root, plots=False)  # figures: see test_single_point_run_without_baselines
+    written = write_report(root, plots=False)  # figures: see test_single_point_run_without_baselines
+    (root / "console.txt").write_text(written["text"])
     return root
 
 
@@ -358,3 +359,14 @@ def test_run_facts_come_from_run_info_and_config(tmp_path, run_dir):
     assert row["node"] == "abcdef012345" and row["startup_s"] == "3.000" and row["requests"] == "40"
     rest = {r[0].text for r in run_info_table(run).rows}
     assert "coordinator.barriers" in rest and "coordinator.moved_paths" not in rest and "replicas" not in rest
+
+
+def test_console_table_shows_the_summary_values(run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    lines = (run_dir / "console.txt").read_text().splitlines()
+    header = lines[0].split()
+    assert header[:2] == ["configuration", "N"] and "Pass@1" in header
+    for point, per_bench in summary.items():
+        row = next(ln for ln in lines if ln.split() and ln.split()[0] == point)
+        cells = row.split()
+        assert float(cells[2]) == pytest.approx(per_bench["synthetic"]["pass@1"], abs=5e-4)
