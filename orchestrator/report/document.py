@@ -247,7 +247,7 @@ def render_html(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
            f"<title>LeaP report: {_e(title)}</title><style>{CSS}</style></head><body>",
            f"<h1>LeaP report: {_e(title)}</h1>",
            f'<p class="sub">{_e(run.root.resolve())} · written {_e(time.strftime("%Y-%m-%d %H:%M"))}'
-           f" · every number is read from summary.json</p>", f"<nav>{nav}</nav>"]
+           f" · metrics from summary.json, run facts from run_info.json and config.json</p>", f"<nav>{nav}</nav>"]
     if run.derived:
         out.append('<p class="derived">' + "<br>".join(_e(d) for d in run.derived) + "</p>")
     for key, heading, body in sections:
@@ -322,7 +322,7 @@ def transcript_md(tr: Transcript | None) -> str:
 def render_md(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
               tr: Transcript | None) -> str:
     title = run.config.get("experiment") or run.root.name
-    out = [f"# LeaP report: {title}", "", f"`{run.root.resolve()}` · every number is read from summary.json", ""]
+    out = [f"# LeaP report: {title}", "", f"`{run.root.resolve()}` · metrics from summary.json, run facts from run_info.json and config.json", ""]
     for d in run.derived:
         out += [f"> {d}", ""]
     out += ["## Run", "", table_md(tables["facts"])]
