@@ -47,8 +47,9 @@ class EngineConfig:
     # Unknown keys, and keys set by the first-class keys above, are refused before Ray starts.
     vllm_args: dict = field(default_factory=dict)
     # Where vLLM keeps its torch.compile / CUDA-graph cache on each node (VLLM_CACHE_ROOT; the
-    # compiled graphs land in <dir>/torch_compile_cache/). null: vLLM's default, $VLLM_CACHE_ROOT
-    # or ~/.cache/vllm. A second start of the same model and settings there skips compilation.
+    # compiled graphs land in <dir>/torch_compile_cache/): an absolute path (~, $VARS resolved on
+    # each replica's node). null: vLLM's default, $VLLM_CACHE_ROOT or ~/.cache/vllm. A second
+    # start of the same model and settings there skips most of the compilation.
     compile_cache_dir: Optional[str] = None
     # fake engine only
     think_end_prob: float = 0.1

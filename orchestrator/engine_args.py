@@ -128,6 +128,10 @@ def check_engine_config(engine: Any) -> None:
     if engine.per_request_seed not in (None, True, False):
         raise ConfigError(f"engine.per_request_seed={engine.per_request_seed!r} must be true, "
                           f"false or null (null: on with CUDA, off on CPU)")
+    cache = engine.compile_cache_dir
+    if cache is not None and not (str(cache).startswith(("/", "~", "$"))):
+        raise ConfigError(f"engine.compile_cache_dir={cache!r} must be an absolute path (~ and $VARS "
+                          f"are fine): each replica resolves it on its own node")
     if engine.kind != "vllm":
         if engine.vllm_args:
             log.info("engine.vllm_args is ignored by engine=%s", engine.kind)

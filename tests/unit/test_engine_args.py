@@ -72,6 +72,16 @@ def test_without_vllm_the_check_is_skipped_with_a_warning(monkeypatch, caplog):
     assert "not checked" in caplog.text
 
 
+def test_compile_cache_dir_must_not_depend_on_the_working_directory():
+    cfg = Config()
+    cfg.engine.compile_cache_dir = "vllm-cache"
+    with pytest.raises(ConfigError, match="engine.compile_cache_dir='vllm-cache' must be an absolute"):
+        validate(cfg)
+    for ok in ("/data/vllm-cache", "~/.cache/leap-vllm", "$SCRATCH/vllm"):
+        cfg.engine.compile_cache_dir = ok
+        validate(cfg)
+
+
 def test_fake_engine_ignores_vllm_args(monkeypatch):
     monkeypatch.setattr(engine_args, "vllm_arg_names", lambda: VALID)
     cfg = Config()
