@@ -192,6 +192,23 @@ def _join(cfg: Config, address: str, source: str) -> dict:
     return {"mode": "joined", "address": address}
 
 
+def _terminal_streams() -> list:
+    """Where a last message must go: the terminal the console kept aside while the run's output
+    goes to its log (console.py), and this process's stderr (the log, or the terminal)."""
+    streams = []
+    try:
+        from . import console
+
+        session = getattr(console, "_session", None)
+        if session is not None and getattr(session, "err", None) is not None:
+            streams.append(session.err)
+    except Exception:
+        pass
+    if sys.stderr not in streams:
+        streams.append(sys.stderr)
+    return streams
+
+
 class _watchdog:
     """Bound a call that has no timeout of its own (ray.init). When time runs out the main
     thread is interrupted and the call's failure becomes a ClusterError with `message`; a call
@@ -210,8 +227,13 @@ class _watchdog:
 
         _thread.interrupt_main()
         if not self.done.wait(3.0):
-            sys.stderr.write(paragraph(f"error: {self.message}") + "\n")
-            sys.stderr.flush()
+            text = paragraph(f"error: {self.message}") + "\n"
+            for stream in _terminal_streams():
+                try:
+                    stream.write(text)
+                    stream.flush()
+                except Exception:
+                    pass
             os._exit(ClusterError.exit_code)
 
     def __enter__(self):
