@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+from pathlib import Path
 import socket
 import sys
 import threading
@@ -264,6 +265,9 @@ def engine_options(cfg: Config) -> dict:
     opts["tensor_parallel_size"] = max(cfg.replicas.gpus_per_replica, 1)
     opts["cpus_per_replica"] = cfg.replicas.cpus_per_replica
     opts["run_seed"] = cfg.leap.seed  # the fake writes by the run's seed, whichever replica serves
+    # each replica's stdout/stderr (and its engine processes') go to a file of their own: the
+    # console stays readable, and start-up phases and failures are read back from it
+    opts["log_file"] = str(Path(cfg.output_dir).resolve() / "logs" / "replica-{index}.log")
     return opts
 
 
@@ -493,13 +497,15 @@ def await_replicas(cfg: Config, replicas: list) -> list[dict]:
                 infos[i] = ray.get(ref)
             except Exception as exc:
                 raise EngineError(_engine_failed(cfg, i, exc)) from None
-        if pending and time.monotonic() - last_note >= 30:
+        if pending and time.monotonic() - last_note >= 15:
             last_note = time.monotonic()
             phases = _phases(replicas, [index[r] for r in pending])
             log.info("waiting for %d engine(s) to start (%.0f s so far): %s", len(pending),
                      time.monotonic() - t0, "; ".join(f"replica {i}: {p}" for i, p in phases.items()))
     for info in infos:
-        log.info("replica %s up on node %s (%s)", info.get("index"), str(info.get("node"))[:12], info.get("model"))
+        phases = ", ".join(f"{p['name']} {p.get('seconds', 0):.1f} s" for p in info.get("startup") or [])
+        log.info("replica %s up on node %s (%s)%s", info.get("index"), str(info.get("node"))[:12],
+                 info.get("model"), f": {phases}" if phases else "")
     return infos
 
 

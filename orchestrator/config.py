@@ -108,7 +108,11 @@ class ReplicasConfig:
     cpus_per_replica: float = 1  # fractions are fine for fake replicas (simulations)
     placement: str = "spread"  # spread: a problem's paths over replicas | pack: one replica
     strategy: str = "PACK"  # placement-group strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD
-    max_groups_in_flight: int = 8  # groups the coordinator runs at once
+    # Groups run at once. null: as many as keep the replicas' batches full, i.e. while the live
+    # paths fit in `oversubscribe` x the replicas' combined capacity (engine.max_num_seqs each).
+    max_groups_in_flight: Optional[int] = None
+    oversubscribe: float = 1.5  # live paths per batch slot: paths waiting at a barrier leave room
+    schedule: str = "leap"  # leap: per-group barriers | lockstep: a global barrier per phase (reference)
     # Deadlines (seconds). Placement: how long to wait for the cluster to grant the replicas'
     # bundles (and the coordinator's CPU) when it may still grow; a cluster that cannot grow and
     # lacks the resources is refused at once. Start: how long a replica's engine may take to load
@@ -291,7 +295,11 @@ def validate(cfg: Config) -> dict[str, LeapParams]:
     if cfg.replicas.cpus_per_replica == 0 and cfg.replicas.gpus_per_replica == 0:
         raise ConfigError("a replica needs some resource: set replicas.cpus_per_replica > 0 "
                           "or replicas.gpus_per_replica > 0")
-    _positive("replicas.max_groups_in_flight", cfg.replicas.max_groups_in_flight)
+    if cfg.replicas.max_groups_in_flight is not None:
+        _positive("replicas.max_groups_in_flight", cfg.replicas.max_groups_in_flight)
+    _choice("replicas.schedule", cfg.replicas.schedule, ("leap", "lockstep"))
+    if not cfg.replicas.oversubscribe >= 1:
+        raise ConfigError(f"replicas.oversubscribe={cfg.replicas.oversubscribe} must be >= 1")
     _positive("engine.max_model_len", cfg.engine.max_model_len, minimum=16)
     from .engine_args import check_engine_config  # imports config: not at module level
 

@@ -452,9 +452,8 @@ class VLLMReplica:
     # ------------------------------------------------------------------ the Replica protocol
 
     async def generate(self, request: GenRequest) -> GenResult:
-        if self.engine is None:
-            raise RuntimeError(f"replica {self.index}: generate() before start() finished"
-                               + (f": {self._failed}" if self._failed else ""))
+        if self.engine is None:  # used directly (no driver): start on first use, or wait for it
+            await self.start()
         key = request.path_key
         if request.full is not None:
             state = [int(t) for t in request.full]
@@ -553,6 +552,10 @@ class VLLMReplica:
             self._paths.pop(key, None)
 
     async def info(self) -> dict:
+        """Static facts. Called before `start()` by a direct user, it starts the engine first;
+        while a start is under way it answers at once with what is known."""
+        if self.engine is None and not self._failed and not self._start_lock.locked():
+            await self.start()
         return {
             "index": self.index,
             "node": self.node,
