@@ -139,8 +139,9 @@ def _start_local(cfg: Config) -> dict:
         if short:
             given = ", ".join(f"ray.num_{k.lower()}s={v:g}" for k, v in have.items() if v is not None)
             raise ClusterError(_refusal(short, f"the local Ray this run would start ({given})"))
-    with _watchdog(max(60.0, cfg.ray.connect_timeout_s),
-                   "starting a local Ray took too long; check `ray status` and /tmp/ray for a stuck instance"):
+    # Ray bounds its own start-up; this is the backstop (generous: a busy machine is slow)
+    with _watchdog(max(180.0, cfg.ray.connect_timeout_s),
+                   "starting a local Ray took more than 3 minutes; is the machine overloaded, or is /tmp full?"):
         # address="local": a new private instance even when `ray start` left one running here
         ray.init(address="local", num_cpus=num_cpus, num_gpus=cfg.ray.num_gpus, namespace=NAMESPACE,
                  include_dashboard=False, log_to_driver=True)
