@@ -141,7 +141,8 @@ def _start_local(cfg: Config) -> dict:
             raise ClusterError(_refusal(short, f"the local Ray this run would start ({given})"))
     # Ray bounds its own start-up; this is the backstop (generous: a busy machine is slow)
     with _watchdog(max(180.0, cfg.ray.connect_timeout_s),
-                   "starting a local Ray took more than 3 minutes; is the machine overloaded, or is /tmp full?"):
+                   "starting a local Ray took more than 3 minutes; is the machine overloaded, or is /tmp full?",
+                   DeadlineError):
         # address="local": a new private instance even when `ray start` left one running here
         ray.init(address="local", num_cpus=num_cpus, num_gpus=cfg.ray.num_gpus, namespace=NAMESPACE,
                  include_dashboard=False, log_to_driver=True)
@@ -213,11 +214,11 @@ def _terminal_streams() -> list:
 
 class _watchdog:
     """Bound a call that has no timeout of its own (ray.init). When time runs out the main
-    thread is interrupted and the call's failure becomes a ClusterError with `message`; a call
+    thread is interrupted and the call's failure becomes `error(message)`; a call
     that still does not return within 3 more seconds ends the process with that message."""
 
-    def __init__(self, seconds: float, message: str):
-        self.seconds, self.message = seconds, message
+    def __init__(self, seconds: float, message: str, error: type = ClusterError):
+        self.seconds, self.message, self.error = seconds, message, error
         self.fired = threading.Event()
         self.done = threading.Event()
 
@@ -236,7 +237,7 @@ class _watchdog:
                     stream.flush()
                 except Exception:
                     pass
-            os._exit(ClusterError.exit_code)
+            os._exit(self.error.exit_code)
 
     def __enter__(self):
         threading.Thread(target=self._fire, name="leap-watchdog", daemon=True).start()
@@ -245,7 +246,7 @@ class _watchdog:
     def __exit__(self, exc_type, exc, tb):
         self.done.set()
         if self.fired.is_set() and (exc_type is None or issubclass(exc_type, (KeyboardInterrupt, Exception))):
-            raise ClusterError(self.message) from None
+            raise self.error(self.message) from None
         return False
 
 
