@@ -162,7 +162,7 @@ def transitions_plot(run: Run) -> Figure | None:
         return None
     cols = min(4, len(entries))
     nrows = -(-len(entries) // cols)
-    fig = _figure(3.3 * cols + 0.5, 2.6 * nrows + 0.8)
+    fig = _figure(3.3 * cols + 2.0, 2.6 * nrows + 0.8)
     axes = fig.subplots(nrows, cols, squeeze=False)
     for ax in axes.flat[len(entries):]:
         ax.set_visible(False)
@@ -183,7 +183,8 @@ def transitions_plot(run: Run) -> Figure | None:
         ax.set_title(_short(p, 34) + (f" / {b}" if len(run.benchmarks) > 1 else ""), fontsize=8)
         ax.set_xlabel("round", fontsize=8)
         ax.set_ylabel("paths", fontsize=8)
-    axes.flat[0].legend(fontsize=7, loc="best")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside right upper")
     return Figure("transitions.png", "Paths that changed their answer after reading peer messages, "
                   "per round.", _png(fig))
 
