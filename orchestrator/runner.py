@@ -13,6 +13,7 @@ import time
 
 from omegaconf import OmegaConf
 
+from . import console
 from .checkpoint import Recovery
 from .config import Config, prompt_file, sampling_spec, validate
 from .core import metrics
@@ -28,22 +29,28 @@ log = logging.getLogger(__name__)
 
 def run(cfg: Config) -> dict:
     """Run (or resume) every sweep point x problem group; returns summary.json's content."""
+    console.prelude(cfg)
     points = validate(cfg)
     prompts = load_prompts(prompt_file(cfg.leap.prompts))
     problems = load_problems(cfg.dataset.name, path=cfg.dataset.path, limit=cfg.dataset.limit,
                              seed=cfg.leap.seed, hub_id=cfg.dataset.hub_id, split=cfg.dataset.split)
     if not problems:
         raise DatasetError(f"dataset {cfg.dataset.name} ({cfg.dataset.path or 'hub'}) has no problems")
+    with console.session(cfg):  # from here the terminal shows phases, progress and results only
+        return _run(cfg, points, prompts, problems)
+
+
+def _run(cfg: Config, points, prompts, problems) -> dict:
     store = ResultStore(cfg.output_dir)
     store.root.mkdir(parents=True, exist_ok=True)
     store.write_json("config.json", OmegaConf.to_container(OmegaConf.structured(cfg)))
     todo = [(pt, pb) for pt in points for pb in problems if not store.is_done(pt, pb.id)]
     skipped = len(points) * len(problems) - len(todo)
     if skipped and not todo:
-        log.info("every group is already complete in %s: reporting only (use another output_dir, or "
-                 "delete this one, to run again)", store.root)
+        console.line(f"every group is already complete in {store.root}: reporting only (use another "
+                     f"output_dir, or delete this one, to run again)")
     elif skipped:
-        log.info("resume: %d of %d groups already complete in %s", skipped, skipped + len(todo), store.root)
+        console.line(f"resume: {skipped} of {skipped + len(todo)} groups already complete in {store.root}")
     # compute-matched points wait for the point they match: their budgets come from its usage
     waits = {pt for pt, p in points.items() if p.match_point is not None and not p.token_budget}
     first = [(pt, pb, {}) for pt, pb in todo if pt not in waits]
@@ -97,8 +104,12 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
 
     facts: dict = {}
     t0 = time.monotonic()
-    model = cluster.model_path(cfg)
+    with console.step(f"preparing the model {cfg.model.path}" if cfg.engine.kind != "fake"
+                      else "preparing the fake engine") as step:
+        model = cluster.model_path(cfg)
+        step.done(model)
     facts["model_prepare_s"] = round(time.monotonic() - t0, 3)
+    starting = console.begin(f"starting Ray and {cfg.replicas.count} {cfg.engine.kind} replica(s)")
     facts["ray"] = cluster.init_ray(cfg)
     grader = Grader()
     replicas, pg = cluster.create_replicas(cfg, model)
@@ -125,11 +136,13 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
         infos = cluster.await_replicas(cfg, replicas)
         facts["replicas_start_s"] = round(time.monotonic() - t_start, 3)
         facts["replicas"] = infos
+        console.end(starting, console.placement(infos))
         facts["coordinator"] = cluster.await_coordinator(cfg, coordinator, coord_ready)
         facts["coordinator"]["ready_after_s"] = round(time.monotonic() - t_coord, 3)
         capacity = [int(i.get("capacity") or cfg.engine.max_num_seqs) for i in infos]
         ray.get(coordinator.set_capacity.remote(capacity))
         ray.get([r.stats.remote(reset=True) for r in replicas])
+        console.line(f"running {total} group(s) (problem x configuration) on {len(infos)} replica(s)")
         bar = progress_bar(cfg, total)
         for phase in phases:
             items = phase()
@@ -258,14 +271,16 @@ class Grader:
 
 
 def _report(cfg: Config, store: ResultStore, paths_t, summary: dict) -> None:
-    from .report import plot, problem_table, sweep_table
+    """The report files, then the console's last lines: the tables and where everything is."""
+    from .report import sweep_table, write_report
 
-    print(problem_table(paths_t))
-    print(sweep_table(summary))
-    if cfg.plots:
-        try:
-            for png in plot(store.root):
-                log.info("plot: %s", png)
-        except Exception as exc:  # plots are a convenience; results are already saved
-            log.warning("plots failed: %s", exc)
-    print(f"results: {store.root.resolve()}")
+    try:
+        written = write_report(store.root, plots=cfg.plots)
+    except Exception as exc:  # the results are saved; the report is a view of them
+        log.warning("the report could not be written (%s); rebuild it with `python -m orchestrator.report %s`",
+                    exc, store.root)
+        console.tables(sweep_table(summary))
+        console.finish(store.root)
+        return
+    console.tables(written["text"])
+    console.finish(store.root, written["html"])
