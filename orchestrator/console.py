@@ -271,9 +271,7 @@ def session(cfg) -> Iterator[Session]:
         _failed_replica_tail(s, exc)
         s.close()
         _session = previous
-        if not s.verbose:
-            print(f"(the full log is {s.log_path.resolve()})", file=sys.stderr, flush=True)
-        raise
+        raise  # `python -m orchestrator` reports it, naming run.log
     s.close()
     _session = previous
 
@@ -331,6 +329,12 @@ def step(text: str) -> Iterator[Step]:
         end(st, failed=True)
         raise
     end(st)
+
+
+def terminal():
+    """The stream that reaches the terminal's stderr now (the console's copy during a session,
+    when the process's own stderr goes to run.log)."""
+    return _session.err if _session is not None else sys.stderr
 
 
 def placement(infos: list[dict]) -> str:
