@@ -202,9 +202,7 @@ def _terminal_streams() -> list:
     try:
         from . import console
 
-        session = getattr(console, "_session", None)
-        if session is not None and getattr(session, "err", None) is not None:
-            streams.append(session.err)
+        streams.append(console.terminal())
     except Exception:
         pass
     if sys.stderr not in streams:
