@@ -24,7 +24,7 @@ def results(tmp_path_factory):
     cfg = compose(["+experiment=demo", "model=tiny", "leap.T=256", "leap.max_rounds=4",
                    "leap.segment_min_tokens=200", "leap.summary_tokens=32", "dataset.limit=3",
                    f"engine.block_size={BLOCK}", f"output_dir={out}", "progress=false", "plots=false"])
-    ray.init(num_cpus=3, namespace="orchestrator", include_dashboard=False)
+    ray.init(address="local", num_cpus=3, namespace="orchestrator", include_dashboard=False)
     try:
         summary = run(cfg)
     finally:

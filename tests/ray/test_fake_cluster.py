@@ -31,7 +31,7 @@ def fake_cfg(out, *extra):
 
 @pytest.fixture
 def local_ray():
-    ray.init(num_cpus=4, namespace="orchestrator", include_dashboard=False)
+    ray.init(address="local", num_cpus=4, namespace="orchestrator", include_dashboard=False)
     yield
     ray.shutdown()
 

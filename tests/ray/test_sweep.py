@@ -15,7 +15,7 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture
 def local_ray():
-    ray.init(num_cpus=4, namespace="orchestrator", include_dashboard=False)
+    ray.init(address="local", num_cpus=4, namespace="orchestrator", include_dashboard=False)
     yield
     ray.shutdown()
 
