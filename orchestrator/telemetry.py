@@ -7,9 +7,11 @@
     tm.flush()                               # e.g. once per progress poll; also done on a timer
 
 A no-op when Ray is not initialized in this process (the pure core and unit tests never need
-Ray), and cheap per call: counts are summed in Python and handed to Ray at most once per
-`interval_s` (on a record call, by a background thread when calls stop, and on `flush()`);
-gauges keep only their latest value. Ray exports every metric
+Ray), and cheap per call: the per-request records (`result`, `running_requests`) are summed in
+Python and handed to Ray at most once per `interval_s` (on a record call, by a background thread
+when calls stop, and on `flush()`); the per-group and per-poll records (`group_done`,
+`barrier_wait`, `failover`, `active_paths`, `groups_per_round`) export at once, with everything
+pending, so an actor killed right after its last group has exported all it counted. Ray exports every metric
 under a `ray_` prefix (counters also get `_total`): `ray_leap_sampled_tokens_total`,
 `ray_leap_active_paths`, ... Each carries the tag `role` (coordinator, replica, driver) and, where
 it applies, `replica` or `round`; Ray adds its own (node address, worker id).
@@ -145,6 +147,7 @@ class Telemetry:
 
     def active_paths(self, n: int) -> None:
         self._gauge("active_paths", n)
+        self.flush()
 
     def groups_per_round(self, counts: Mapping[int, int]) -> None:
         """Groups per current round, e.g. {1: 3, 2: 5}; rounds missing now are set to 0."""
@@ -157,20 +160,23 @@ class Telemetry:
             for r, n in now.items():
                 self._gauges[("groups", (("round", r),))] = n
             self._rounds |= set(now)
-        self._maybe_flush()
+        self.flush()
 
     def group_done(self, n: int = 1) -> None:
         self._count("groups_done", n)
+        self.flush()
 
     def barrier_wait(self, seconds: float) -> None:
         if not self.enabled:
             return
         with self._lock:
             self._observed.append(float(seconds))
-        self._maybe_flush()
+        self.flush()
 
     def failover(self, n: int = 1) -> None:
         self._count("failovers", n)
+        if n:
+            self.flush()
 
     def running_requests(self, n: int, replica: int | str | None = None) -> None:
         self._gauge("replica_running_requests", n, (("replica", self._rep(replica)),))

@@ -98,10 +98,9 @@ def test_a_fake_run_exports_its_metrics(ray_with_metrics, tmp_path):
     run(cfg)
     info = json.loads((tmp_path / "run_info.json").read_text())
     generated = sum(s["new_tokens"] for s in info["replica_stats"])  # the replicas' own count
-    # counters and histograms outlive the run's actors; gauges (active paths, groups per round,
-    # running requests) are only exported while the actor that set them is alive
     names = ["ray_leap_sampled_tokens_total", "ray_leap_prompt_tokens_total", "ray_leap_groups_done_total",
-             "ray_leap_barrier_wait_seconds_count", "ray_leap_requests_total"]
+             "ray_leap_barrier_wait_seconds_count", "ray_leap_requests_total", "ray_leap_active_paths",
+             "ray_leap_groups"]
     deadline, text = time.monotonic() + 30, ""
     while time.monotonic() < deadline:
         text = _scrape(port)
@@ -145,23 +144,24 @@ def test_records_are_summed_until_the_interval(monkeypatch):
     fakes = {name: _FakeMetric() for name in METRICS}
     monkeypatch.setattr(telemetry, "_registry", fakes)
     tm = Telemetry("coordinator", interval_s=3600, enabled=True, background=False)
-    for i in range(1000):
+    for i in range(1000):  # per-request records: summed, nothing reaches Ray per call
         tm.result(sampled=3, prompt=10, cached=4, replica=i % 2)
-        tm.active_paths(i)
-    assert not any(f.calls for f in fakes.values())  # nothing reaches Ray per call
-    tm.flush()
+        tm.running_requests(i % 7, replica=0)
+    assert not any(f.calls for f in fakes.values())
+    tm.group_done()  # a per-group record exports at once, with everything pending
     assert sorted(fakes["sampled_tokens"].calls, key=lambda c: c[2]["replica"]) == [
         ("inc", 1500, {"role": "coordinator", "replica": "0"}),
         ("inc", 1500, {"role": "coordinator", "replica": "1"}),
     ]
     assert fakes["requests"].calls[0][1] == 500
-    assert fakes["active_paths"].calls == [("set", 999, {"role": "coordinator"})]
+    assert fakes["groups_done"].calls == [("inc", 1, {"role": "coordinator"})]
+    assert fakes["replica_running_requests"].calls == [("set", 999 % 7, {"role": "coordinator", "replica": "0"})]
     assert {c[1] for c in fakes["prefix_cache_hit_rate"].calls} == {0.4}
     tm.flush()  # nothing new: no calls
-    assert len(fakes["sampled_tokens"].calls) == 2 and len(fakes["active_paths"].calls) == 1
-    tm.interval_s = 0
-    tm.failover()  # past the interval: exported at once
-    assert fakes["failovers"].calls == [("inc", 1, {"role": "coordinator"})]
+    assert len(fakes["sampled_tokens"].calls) == 2 and len(fakes["groups_done"].calls) == 1
+    tm.active_paths(5)
+    tm.failover(0)  # nothing moved: nothing recorded
+    assert fakes["active_paths"].calls == [("set", 5, {"role": "coordinator"})] and not fakes["failovers"].calls
 
 
 def test_background_flush_exports_when_calls_stop(monkeypatch):
