@@ -42,6 +42,7 @@ from orchestrator.core.types import (
     EngineStartError, GenRequest, GenResult, PathStateMissing, ReplicaDead,
 )
 from orchestrator.engines import node_id
+from orchestrator.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +261,7 @@ class VLLMReplica:
         self._imported_at: Optional[float] = None
         self._paths: dict[str, list[int]] = {}
         self._ids = itertools.count()
+        self.tm = Telemetry("replica", replica=self.index)  # Ray metrics; a no-op outside Ray
         self._reset_stats()
 
     # ------------------------------------------------------------------ start-up
@@ -628,12 +630,14 @@ class VLLMReplica:
     def _running_changed(self, delta: int) -> None:
         self._advance()
         self._running += delta
+        self.tm.running_requests(self._running)
         if delta > 0:
             self._stats["requests"] += 1
             if self._stats["first_request_t"] is None:
                 self._stats["first_request_t"] = time.time()
 
     def _counted(self, prompt_tokens: int, new_tokens: int, cached: int) -> None:
+        self.tm.result(new_tokens, prompt_tokens, cached)
         st = self._stats
         st["prompt_tokens"] += prompt_tokens
         st["new_tokens"] += new_tokens
