@@ -54,7 +54,9 @@ class EngineConfig:
     # fake engine only
     think_end_prob: float = 0.1
     eos_prob: float = 0.0
-    latency: dict = field(default_factory=dict)  # prefill_s_per_token, decode_base_s, decode_per_seq_s, time_scale
+    # fake engine: a continuous-batching latency model: step_base_s, step_per_seq_s,
+    # prefill_s_per_token, max_num_seqs, time_scale (see engines/fake.py; empty: no latency)
+    latency: dict = field(default_factory=dict)
 
 
 @dataclass
