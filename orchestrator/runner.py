@@ -15,6 +15,9 @@ from omegaconf import OmegaConf
 
 from . import console
 from .checkpoint import Recovery
+# the GPU check kit (../shared/gpu/engine_probe.py) imports these two from here
+from .cluster import engine_options  # noqa: F401
+from .cluster import model_path as _model_path  # noqa: F401
 from .config import Config, prompt_file, sampling_spec, validate
 from .core import metrics
 from .core.grading import grade_rows
