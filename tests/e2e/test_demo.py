@@ -22,7 +22,7 @@ def test_demo_runs_leap_end_to_end(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "orchestrator", "+experiment=demo", f"output_dir={out}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "pass@1" in proc.stdout and "cons@N" in proc.stdout  # the per-problem table
+    assert "Pass@1" in proc.stdout and "Cons@N" in proc.stdout  # the per-problem table
     problems = load_problems("synthetic")
     paths = pq.read_table(out / "paths.parquet").to_pylist()
     messages = pq.read_table(out / "messages.parquet").to_pylist()
