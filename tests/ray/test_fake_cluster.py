@@ -152,16 +152,23 @@ def test_node_death_moves_paths_to_live_replicas(three_nodes, tmp_path):
     result = {}
     thread = threading.Thread(target=lambda: result.setdefault("summary", run(cfg)), daemon=True)
     thread.start()
-    victim = None
+    victim = dead = None
     deadline = time.time() + 120
     while victim is None and time.time() < deadline:
         try:
             coord = ray.get_actor("leap-coordinator", namespace="orchestrator")
             snap = ray.get(coord.snapshot.remote())
             if snap["sampled_tokens"] > 2000:
-                info = ray.get(ray.get_actor("leap-replica-0", namespace="orchestrator").info.remote())
-                victim = next(n for n in workers if n.node_id == info["node"] and n.node_id != snap["node"])
-        except (ValueError, StopIteration):
+                # a replica whose node does not also hold the coordinator (it has its own bundle)
+                for i in range(3):
+                    info = ray.get(ray.get_actor(f"leap-replica-{i}", namespace="orchestrator").info.remote())
+                    node = next((n for n in workers if n.node_id == info["node"] and n.node_id != snap["node"]), None)
+                    if node is not None:
+                        victim, dead = node, i
+                        break
+        except ValueError:
+            pass
+        if victim is None:
             time.sleep(0.1)
     assert victim is not None, "could not find a replica node to kill"
     cluster.remove_node(victim)
@@ -171,7 +178,7 @@ def test_node_death_moves_paths_to_live_replicas(three_nodes, tmp_path):
     assert len(paths) == 24 and all(p["finish_reason"] != "unfinished" for p in paths)
     moved = [p for p in paths if len({r["replica"] for r in p["requests"]}) > 1]
     assert moved, "no path moved off the dead replica"
-    for p in moved:  # served by replica 0 until it died, then elsewhere for good
+    for p in moved:  # served by the dead replica until it died, then elsewhere for good
         replicas = [r["replica"] for r in p["requests"]]
-        first_other = next(i for i, r in enumerate(replicas) if r != 0)
-        assert replicas[0] == 0 and 0 not in replicas[first_other:]
+        first_other = next(i for i, r in enumerate(replicas) if r != dead)
+        assert replicas[0] == dead and dead not in replicas[first_other:]
