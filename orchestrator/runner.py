@@ -186,8 +186,11 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
             # a later phase (compute-matched) reads this one's results: finish grading first
             for g in grader.drain():
                 _write(store, recovery, g)
-        facts.update(_generation_facts(ray.get([r.stats.remote() for r in replicas])))
-        facts["coordinator"].update(ray.get(coordinator.stats.remote()))
+        facts.update(_generation_facts(_live_stats(replicas)))
+        try:
+            facts["coordinator"].update(ray.get(coordinator.stats.remote(), timeout=30))
+        except Exception as exc:  # a replaced coordinator's figures are gone with it
+            log.warning("coordinator stats unavailable: %s", exc)
         for d in facts["coordinator"].get("replica_deaths", []):
             deaths.setdefault(d["replica"], d)
         facts["moved_paths"] = moved_before + facts["coordinator"].get("moved_paths", 0)
@@ -212,6 +215,20 @@ def _write(store: ResultStore, recovery: Recovery, g: dict) -> None:
     """A finished group's result part, then its checkpoint is no longer needed."""
     store.write_group(g["point"], g["problem_id"], g["paths"], g["messages"])
     recovery.written(g["point"], g["problem_id"])
+
+
+def _live_stats(replicas: list) -> list[dict]:
+    """Each replica's stats; a replica that died (its node with it) reports nothing."""
+    import ray
+
+    out = []
+    for i, r in enumerate(replicas):
+        try:
+            out.append({"replica": i, **ray.get(r.stats.remote(), timeout=30)})
+        except Exception as exc:
+            log.warning("replica %d: no stats (%s)", i, type(exc).__name__)
+            out.append({"replica": i, "dead": True})
+    return out
 
 
 def _generation_facts(stats: list[dict]) -> dict:

@@ -150,7 +150,14 @@ def test_node_death_moves_paths_to_live_replicas(three_nodes, tmp_path):
     cfg = fake_cfg(tmp_path, "replicas.count=3", "replicas.gpus_per_replica=1",
                    "replicas.strategy=STRICT_SPREAD", "+engine.latency.decode_base_s=0.001")
     result = {}
-    thread = threading.Thread(target=lambda: result.setdefault("summary", run(cfg)), daemon=True)
+
+    def go():
+        try:
+            result["summary"] = run(cfg)
+        except BaseException as exc:  # reported by the assertion below
+            result["error"] = f"{type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=go, daemon=True)
     thread.start()
     victim = dead = None
     deadline = time.time() + 120
@@ -173,7 +180,7 @@ def test_node_death_moves_paths_to_live_replicas(three_nodes, tmp_path):
     assert victim is not None, "could not find a replica node to kill"
     cluster.remove_node(victim)
     thread.join(timeout=300)
-    assert "summary" in result, "the run did not finish after the node died"
+    assert "summary" in result, f"the run did not finish after the node died: {result.get('error')}"
     paths, _ = read(tmp_path)
     assert len(paths) == 24 and all(p["finish_reason"] != "unfinished" for p in paths)
     moved = [p for p in paths if len({r["replica"] for r in p["requests"]}) > 1]
