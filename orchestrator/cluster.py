@@ -469,6 +469,24 @@ def _wait_placed(groups: list, timeout: float, bundle: dict) -> bool:
 
 
 # -- engine start-up ---------------------------------------------------------------------------
+ANSWER_TIMEOUT_S = 120.0  # an actor call that should return at once; a stuck actor ends the run
+
+
+def answer(ref, what: str, timeout: float = ANSWER_TIMEOUT_S):
+    """`ray.get` with a deadline: an actor that does not answer in time ends the run with a
+    message naming it, instead of a silent hang."""
+    import ray
+    from ray.exceptions import GetTimeoutError
+
+    try:
+        return ray.get(ref, timeout=timeout)
+    except GetTimeoutError:
+        raise DeadlineError(paragraph(
+            f"{what} did not answer within {timeout:.0f} s; its actor is alive but stuck (a busy or "
+            f"overloaded node?). Finished groups and checkpoints are saved: rerun the same command "
+            f"to continue.")) from None
+
+
 def await_replicas(cfg: Config, replicas: list) -> list[dict]:
     """Wait for every replica's `start()`, at most `replicas.start_timeout_s`; returns their
     `info()`. An engine that fails ends the run with its own cause; a late one with its phase."""
@@ -494,7 +512,7 @@ def await_replicas(cfg: Config, replicas: list) -> list[dict]:
         for ref in ready:
             i = index[ref]
             try:
-                infos[i] = ray.get(ref)
+                infos[i] = ray.get(ref, timeout=0)  # ray.wait said it is ready
             except Exception as exc:
                 raise EngineError(_engine_failed(cfg, i, exc)) from None
         if pending and time.monotonic() - last_note >= 15:
@@ -615,10 +633,10 @@ def restart_coordinator(cfg: Config, replicas: list, model: str, points, prompts
             pass
     coordinator = start_coordinator(cfg, replicas, model, points, prompts, sampling)
     await_coordinator(cfg, coordinator)
-    ray.get(coordinator.set_capacity.remote(list(capacity)))
+    answer(coordinator.set_capacity.remote(list(capacity)), "the new coordinator (set_capacity)")
     items = recovery.pending()
     if items:
-        ray.get(coordinator.submit.remote(items))
+        answer(coordinator.submit.remote(items), "the new coordinator (submit)")
     recovery.coordinator_restarted(f"{type(cause).__name__}: {first_lines(remote_cause(cause), 1)}", len(items))
     log.warning("the coordinator died (%s); a new one took over in %.1f s and resumed %d group(s), %d from "
                 "their last barrier", first_lines(remote_cause(cause), 1), time.monotonic() - t0, len(items),

@@ -143,8 +143,9 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
         facts["coordinator"] = cluster.await_coordinator(cfg, coordinator, coord_ready)
         facts["coordinator"]["ready_after_s"] = round(time.monotonic() - t_coord, 3)
         capacity = [int(i.get("capacity") or cfg.engine.max_num_seqs) for i in infos]
-        ray.get(coordinator.set_capacity.remote(capacity))
-        ray.get([r.stats.remote(reset=True) for r in replicas])
+        cluster.answer(coordinator.set_capacity.remote(capacity), "the coordinator (set_capacity)")
+        for i, r in enumerate(replicas):
+            cluster.answer(r.stats.remote(reset=True), f"replica {i} (stats)")
         console.line(f"running {total} group(s) (problem x configuration) on {len(infos)} replica(s)")
         bar = progress_bar(cfg, total)
         for phase in phases:
@@ -153,14 +154,14 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
                 continue
             items = recovery.attach(items)
             try:
-                ray.get(coordinator.submit.remote(items))
+                cluster.answer(coordinator.submit.remote(items), "the coordinator (submit)")
             except Exception as exc:
                 if not cluster.coordinator_died(exc):
                     raise
                 replace_coordinator(exc)
             while True:
                 try:
-                    update = ray.get(coordinator.poll.remote(1.0))
+                    update = cluster.answer(coordinator.poll.remote(1.0), "the coordinator (poll)")
                 except Exception as exc:
                     if not cluster.coordinator_died(exc):
                         raise

@@ -230,6 +230,14 @@ def test_bounded_waits_for_placement_and_engine_start(tmp_path):
         msg = str(info.value)
         assert "replica 0 could not start its engine" in msg and "2048 tokens do not fit" in msg
         assert "Traceback" not in msg and 'File "' not in msg
+
+        # an actor that is alive but never answers: the driver's calls have a deadline too
+        stuck = ray.remote(SlowStart).options(num_cpus=0).remote()
+        t0 = time.monotonic()
+        with pytest.raises(DeadlineError) as info:
+            cluster.answer(stuck.start.remote(), "the coordinator (poll)", timeout=1)
+        assert time.monotonic() - t0 < 10
+        assert "the coordinator (poll) did not answer within 1 s" in str(info.value)
     finally:
         ray.shutdown()
 
