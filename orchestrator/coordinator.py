@@ -119,7 +119,6 @@ class Coordinator:
 
             self.embed = load_embedder(embed_model)
         self.queue: deque[_Pending] = deque()
-        self.groups: dict[str, Group] = {}  # admitted, not finished
         self.live_paths = 0  # paths of admitted groups not yet done
         self.finished: list[dict] = []
         self.checkpoints: list[tuple[str, str, bytes]] = []
@@ -133,7 +132,7 @@ class Coordinator:
         self.timing = _Timing()
         self.peak_paths = 0
         self.rss_start = _rss_bytes()
-        self.wake = asyncio.Event() if _has_loop() else None
+        self.wake = asyncio.Event()  # binds to the running loop at first use
         self.node = node_id()
         self.tm = Telemetry("coordinator")  # Ray metrics; a no-op outside Ray
         self.init_s = time.perf_counter() - t0
@@ -159,8 +158,6 @@ class Coordinator:
             key = f"{point}|{problem.id}"
             self.progress[key] = _GroupProgress(point, problem.id, params.paths)
             self.queue.append(_Pending(point, problem, params, checkpoint))
-        if self.wake is None:
-            self.wake = asyncio.Event()
         self._admit()
         return len(items)
 
@@ -251,31 +248,28 @@ class Coordinator:
         self.live_paths += pend.params.paths
         self.peak_paths = max(self.peak_paths, self.live_paths)
 
-    def _room_for(self, paths: int) -> bool:
-        if not self.tasks:
-            return True  # always make progress
-        if self.max_groups is not None and len(self.tasks) >= self.max_groups:
+    def _room_for(self, paths: int, groups: int | None = None, live: int | None = None) -> bool:
+        """Whether a group of `paths` may join `groups` admitted groups holding `live` paths
+        (default: what is admitted now). The first group always may: the run makes progress."""
+        groups = len(self.tasks) if groups is None else groups
+        live = self.live_paths if live is None else live
+        if not groups:
+            return True
+        if self.max_groups is not None and groups >= self.max_groups:
             return False
         target = self._target_paths()
         if target is None:  # capacity unknown: the fixed cap (or 8 groups) decides
-            return len(self.tasks) < (self.max_groups or 8)
-        return self.live_paths + paths <= target
+            return groups < (self.max_groups or 8)
+        return live + paths <= target
 
     def _take_wave(self) -> list[_Pending]:
+        """Lock-step: the next wave, admitted by the same rule as groups are one by one."""
         wave: list[_Pending] = []
         paths = 0
-        target = self._target_paths()
-        while self.queue:
-            nxt = self.queue[0].params.paths
-            if wave and self.max_groups is not None and len(wave) >= self.max_groups:
-                break
-            if wave and target is not None and paths + nxt > target:
-                break
-            if wave and target is None and len(wave) >= (self.max_groups or 8):
-                break
+        while self.queue and self._room_for(self.queue[0].params.paths, len(wave), paths):
             wave.append(self.queue.popleft())
             self._reserve(wave[-1])
-            paths += nxt
+            paths += wave[-1].params.paths
         return wave
 
     def _spawn(self, coro) -> None:
@@ -285,8 +279,7 @@ class Coordinator:
         def _done(t: asyncio.Task) -> None:
             self.tasks.discard(t)
             self._admit()
-            if self.wake is not None:
-                self.wake.set()
+            self.wake.set()
 
         task.add_done_callback(_done)
 
@@ -306,14 +299,12 @@ class Coordinator:
                           self.sampling, embed=self.embed, sweep_point=pend.point)
         live = [p.key for p in group.paths if p.phase != "done"]
         self.pool.place(live)
-        self.groups[key] = group
         self.live_paths -= pend.params.paths - len(live)  # a restored group may have fewer
         prog = self.progress[key]
         prog.active = len(live)
         return group
 
     def _close(self, group: Group, pend: _Pending, error: BaseException | None = None) -> None:
-        self.groups.pop(group.key, None)
         for p in group.paths:
             if self.pool.assign.get(p.key) is not None:
                 self._path_done(group, p.key)
@@ -415,8 +406,7 @@ class Coordinator:
                 else:
                     still.append((pend, g))
             live = still
-            if self.wake is not None:
-                self.wake.set()
+            self.wake.set()
 
     def _apply(self, group: Group, res: GenResult, waiting: dict[str, float]) -> None:
         """Feed one result to its group; time barrier work; hand out a checkpoint after each."""
@@ -434,8 +424,7 @@ class Coordinator:
             waiting.clear()
             if hasattr(group, "snapshot"):
                 self.checkpoints.append((group.sweep_point, group.problem.id, group.snapshot()))
-                if self.wake is not None:
-                    self.wake.set()
+                self.wake.set()
         else:
             phase = next(p.phase for p in group.paths if p.key == res.path_key)
             if phase == "barrier":
@@ -479,14 +468,6 @@ class Coordinator:
             self.tm.result(len(res.token_ids), res.prompt_tokens, res.cached_tokens, replica=res.replica)
             return res
         raise ReplicaDead(f"path {key}: no replica could serve it")
-
-
-def _has_loop() -> bool:
-    try:
-        asyncio.get_running_loop()
-        return True
-    except RuntimeError:
-        return False
 
 
 def _rss_bytes() -> int:
