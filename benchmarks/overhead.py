@@ -220,13 +220,21 @@ def table(results: dict) -> str:
 
 
 # -- backends ---------------------------------------------------------------------------------------
+def _progress(name: str, raw: dict) -> None:
+    """One line as each schedule ends, so a long run shows where it is."""
+    print(f"  {name} done: {raw['wall_s']:.1f} s", flush=True)
+
+
 async def bench(w: Workload, replicas, make_coordinator, tokenizer, prompts, clock, vocab,
                 lpt: bool = False) -> dict:
     problems = load_problems(w.problems)
     params = leap_params(w)
     raw_b = await run_schedule(make_coordinator, replicas, problems, params, "leap", clock)
+    _progress("leap", raw_b)
     raw_a = await run_floor(replicas, tokenizer, problems, params, raw_b["rows"], prompts, clock, vocab)
+    _progress("floor", raw_a)
     raw_c = await run_schedule(make_coordinator, replicas, problems, params, "lockstep", clock)
+    _progress("lockstep", raw_c)
     res = {"floor": summarize("floor", raw_a), "leap": summarize("leap", raw_b),
            "lockstep": summarize("lockstep", raw_c)}
     if lpt:  # for reference: the same floor with perfect knowledge of every path's length

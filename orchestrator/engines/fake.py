@@ -18,12 +18,11 @@ request returns at once.
 from __future__ import annotations
 
 import asyncio
-import heapq
 import random
 import re
 import time
 from array import array
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, fields
 
 from ..core.rng import stable_int
@@ -67,40 +66,33 @@ class LatencyModel:
 
 
 class _Job:
-    __slots__ = ("left", "prefill", "done", "order")
+    __slots__ = ("left", "prefill", "done")
 
-    def __init__(self, tokens: int, prefill_s: float, done: asyncio.Future, order: tuple):
+    def __init__(self, tokens: int, prefill_s: float, done: asyncio.Future):
         self.left = tokens
         self.prefill = prefill_s
         self.done = done
-        self.order = order  # (priority, arrival): the waiting queue's order, as in vLLM
-
-    def __lt__(self, other: "_Job") -> bool:
-        return self.order < other.order
 
 
 class _Engine:
     """Continuous batching in simulated time: admission up to `max_num_seqs`, first come first
-    served (a `priority` argument orders the queue as vLLM's priority policy would; running
-    requests are never preempted), flat-ish decode steps, prefill stalls. Keeps busy time and
-    batch occupancy for `stats()`."""
+    served (running requests are never preempted), flat-ish decode steps, prefill stalls. Keeps
+    busy time and batch occupancy for `stats()`."""
 
     def __init__(self, model: LatencyModel):
         self.m = model
-        self.waiting: list[_Job] = []  # a heap
-        self.arrivals = 0
+        self.waiting: deque[_Job] = deque()
         self.running: list[_Job] = []
         self.arrival = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.busy_s = 0.0
         self.occupied = 0.0  # integral of batch size over busy time
 
-    async def run(self, tokens: int, prefill_s: float, priority: int = 0) -> None:
+    async def run(self, tokens: int, prefill_s: float) -> None:
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._loop())
         fut = asyncio.get_running_loop().create_future()
-        self.arrivals += 1
-        heapq.heappush(self.waiting, _Job(tokens, prefill_s, fut, (priority, self.arrivals)))
+        self.waiting.append(_Job(tokens, prefill_s, fut))
         self.arrival.set()
         await fut
 
@@ -109,7 +101,7 @@ class _Engine:
         carry = 0.0
         while True:
             while self.waiting and len(self.running) < self.m.max_num_seqs:
-                self.running.append(heapq.heappop(self.waiting))
+                self.running.append(self.waiting.popleft())
             if not self.running:
                 self.arrival.clear()
                 await self.arrival.wait()
@@ -182,6 +174,7 @@ class FakeReplica:
         self.node = node_id()
         self.tm = Telemetry("replica", replica=index)  # Ray metrics; a no-op outside Ray
         self.running = 0
+        self._offset: float | None = None  # epoch - loop clock, fixed at first use
         self._reset_counters()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -214,12 +207,10 @@ class FakeReplica:
         return loop.time() + self._offset
 
     def _reset_counters(self) -> None:
-        self._offset: float | None = getattr(self, "_offset", None)
         self.counters = {"requests": 0, "new_tokens": 0, "prompt_tokens": 0, "cached_tokens": 0}
         self.first_request_t: float | None = None
         self.last_token_t: float | None = None
         self.window_start: float | None = None
-        self.running_now = 0
         self.busy_base = (0.0, 0.0) if self.engine is None else (self.engine.busy_s, self.engine.occupied)
 
     async def stats(self, reset: bool = False) -> dict:
