@@ -24,27 +24,25 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="builtin:smollm2")
     ap.add_argument("--paths", type=int, default=32)
-    ap.add_argument("--summary-words", type=int, default=190, help="~256 tokens for English text")
+    ap.add_argument("--summary-words", type=int, default=240, help="about 256 tokens with SmolLM2's tokenizer")
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--router", default="dispersed")
     args = ap.parse_args(argv)
-
-    from transformers import AutoTokenizer
 
     from orchestrator.config import CONF_DIR
     from orchestrator.core.group import Group, LeapParams
     from orchestrator.core.prompts import load_prompts
     from orchestrator.core.types import GenResult, Problem
-    from orchestrator.engines.tokenizer import render_prompt
+    from orchestrator.engines.tokenizer import load_tokenizer, render_prompt
     from orchestrator.models import resolve_model
 
-    tok = AutoTokenizer.from_pretrained(resolve_model(args.model))
+    tok = load_tokenizer(resolve_model(args.model))  # what the coordinator loads
     prompts = load_prompts(CONF_DIR / "prompts" / "default.yaml")
     problem = Problem("p", "bench", "Find the sum of all integer bases b > 9 for which 17_b divides 97_b.", "70")
     params = LeapParams(paths=args.paths, T=64, max_rounds=2, top_k=4, router=args.router, summary_tokens=400)
     words = ("the base b must satisfy divisibility so we write nine b plus seven over b plus seven and "
              "reduce which leaves fifty six over b plus seven hence b plus seven divides fifty six").split()
-    arrive, release = [], []
+    arrive, release, total, lengths = [], [], [], []
     for rep in range(args.repeat):
         rng = random.Random(rep)
         g = Group("bench|p", problem, render_prompt(tok, prompts, problem, params), params, prompts, tok)
@@ -55,17 +53,22 @@ def main(argv=None) -> int:
         for n, req in enumerate(reqs):
             body = " ".join(rng.choice(words) for _ in range(args.summary_words)) + " </summarize>"
             ids = tok.encode(body)
+            lengths.append(len(ids))
             res = GenResult(req.path_key, ids, body, "stop", stop_str="</summarize>")
             t0 = time.perf_counter()
             g.on_result(res)
             dt = (time.perf_counter() - t0) * 1e3
             (release if n == len(reqs) - 1 else arrive).append(dt)
         assert g.barriers_released == 1
+        total.append(sum(arrive[-(len(reqs) - 1):]) + release[-1])
     q = lambda xs, f: sorted(xs)[min(len(xs) - 1, int(f * len(xs)))]  # noqa: E731
-    print(f"{args.paths} paths, summaries of ~{len(tok.encode(' '.join(words[:1] * args.summary_words)))} tokens, "
-          f"{args.router} top-4, tokenizer {type(tok).__name__} ({args.model})")
+    print(f"{args.paths} paths, summaries of {statistics.mean(lengths):.0f} tokens on average, "
+          f"{args.router} top-4, tokenizer {type(tok.hf).__name__} ({args.model})")
     print(f"per arriving summary: median {statistics.median(arrive):.2f} ms, p95 {q(arrive, 0.95):.2f} ms")
-    print(f"barrier release:      median {statistics.median(release):.2f} ms, p95 {q(release, 0.95):.2f} ms")
+    print(f"barrier release:      median {statistics.median(release):.2f} ms, p95 {q(release, 0.95):.2f} ms"
+          "  (the last summary's own arrival work, routing, every path's peer block)")
+    print(f"whole barrier (all {args.paths} arrivals + release, CPU): median {statistics.median(total):.1f} ms, "
+          f"max {max(total):.1f} ms")
     return 0
 
 

@@ -184,8 +184,8 @@ class Group:
         self._by_index = {p.index: p for p in self.paths}
         # barrier work done as summaries arrive (see `_arrive`); cleared at every release
         self._parts = prompts.peer_block_parts()
-        self._pieces: dict[str, list[int]] = {}
-        self._summary_ids: dict[int, list[int]] = {}
+        self._pieces: dict[str, TokenIds] = {}
+        self._summary_ids: dict[int, TokenIds] = {}  # a summary's ids and the line suffix's
         self._sim_row: dict[int, dict[int, float]] = {}
 
     # -- the plan ------------------------------------------------------------------------------
@@ -332,7 +332,9 @@ class Group:
         releasing the barrier then only sorts and concatenates token ids."""
         text = p.summaries[-1]
         if self._parts is not None:
-            self._summary_ids[p.index] = self.tok.encode(text)
+            entry = TokenIds(self.tok.encode(text))
+            entry.extend(self._piece(self._parts[2]))
+            self._summary_ids[p.index] = entry
         if self.params.similarity in routing.STRING_SIMILARITIES:
             row = self._sim_row.setdefault(p.index, {})
             others = [q for q in self._sim_row if q != p.index]
@@ -351,27 +353,26 @@ class Group:
             return None
         return [[1.0 if a is b else rows[a.index][b.index] for b in waiting] for a in waiting]
 
-    def _peer_ids(self, summaries: list[str], waiting: list[PathState], peers) -> list[int]:
-        """The peer block's token ids: cached pieces around each summary's ids, or an encode of
-        the whole block when the prompt file's templates cannot be split."""
+    def _peer_ids(self, summaries: list[str], waiting: list[PathState], peers) -> list[int] | TokenIds:
+        """The peer block's token ids: cached pieces around each summary's ids (array copies
+        only), or an encode of the whole block when the prompt file's templates cannot be split."""
         texts = [summaries[j] for j, _ in peers]
         if self._parts is None or not peers or any(waiting[j].index not in self._summary_ids for j, _ in peers):
             return self.tok.encode(self.prompts.peer_block(texts))
-        head, prefix, suffix, tail = self._parts
-        ids = list(self._piece(head))
+        head, prefix, _, tail = self._parts
+        ids = TokenIds(self._piece(head))
         for rank, (j, _) in enumerate(peers, start=1):
             if rank > 1:
-                ids += self._piece("\n")
-            ids += self._piece(prefix.format(index=rank))
-            ids += self._summary_ids[waiting[j].index]
-            ids += self._piece(suffix)
-        ids += self._piece(tail)
+                ids.extend(self._piece("\n"))
+            ids.extend(self._piece(prefix.format(index=rank)))
+            ids.extend(self._summary_ids[waiting[j].index])
+        ids.extend(self._piece(tail))
         return ids
 
-    def _piece(self, text: str) -> list[int]:
+    def _piece(self, text: str) -> TokenIds:
         ids = self._pieces.get(text)
         if ids is None:
-            ids = self._pieces[text] = self.tok.encode(text) if text else []
+            ids = self._pieces[text] = TokenIds(self.tok.encode(text) if text else ())
         return ids
 
     def _after_answer(self, p: PathState, res: GenResult, new: list[int]) -> None:

@@ -12,7 +12,8 @@ from typing import Protocol, Sequence
 
 
 class Tokenizer(Protocol):
-    """The part of a tokenizer the core needs. HF tokenizers satisfy it."""
+    """The part of a tokenizer the core needs. `encode` must add no special tokens by default
+    (transformers' tokenizers add them: wrap one in `engines.tokenizer.TextTokenizer`)."""
 
     eos_token_id: int | None
 

@@ -61,13 +61,52 @@ class FakeTokenizer:
         return self.encode(text) if tokenize else text
 
 
+class TextTokenizer:
+    """A transformers tokenizer as the coordinator uses it.
+
+    `encode` adds no special tokens unless asked: the coordinator encodes pieces that go in the
+    middle of a path (summary prompts, peer blocks, answer forcing), and tokenizers such as the
+    DeepSeek-R1 distills' add a BOS by default, which would put one into every piece. Both
+    directions call the Rust backend straight away where that gives the same ids and text as
+    transformers' own call: transformers' wrappers cost more than the work itself on a 300-token
+    summary (a type check over every id before each decode), and the coordinator does this for
+    every summary at every barrier. Everything else is the wrapped tokenizer's.
+    """
+
+    def __init__(self, hf):
+        self.hf = hf
+        self.eos_token_id = hf.eos_token_id
+        backend = getattr(hf, "backend_tokenizer", None) if getattr(hf, "is_fast", False) else None
+        same_encode = (backend is not None and backend.truncation is None and backend.padding is None
+                       and backend.encode_special_tokens == bool(getattr(hf, "split_special_tokens", False)))
+        self._encoder = backend if same_encode else None
+        # transformers cleans spaces after decoding only when the tokenizer asks for it
+        self._decoder = backend if backend is not None and not getattr(hf, "clean_up_tokenization_spaces", False) else None
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        if self._encoder is not None and not add_special_tokens:
+            return self._encoder.encode(text, add_special_tokens=False).ids
+        return self.hf.encode(text, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        ids = ids if isinstance(ids, list) else list(ids)
+        if self._decoder is not None:
+            return self._decoder.decode(ids, skip_special_tokens=skip_special_tokens)
+        return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def __getattr__(self, name):
+        if name == "hf":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.hf, name)
+
+
 def load_tokenizer(spec: str):
     """`fake` gives the fake replica's tokenizer; anything else is a checkpoint directory."""
     if spec == "fake":
         return FakeTokenizer()
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(spec)
+    return TextTokenizer(AutoTokenizer.from_pretrained(spec))
 
 
 def render_prompt(tok, prompts: PromptSet, problem: Problem, params) -> list[int]:

@@ -289,7 +289,7 @@ def test_peer_block_from_cached_pieces_decodes_to_the_rendered_block():
             g._arrive(p)
         peers = [(2, 0.1), (0, 0.5)]
         ids = g._peer_ids(summaries, waiting, peers)
-        assert tok.decode(ids) == PROMPTS.peer_block([summaries[2], summaries[0]])
+        assert tok.decode(ids.tolist()) == PROMPTS.peer_block([summaries[2], summaries[0]])
         sim = g._matrix(waiting, summaries)
         from orchestrator.core.routing import similarity_matrix
         assert sim == similarity_matrix(summaries, "indel")
