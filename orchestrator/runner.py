@@ -24,7 +24,7 @@ from .core.grading import grade_rows
 from .core.prompts import load_prompts
 from .core.types import Problem
 from .data import DatasetError, load_problems
-from .errors import RunFailed
+from .errors import DeadlineError, RunFailed
 from .results import ResultStore
 
 log = logging.getLogger(__name__)
@@ -247,10 +247,15 @@ def _generation_facts(stats: list[dict]) -> dict:
 
 class Grader:
     """Grades finished groups in a process pool, off the coordinator and off the critical path
-    (math-verify is pure Python: ~45 ms per long path). Results come back in submission order."""
+    (math-verify is pure Python: ~45 ms per long path). Results come back in submission order.
 
-    def __init__(self, workers: int | None = None):
+    Every check inside is bounded (`math_equal`'s timeout), so a group that takes longer than
+    `deadline_s(rows)` means a stuck worker: the run then ends naming the group, whose last
+    checkpoint stays on disk for a rerun, instead of waiting for ever."""
+
+    def __init__(self, workers: int | None = None, deadline_s=lambda rows: 600.0 + 30.0 * len(rows)):
         self.workers = workers or max(1, min(8, (os.cpu_count() or 2) - 1))
+        self.deadline_s = deadline_s
         self.pool = None
         self.pending: list[tuple[dict, object]] = []
         self.busy_s = 0.0
@@ -280,15 +285,30 @@ class Grader:
         return out
 
     def _take(self) -> dict:
+        from concurrent.futures import TimeoutError as FutureTimeout
+
         group, fut = self.pending.pop(0)
-        rows, seconds = fut.result()
+        limit = self.deadline_s(group["paths"])
+        try:
+            rows, seconds = fut.result(timeout=limit)
+        except FutureTimeout:
+            self.close(kill=True)
+            raise DeadlineError(
+                f"grading problem {group['problem_id']} (sweep point {group['point']}) did not finish in "
+                f"{limit:.0f} s: a grading worker is stuck. Its last checkpoint is kept; rerun to retry it."
+            ) from None
         self.busy_s += seconds
         return {**group, "paths": rows}
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
         if self.pool is not None:
+            if kill:  # a stuck worker would otherwise hold the interpreter's exit
+                for proc in list(getattr(self.pool, "_processes", {}).values()):
+                    proc.kill()
             self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
+        if kill:
+            self.pending.clear()
 
 
 def _report(cfg: Config, store: ResultStore, paths_t, summary: dict) -> None:

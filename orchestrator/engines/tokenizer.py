@@ -94,6 +94,9 @@ class TextTokenizer:
             return self._decoder.decode(ids, skip_special_tokens=skip_special_tokens)
         return self.hf.decode(ids, skip_special_tokens=skip_special_tokens)
 
+    def __len__(self) -> int:  # the vocabulary with added tokens, as transformers counts it
+        return len(self.hf)
+
     def __getattr__(self, name):
         if name == "hf":  # not set yet (unpickling): no recursion
             raise AttributeError(name)

@@ -78,5 +78,6 @@ def test_falls_back_to_transformers_when_backend_would_differ(tiny):
 
 def test_wrapper_passes_through_and_pickles(tiny):
     assert tiny.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False)
+    assert len(tiny) == len(tiny.hf) and tiny.pad_token_id == tiny.hf.pad_token_id
     back = pickle.loads(pickle.dumps(tiny))
     assert back.encode(TEXTS[1]) == tiny.encode(TEXTS[1])
