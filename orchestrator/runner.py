@@ -18,7 +18,7 @@ from .checkpoint import Recovery
 # the GPU check kit (../shared/gpu/engine_probe.py) imports these two from here
 from .cluster import engine_options  # noqa: F401
 from .cluster import model_path as _model_path  # noqa: F401
-from .config import Config, prompt_file, sampling_spec, validate
+from .config import Config, oversubscription, prompt_file, sampling_spec, validate
 from .core import metrics
 from .core.grading import grade_rows
 from .core.prompts import load_prompts
@@ -114,6 +114,7 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
     facts["model_prepare_s"] = round(time.monotonic() - t0, 3)
     starting = console.begin(f"starting Ray and {cfg.replicas.count} {cfg.engine.kind} replica(s)")
     facts["ray"] = cluster.init_ray(cfg)
+    facts["oversubscribe"] = oversubscription(cfg)  # the value applied (null resolves by engine)
     grader = Grader()
     replicas, pg = cluster.create_replicas(cfg, model)
     # the coordinator loads its tokenizer and prompts while the engines load

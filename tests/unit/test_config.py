@@ -40,6 +40,20 @@ def test_aime_sweep_grid():
     assert cfg.dataset.name == "aime24" and cfg.leap.paths == 32
 
 
+@pytest.mark.parametrize("overrides, expected", [
+    (["engine=cpu", "replicas.gpus_per_replica=0"], 2.0),  # vLLM on CPU: compute-bound steps
+    (["engine=vllm", "replicas.gpus_per_replica=1"], 1.5),  # a GPU: memory-bound decode
+    (["engine=fake"], 1.5),  # the fake replica models a GPU
+    (["engine=cpu", "replicas.gpus_per_replica=0", "replicas.oversubscribe=1.25"], 1.25),  # set by hand
+])
+def test_oversubscription_defaults_by_hardware(overrides, expected):
+    from orchestrator.config import oversubscription
+
+    cfg = compose(overrides)
+    assert cfg.replicas.oversubscribe is None or "replicas.oversubscribe=1.25" in overrides
+    assert oversubscription(cfg) == expected
+
+
 def test_gpqa_uses_eight_paths():
     assert compose(["dataset=gpqa_diamond"]).leap.paths == 8
 
@@ -57,6 +71,7 @@ def test_gpqa_uses_eight_paths():
     ("dataset.path=/no/such/file.json", "dataset.path"),
     ("leap.prompts=/no/such/prompts.yaml", "leap.prompts"),
     ("sampling.top_p=0", "sampling.top_p"),
+    ("replicas.oversubscribe=0.5", "replicas.oversubscribe"),
 ])
 def test_bad_values_name_their_key(override, key):
     cfg = compose(override.split())
