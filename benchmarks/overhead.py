@@ -251,16 +251,16 @@ async def bench(w: Workload, replicas, make_coordinator, tokenizer, prompts, clo
 def simulate(w: Workload) -> dict:
     from aiotools import VirtualClock
 
-    from orchestrator.config import CONF_DIR
+    from orchestrator.config import CONF_DIR, default_oversubscription
     from orchestrator.coordinator import Coordinator
     from orchestrator.core.prompts import load_prompts
     from orchestrator.core.types import SamplingSpec
-
-    w = replace(w, oversubscribe=w.oversubscribe or 1.5)  # fake replicas model a GPU
     from orchestrator.engines.fake import FakeReplica
     from orchestrator.engines.local import LocalHandle
     from orchestrator.engines.tokenizer import FakeTokenizer
 
+    if w.oversubscribe is None:  # what a run on fake replicas would use
+        w = replace(w, oversubscribe=default_oversubscription("fake", 0))
     prompts = load_prompts(CONF_DIR / "prompts" / "default.yaml")
     params = leap_params(w)
     engine = {"latency": SIM_LATENCY, "max_model_len": 10**6, "run_seed": 0,

@@ -287,7 +287,12 @@ def oversubscription(cfg: Config) -> float:
     """
     if cfg.replicas.oversubscribe is not None:
         return float(cfg.replicas.oversubscribe)
-    return 2.0 if cfg.engine.kind == "vllm" and cfg.replicas.gpus_per_replica == 0 else 1.5
+    return default_oversubscription(cfg.engine.kind, cfg.replicas.gpus_per_replica)
+
+
+def default_oversubscription(engine_kind: str, gpus_per_replica: float) -> float:
+    """The rule behind `oversubscription` (fake replicas model a GPU engine)."""
+    return 2.0 if engine_kind == "vllm" and gpus_per_replica == 0 else 1.5
 
 
 def sampling_spec(cfg: Config) -> SamplingSpec:
