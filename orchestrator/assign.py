@@ -35,6 +35,29 @@ class ReplicaPool:
             raise ReplicaDead("no live replica left")
         return live
 
+    def any_alive(self) -> bool:
+        return any(self.alive)
+
+    def route(self, key: str) -> int:
+        """The live replica that serves `key`: its own, or (its own is dead) the least-loaded
+        live one, which then keeps it. Raises ReplicaDead when none is alive."""
+        r = self.assign[key]
+        if not self.alive[r]:
+            target = self._least_loaded()
+            self.assign[key] = target
+            self.load[target] += 1
+            self.load[r] -= 1
+            self.holder.pop(key, None)
+            self.moved += 1
+            r = target
+        return r
+
+    def revive(self, r: int) -> None:
+        """A new replica took slot r: it holds no path yet."""
+        self.alive[r] = True
+        for key in [k for k, h in self.holder.items() if h == r]:
+            del self.holder[key]
+
     def _least_loaded(self) -> int:
         return min(self.live(), key=lambda i: (self.load[i], i))
 
@@ -62,18 +85,15 @@ class ReplicaPool:
     def forget(self, key: str) -> None:
         self.holder.pop(key, None)
 
-    def died(self, r: int, cause: str, when: float) -> None:
-        """Move every path of replica r to the least-loaded live replicas."""
-        if self.alive[r]:
+    def died(self, r: int, cause: str, when: float) -> bool:
+        """Replica r is gone: move its paths to the least-loaded live replicas (when none is
+        left they wait in place for `route`). Returns whether this was news."""
+        news = self.alive[r]
+        if news:
             log.error("replica %d died (%s); moving its paths to live replicas", r, cause)
             self.alive[r] = False
             self.deaths.append({"replica": r, "cause": cause[:300], "t": round(when, 3)})
-        self.live()  # raises when none is left
         for key, owner in list(self.assign.items()):
-            if owner == r:
-                target = self._least_loaded()
-                self.assign[key] = target
-                self.load[target] += 1
-                self.load[r] -= 1
-                self.holder.pop(key, None)
-                self.moved += 1
+            if owner == r and self.any_alive():
+                self.route(key)
+        return news

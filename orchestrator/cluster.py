@@ -35,14 +35,41 @@ from .errors import ClusterError, DeadlineError, EngineError, RunFailed, first_l
 
 log = logging.getLogger(__name__)
 
+# Actor and placement-group names end in these; each run prefixes its own id (`run_prefix`), so
+# two runs on one cluster, even in one namespace, never collide, and an operator still finds a
+# run's actors by suffix (`find_actor`, or `ray list actors`).
 REPLICA_NAME = "leap-replica-{}"
 COORDINATOR_NAME = "leap-coordinator"
-NAMESPACE = "orchestrator"
+PLACEMENT_NAME = "leap-replicas"
 COORDINATOR_CPUS = 1
 
 # placement groups and start-up calls made by `create_replicas`, for `start_coordinator` and
 # `await_replicas` (one driver per process)
 _placed: dict = {}
+
+
+def run_prefix() -> str:
+    """This driver's run id, the prefix of its actors' names (one per driver process)."""
+    if "prefix" not in _placed:
+        import uuid
+
+        _placed["prefix"] = uuid.uuid4().hex[:8]
+    return _placed["prefix"]
+
+
+def actor_name(suffix: str) -> str:
+    return f"{run_prefix()}-{suffix}"
+
+
+def find_actor(suffix: str, namespace: str):
+    """The handle of a live actor in `namespace` whose name ends in `suffix` (any run), for
+    operators and tests. Asks the GCS, so it works without the dashboard."""
+    import ray
+
+    for a in ray.util.list_named_actors(all_namespaces=True):
+        if a["namespace"] == namespace and a["name"].endswith(suffix):
+            return ray.get_actor(a["name"], namespace=namespace)
+    raise ValueError(f"no live actor named *{suffix} in namespace {namespace}")
 
 
 # -- model ------------------------------------------------------------------------------------
@@ -144,7 +171,7 @@ def _start_local(cfg: Config) -> dict:
                    "starting a local Ray took more than 3 minutes; is the machine overloaded, or is /tmp full?",
                    DeadlineError):
         # address="local": a new private instance even when `ray start` left one running here
-        ray.init(address="local", num_cpus=num_cpus, num_gpus=cfg.ray.num_gpus, namespace=NAMESPACE,
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=cfg.ray.num_gpus, namespace=cfg.ray.namespace,
                  include_dashboard=False, log_to_driver=True)
     _placed["mode"] = "local"
     return {"mode": "local", "address": None}
@@ -157,7 +184,7 @@ def _join_auto(cfg: Config) -> dict:
     try:
         with _watchdog(timeout, f"ray.address=auto: could not join the Ray running on this machine within "
                                 f"ray.connect_timeout_s={timeout:g} s"):
-            ray.init(address="auto", namespace=NAMESPACE, log_to_driver=True)
+            ray.init(address="auto", namespace=cfg.ray.namespace, log_to_driver=True)
     except ConnectionError as exc:
         raise ClusterError(f"ray.address=auto: no running Ray instance was found on this machine "
                            f"({first_lines(exc, 1)}). Start one with `ray start --head`, give the cluster's "
@@ -185,7 +212,7 @@ def _join(cfg: Config, address: str, source: str) -> dict:
                                 f"{host}:{port} but ray.init did not finish within ray.connect_timeout_s="
                                 f"{timeout:g} s. Is that the head's GCS port (6379 by default; ray:// for "
                                 f"Ray Client, 10001), and is the Ray version the same on both sides?"):
-            ray.init(address=address, namespace=NAMESPACE, log_to_driver=True)
+            ray.init(address=address, namespace=cfg.ray.namespace, log_to_driver=True)
     except ClusterError:
         raise
     except Exception as exc:  # version mismatch, authentication, a port that is not Ray's ...
@@ -380,7 +407,6 @@ def create_replicas(cfg: Config, model: str):
     Returns (replica handles, placement group)."""
     import ray
     from ray.util.placement_group import placement_group, remove_placement_group
-    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     rc = cfg.replicas
     total = ray.cluster_resources()
@@ -402,11 +428,12 @@ def create_replicas(cfg: Config, model: str):
     coordinator_bundle = {"CPU": COORDINATOR_CPUS}
     groups = []
     if rc.strategy == "STRICT_SPREAD":  # the coordinator need not take a node of its own
-        groups.append(placement_group(bundles, strategy=rc.strategy, name="leap-replicas"))
-        groups.append(placement_group([coordinator_bundle], strategy="PACK", name="leap-coordinator"))
+        groups.append(placement_group(bundles, strategy=rc.strategy, name=actor_name(PLACEMENT_NAME)))
+        groups.append(placement_group([coordinator_bundle], strategy="PACK", name=actor_name(COORDINATOR_NAME)))
         coord_at = (groups[1], 0)
     else:
-        groups.append(placement_group(bundles + [coordinator_bundle], strategy=rc.strategy, name="leap-replicas"))
+        groups.append(placement_group(bundles + [coordinator_bundle], strategy=rc.strategy,
+                                      name=actor_name(PLACEMENT_NAME)))
         coord_at = (groups[0], rc.count)
     t0 = time.monotonic()
     if not _wait_placed(groups, rc.placement_timeout_s, bundle):
@@ -425,28 +452,51 @@ def create_replicas(cfg: Config, model: str):
             f"replicas.placement_timeout_s.")
     placing_s = time.monotonic() - t0
     pg = groups[0]
-    cls = ray.remote(replica_class(cfg.engine.kind))
     replicas, starts = [], []
     for i in range(rc.count):
-        handle = cls.options(
-            name=REPLICA_NAME.format(i), namespace=NAMESPACE,
-            num_cpus=rc.cpus_per_replica, num_gpus=gpus, max_concurrency=1000,
-            scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
-            # vLLM logs every step of its start-up at INFO; keep the driver's console readable
-            runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}},
-        ).remote(i, model, engine_options(cfg), cfg.leap.seed + i)
+        handle = _replica_actor(cfg, model, pg, i, gpus)
         replicas.append(handle)
-        starts.append(_start_call(handle))
+        starts.append(handle.start.remote())
     _placed.update(groups=groups, coordinator_at=coord_at, starts=starts, placing_s=placing_s,
-                   replicas=replicas, model=model)
+                   replicas=replicas, model=model, gpus=gpus)
     return replicas, pg
 
 
-def _start_call(handle):
-    try:
-        return handle.start.remote()
-    except AttributeError:  # a replica class without start(): info() answers once it is up
-        return handle.info.remote()
+def _replica_actor(cfg: Config, model: str, pg, i: int, gpus: float):
+    """Replica i's actor in bundle i of the run's placement group (named, not yet started)."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    rc = cfg.replicas
+    options = dict(
+        name=actor_name(REPLICA_NAME.format(i)), namespace=cfg.ray.namespace,
+        num_cpus=rc.cpus_per_replica, num_gpus=gpus, max_concurrency=1000,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i),
+        # vLLM logs every step of its start-up at INFO; keep the driver's console readable
+        runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}},
+    )
+    return _create_named(ray.remote(replica_class(cfg.engine.kind)).options(**options),
+                         (i, model, engine_options(cfg), cfg.leap.seed + i))
+
+
+def _create_named(actor_cls, args: tuple = (), kwargs: dict | None = None, wait_s: float = 15.0):
+    """Create a named actor; a dead predecessor's name can take a moment to be released."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return actor_cls.remote(*args, **(kwargs or {}))
+        except ValueError as exc:
+            if "already" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def replace_replica(cfg: Config, i: int):
+    """A new replica i, in bundle i of the run's placement group (Ray places a bundle lost with
+    its node again once the cluster has room), with its start under way; returns (handle, the
+    start call's ref)."""
+    handle = _replica_actor(cfg, _placed["model"], _placed["groups"][0], i, _placed.get("gpus", 0))
+    return handle, handle.start.remote()
 
 
 def _wait_placed(groups: list, timeout: float, bundle: dict) -> bool:
@@ -495,7 +545,7 @@ def await_replicas(cfg: Config, replicas: list) -> list[dict]:
     timeout = cfg.replicas.start_timeout_s
     starts = _placed.get("starts")
     if not starts or len(starts) != len(replicas):
-        starts = [_start_call(r) for r in replicas]
+        starts = [r.start.remote() for r in replicas]
     _placed["starts"] = None
     index = {ref: i for i, ref in enumerate(starts)}
     infos: list[dict | None] = [None] * len(replicas)
@@ -564,9 +614,10 @@ def _engine_failed(cfg: Config, i: int, exc: BaseException) -> str:
 
 # -- coordinator -------------------------------------------------------------------------------
 def start_coordinator(cfg: Config, replicas: list, model: str, points, prompts, sampling, pg=None,
-                      bundle_index: int | None = None):
+                      bundle_index: int | None = None, epoch: int = 1, dead: list[int] | None = None):
     """Create the coordinator actor in the CPU bundle reserved for it. Called again by the
-    driver when a coordinator dies (the bundle is free again by then)."""
+    driver when a coordinator dies (the bundle is free again by then), with the next `epoch`
+    (replicas refuse requests of earlier coordinators) and the replicas known to be `dead`."""
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -577,22 +628,18 @@ def start_coordinator(cfg: Config, replicas: list, model: str, points, prompts, 
     elif pg is not None and bundle_index is None:
         at = _placed.get("coordinator_at")
         bundle_index = at[1] if at is not None and at[0] is pg else cfg.replicas.count
-    options = dict(name=COORDINATOR_NAME, namespace=NAMESPACE, num_cpus=COORDINATOR_CPUS,
+    options = dict(name=actor_name(COORDINATOR_NAME), namespace=cfg.ray.namespace, num_cpus=COORDINATOR_CPUS,
                    max_concurrency=1000, max_restarts=0)
     if pg is not None:
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=bundle_index)
     rc = cfg.replicas
-    args = (replicas, "fake" if cfg.engine.kind == "fake" else model, points, prompts, sampling)
+    args = (list(replicas), "fake" if cfg.engine.kind == "fake" else model, points, prompts, sampling)
     kwargs = dict(placement=rc.placement, max_groups_in_flight=rc.max_groups_in_flight,
-                  embed_model=cfg.leap.embedding_model, schedule=rc.schedule, oversubscribe=oversubscription(cfg))
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            return ray.remote(Coordinator).options(**options).remote(*args, **kwargs)
-        except ValueError as exc:  # the dead one's name is not released yet
-            if "already" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+                  embed_model=cfg.leap.embedding_model, schedule=rc.schedule, oversubscribe=oversubscription(cfg),
+                  epoch=epoch, dead=list(dead or []), unavailable_retry_s=rc.unavailable_retry_s,
+                  request_timeout={"floor_s": rc.request_timeout_floor_s, "factor": rc.request_timeout_factor},
+                  replica_wait_s=(rc.placement_timeout_s + rc.start_timeout_s) if rc.max_replacements else None)
+    return _create_named(ray.remote(Coordinator).options(**options), args, kwargs)
 
 
 def await_coordinator(cfg: Config, coordinator, ref=None) -> dict:
@@ -614,10 +661,11 @@ def await_coordinator(cfg: Config, coordinator, ref=None) -> dict:
 
 
 def restart_coordinator(cfg: Config, replicas: list, model: str, points, prompts, sampling, capacity: list[int],
-                        recovery, cause: BaseException, old=None):
+                        recovery, cause: BaseException, old=None, dead: list[int] | None = None):
     """A new coordinator after the last one died: in the bundle reserved for it, with the
-    replicas' capacity, given every group still out, each from its latest checkpoint. Raises
-    RunFailed once `replicas.coordinator_restarts` new ones have been started."""
+    replicas' capacity, given every group still out, each from its latest checkpoint. The live
+    replicas are fenced first: what the dead coordinator still has running there can no longer
+    change a path. Raises RunFailed once `replicas.coordinator_restarts` new ones were started."""
     import ray
 
     limit = cfg.replicas.coordinator_restarts
@@ -627,11 +675,10 @@ def restart_coordinator(cfg: Config, replicas: list, model: str, points, prompts
                         f"are saved: rerun the same command to continue")
     t0 = time.monotonic()
     if old is not None:  # make sure it is gone, and its name free
-        try:
-            ray.kill(old)
-        except Exception:
-            pass
-    coordinator = start_coordinator(cfg, replicas, model, points, prompts, sampling)
+        kill(old)
+    epoch = len(recovery.restarts) + 2  # the first coordinator is generation 1
+    fence(replicas, epoch, skip=dead or [])
+    coordinator = start_coordinator(cfg, replicas, model, points, prompts, sampling, epoch=epoch, dead=dead)
     await_coordinator(cfg, coordinator)
     answer(coordinator.set_capacity.remote(list(capacity)), "the new coordinator (set_capacity)")
     items = recovery.pending()
@@ -644,19 +691,34 @@ def restart_coordinator(cfg: Config, replicas: list, model: str, points, prompts
     return coordinator
 
 
+def fence(replicas: list, epoch: int, skip: list[int], timeout: float = 30.0) -> None:
+    """Tell every live replica that coordinator generation `epoch` took over. Best effort: a
+    replica that misses it still refuses old requests once the new coordinator reaches it."""
+    import ray
+
+    refs = {i: r.fence.remote(epoch) for i, r in enumerate(replicas) if i not in skip}
+    for i, ref in refs.items():
+        try:
+            stopped = ray.get(ref, timeout=timeout)
+            if stopped:
+                log.info("replica %d: %d request(s) of the dead coordinator stopped", i, stopped)
+        except Exception as exc:  # a dead or stuck replica: the new coordinator will find out
+            log.warning("replica %d could not be fenced (%s)", i, type(exc).__name__)
+
+
 def coordinator_died(exc: BaseException) -> bool:
-    """Did this call fail because the coordinator actor is gone (killed, crashed, its node lost)?"""
-    try:
-        from ray.exceptions import ActorDiedError, RayActorError
-    except ImportError:  # pragma: no cover
-        return False
-    try:
-        from ray.exceptions import ActorUnavailableError
-    except ImportError:  # pragma: no cover
-        ActorUnavailableError = ()  # noqa: N806
-    if ActorUnavailableError and isinstance(exc, ActorUnavailableError):
-        return False  # for a moment unreachable, not gone: the driver polls again
-    return isinstance(exc, (ActorDiedError, RayActorError))
+    """Did this call fail because the coordinator actor is gone (killed, crashed, its node lost)?
+    A coordinator unreachable for a moment (`ActorUnavailableError`) is not: see `unavailable`."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+
+    return isinstance(exc, RayActorError) and not isinstance(exc, ActorUnavailableError)
+
+
+def unavailable(exc: BaseException) -> bool:
+    """A network blip: the actor is alive but could not be reached; worth a retry."""
+    from ray.exceptions import ActorUnavailableError
+
+    return isinstance(exc, ActorUnavailableError)
 
 
 def teardown(handles: list, groups: list | None = None) -> None:
@@ -668,10 +730,7 @@ def teardown(handles: list, groups: list | None = None) -> None:
     from ray.util.placement_group import remove_placement_group
 
     for handle in handles:
-        try:
-            ray.kill(handle)
-        except Exception:
-            pass
+        kill(handle)
     for pg in groups if groups is not None else _placed.get("groups", []):
         try:
             remove_placement_group(pg)
@@ -684,3 +743,13 @@ def teardown(handles: list, groups: list | None = None) -> None:
             ray.shutdown()
         except Exception:
             pass
+
+
+def kill(handle) -> None:
+    """Kill an actor for good; one already gone is fine."""
+    import ray
+
+    try:
+        ray.kill(handle, no_restart=True)
+    except Exception as exc:  # already dead, or its node is gone
+        log.debug("kill: %s", exc)

@@ -6,6 +6,7 @@ raises `ConfigError` naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -124,6 +125,20 @@ class ReplicasConfig:
     placement_timeout_s: float = 300
     start_timeout_s: float = 1200
     coordinator_restarts: int = 3  # new coordinators the driver starts when one dies, per run
+    # A request to a replica that has not answered within max(floor, factor x its tokens x the
+    # slowest recent seconds-per-token on that replica) means a replica alive but stuck (an
+    # engine or NCCL hang): it is killed and its paths move. Queueing in a busy engine counts in
+    # what is measured, so the deadline grows with the load.
+    request_timeout_floor_s: float = 600
+    request_timeout_factor: float = 10
+    # A replica unreachable for a moment (ActorUnavailableError: a network blip) is retried with
+    # backoff this long before it is given up as dead.
+    unavailable_retry_s: float = 30
+    # New replicas started in place of dead ones (in the dead one's placement bundle, which Ray
+    # places again when the cluster has room), per run; 0: never replace. Meanwhile the run goes
+    # on with fewer; with none left, paths wait for a replacement (placement_timeout_s +
+    # start_timeout_s at most).
+    max_replacements: int = 8
 
 
 @dataclass
@@ -135,6 +150,9 @@ class RayConfig:
     address: str = ""
     num_cpus: Optional[int] = None  # local Ray only
     num_gpus: Optional[int] = None  # local Ray only (a number on a CPU machine fakes GPUs)
+    # Ray namespace of the run's actors. Actor and placement-group names also carry a per-run
+    # prefix (`<run_id>-leap-replica-<i>`, `<run_id>-leap-coordinator`), so runs sharing a
+    # cluster, even in one namespace, never collide.
     namespace: str = "orchestrator"
     # Joining a cluster (ray.address set) must succeed within this many seconds, or the run stops
     # naming the address: a TCP probe of the address first, then ray.init under the same deadline.
@@ -349,10 +367,16 @@ def check_cluster_keys(cfg: Config) -> None:
     """Deadlines are positive; `ray.address` has a shape Ray can join."""
     for key, value in (("replicas.placement_timeout_s", cfg.replicas.placement_timeout_s),
                        ("replicas.start_timeout_s", cfg.replicas.start_timeout_s),
+                       ("replicas.request_timeout_floor_s", cfg.replicas.request_timeout_floor_s),
+                       ("replicas.request_timeout_factor", cfg.replicas.request_timeout_factor),
+                       ("replicas.unavailable_retry_s", cfg.replicas.unavailable_retry_s),
                        ("ray.connect_timeout_s", cfg.ray.connect_timeout_s)):
         if not (isinstance(value, (int, float)) and value > 0):
             raise ConfigError(f"{key}={value!r} must be a number of seconds > 0")
     _positive("replicas.coordinator_restarts", cfg.replicas.coordinator_restarts, minimum=0)
+    _positive("replicas.max_replacements", cfg.replicas.max_replacements, minimum=0)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", cfg.ray.namespace or ""):
+        raise ConfigError(f"ray.namespace={cfg.ray.namespace!r} must be 1-64 letters, digits, '_', '.' or '-'")
     address = (cfg.ray.address or "").strip()
     if address.startswith(("http://", "https://")):
         raise ConfigError(f"ray.address={address!r} is a dashboard / Ray Jobs address; the driver joins a "
@@ -379,8 +403,6 @@ def model_kind(spec: str) -> str:
         return "builtin"
     if spec.startswith(("/", "./", "../", "~", ".\\", "..\\")) or spec in (".", "..") or Path(spec).expanduser().exists():
         return "local"
-    import re
-
     if re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?", spec) and ".." not in spec and not spec.endswith("."):
         return "hub"
     return "local"  # a path shape that is no hub id: it must exist here

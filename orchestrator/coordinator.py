@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from .assign import ReplicaPool
 from .core.group import CheckpointError, Group, LeapParams
 from .core.prompts import PromptSet
-from .core.types import GenRequest, GenResult, PathStateMissing, Problem, ReplicaDead, SamplingSpec
+from .core.types import GenRequest, GenResult, PathStateMissing, Problem, ReplicaDead, SamplingSpec, StaleRequest
 from .engines import node_id
 from .engines.tokenizer import load_tokenizer, render_prompt
 from .telemetry import Telemetry
@@ -75,16 +75,6 @@ class _Timing:
     last_result: float | None = None
 
 
-def _is_replica_death(exc: BaseException) -> bool:
-    if isinstance(exc, ReplicaDead):
-        return True
-    try:
-        from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
-    except ImportError:  # in-process simulation
-        return False
-    return isinstance(exc, (RayActorError, ActorDiedError, ActorUnavailableError))
-
-
 class Coordinator:
     def __init__(
         self,
@@ -99,6 +89,11 @@ class Coordinator:
         schedule: str = "leap",
         oversubscribe: float = 1.5,
         capacity: list[int] | None = None,
+        epoch: int = 0,
+        request_timeout: dict | None = None,
+        unavailable_retry_s: float = 30.0,
+        replica_wait_s: float | None = None,
+        dead: list[int] | None = None,
     ):
         if schedule not in SCHEDULES:
             raise ValueError(f"replicas.schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -135,6 +130,16 @@ class Coordinator:
         self.wake = asyncio.Event()  # binds to the running loop at first use
         self.node = node_id()
         self.tm = Telemetry("coordinator")  # Ray metrics; a no-op outside Ray
+        # fault handling: this coordinator's generation (replicas refuse requests of earlier
+        # ones), request deadlines, retries of a replica unreachable for a moment, and how long
+        # paths wait for a replacement when no replica is left
+        self.epoch = int(epoch)
+        self.deadline = RequestDeadline(**(request_timeout or {}))
+        self.unavailable_retry_s = float(unavailable_retry_s)
+        self.replica_wait_s = replica_wait_s
+        self.revived = asyncio.Event()
+        for r in dead or []:  # known dead before this coordinator started (a restart)
+            self.pool.alive[r] = False
         self.init_s = time.perf_counter() - t0
 
     # -- driver API ---------------------------------------------------------------------------
@@ -146,6 +151,16 @@ class Coordinator:
     async def set_capacity(self, capacity: list[int]) -> None:
         """Each replica's concurrent-sequence capacity (from its `info()`), once they are up."""
         self.capacity = [max(1, int(c)) for c in capacity]
+        self._admit()
+
+    async def add_replica(self, r: int, handle, capacity: int) -> None:
+        """A new replica (started by the driver) takes the place of dead replica r; paths that
+        waited for a live replica go on."""
+        self.replicas[r] = handle
+        if self.capacity:
+            self.capacity[r] = max(1, int(capacity))
+        self.pool.revive(r)
+        self.revived.set()
         self._admit()
 
     async def submit(self, items: list[tuple]) -> int:
@@ -326,7 +341,7 @@ class Coordinator:
 
     async def _drop(self, r: int, keys: list[str]) -> None:
         try:
-            await self.replicas[r].drop.remote(keys)
+            await self.replicas[r].drop.remote(keys, self.epoch)
         except Exception as exc:  # freeing memory is best effort
             log.debug("could not drop paths on replica %d: %s", r, exc)
 
@@ -441,33 +456,175 @@ class Coordinator:
         self._admit()
 
     async def _send(self, group: Group, req: GenRequest) -> GenResult:
+        """Send one request to the path's replica and return its result. A replica that dies,
+        stays unreachable past `unavailable_retry_s`, or overruns the request's deadline is
+        retired (and killed) and the request goes to another; with none alive it waits for a
+        replacement (`add_replica`) at most `replica_wait_s`."""
         key = req.path_key
+        req.epoch = self.epoch
         if self.timing.first_send is None:
             self.timing.first_send = time.time()
-        for _attempt in range(len(self.replicas) + 2):
-            r = self.pool.assign[key]
+        lost = 0
+        while True:
+            r = await self._route(key)
             req.full = group.full_tokens(key) if self.pool.needs_full(key) else None
             try:
-                res: GenResult = await self.replicas[r].generate.remote(req)
+                res: GenResult = await self._call(r, req)
             except PathStateMissing:
                 self.pool.forget(key)  # e.g. a restarted actor: send everything again
-                continue
-            except Exception as exc:
-                if not _is_replica_death(exc):
-                    raise
-                moved = self.pool.moved
-                self.pool.died(r, f"{type(exc).__name__}: {exc}", time.time())
-                self.tm.failover(self.pool.moved - moved)
+                lost += 1
+            except _ReplicaLost as exc:
+                self._retire(r, str(exc))
                 group.replica_lost(key)
-                continue
-            self.pool.served(key, r)
-            req.full = None
-            self.sampled_tokens += len(res.token_ids)
-            self.prompt_tokens += res.prompt_tokens
-            self.cached_tokens += res.cached_tokens
-            self.tm.result(len(res.token_ids), res.prompt_tokens, res.cached_tokens, replica=res.replica)
+                lost += 1
+            else:
+                break
+            if lost > 3 * len(self.replicas) + 3:
+                raise ReplicaDead(f"path {key}: {lost} replicas failed to serve it")
+        self.pool.served(key, r)
+        req.full = None
+        self.sampled_tokens += len(res.token_ids)
+        self.prompt_tokens += res.prompt_tokens
+        self.cached_tokens += res.cached_tokens
+        self.tm.result(len(res.token_ids), res.prompt_tokens, res.cached_tokens, replica=res.replica)
+        return res
+
+    async def _route(self, key: str) -> int:
+        """The live replica for `key`; with none alive, wait for a replacement (bounded)."""
+        if not self.pool.any_alive():
+            wait = self.replica_wait_s
+            if not wait:
+                raise ReplicaDead("no live replica left")
+            t0 = time.monotonic()
+            while not self.pool.any_alive():
+                left = wait - (time.monotonic() - t0)
+                if left <= 0:
+                    raise ReplicaDead(f"no live replica left, and none replaced the dead ones within {wait:g} s")
+                self.revived.clear()
+                try:
+                    await asyncio.wait_for(self.revived.wait(), min(left, 5.0))
+                except asyncio.TimeoutError:
+                    pass
+        return self.pool.route(key)
+
+    async def _call(self, r: int, req: GenRequest) -> GenResult:
+        """One `generate` on replica r, within its deadline; transient unavailability is
+        retried with backoff. Raises `_ReplicaLost` when the replica must be given up."""
+        backoff, waited = 0.25, 0.0
+        tokens = req.max_tokens + len(req.append)
+        while True:
+            t0 = time.monotonic()
+            task = asyncio.ensure_future(_awaitable(self.replicas[r].generate.remote(req)))
+            try:
+                res = await self._within_deadline(task, r, tokens, t0)
+            except asyncio.TimeoutError:
+                raise _ReplicaLost(f"no answer to a {req.kind} request of {req.max_tokens} tokens within "
+                                   f"{self.deadline.seconds(r, tokens):.0f} s (replicas.request_timeout_floor_s, "
+                                   f"replicas.request_timeout_factor): alive but stuck") from None
+            except (PathStateMissing, StaleRequest):
+                raise
+            except Exception as exc:
+                kind = _failure_kind(exc)
+                if kind == "unavailable" and waited < self.unavailable_retry_s and self.pool.alive[r]:
+                    log.warning("replica %d unavailable (%s); retrying in %.2f s", r, type(exc).__name__, backoff)
+                    await asyncio.sleep(backoff)
+                    waited += backoff
+                    backoff = min(backoff * 2, 8.0)
+                    continue
+                if kind is None:
+                    raise
+                raise _ReplicaLost(f"{type(exc).__name__}: {exc}") from None
+            self.deadline.observe(r, time.monotonic() - t0, len(res.token_ids))
             return res
-        raise ReplicaDead(f"path {key}: no replica could serve it")
+
+    async def _within_deadline(self, task: asyncio.Future, r: int, tokens: int, t0: float):
+        """Await `task`; the deadline is looked at again every few seconds, since what other
+        requests measure meanwhile may lengthen (or first set) it."""
+        if self.deadline.floor_s is None:
+            return await task
+        try:
+            while True:
+                left = t0 + self.deadline.seconds(r, tokens) - time.monotonic()
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                done, _ = await asyncio.wait({task}, timeout=min(left, 5.0))
+                if done:
+                    return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+
+    def _retire(self, r: int, cause: str) -> None:
+        """Replica r is lost: its paths move; a replica that is alive but stuck is killed, so
+        that it frees its resources and its slot can be given to a replacement."""
+        moved = self.pool.moved
+        if self.pool.died(r, cause, time.time()):
+            _kill(self.replicas[r])
+        self.tm.failover(self.pool.moved - moved)
+
+
+class _ReplicaLost(Exception):
+    """A replica can no longer be used (dead, unreachable, or past a request's deadline)."""
+
+
+def _failure_kind(exc: BaseException) -> str | None:
+    """'unavailable' for a replica unreachable for a moment (a network blip: worth a retry),
+    'dead' for a replica that is gone, None for any other failure (the request's own)."""
+    if isinstance(exc, ReplicaDead):
+        return "dead"
+    try:
+        from ray.exceptions import ActorUnavailableError, RayActorError
+    except ImportError:  # in-process simulation
+        return None
+    if isinstance(exc, ActorUnavailableError):  # a subclass of RayActorError: test it first
+        return "unavailable"
+    if isinstance(exc, RayActorError):
+        return "dead"
+    return None
+
+
+async def _awaitable(ref):
+    return await ref
+
+
+def _kill(handle) -> None:
+    """Kill a Ray actor (no restart); in-process handles have nothing to kill."""
+    try:
+        import ray
+        from ray.actor import ActorHandle
+    except ImportError:
+        return
+    if isinstance(handle, ActorHandle):
+        try:
+            ray.kill(handle, no_restart=True)
+        except Exception as exc:  # already gone: nothing to free
+            log.debug("kill: %s", exc)
+
+
+class RequestDeadline:
+    """How long a request may take on a replica: `factor` x its tokens x the slowest recent
+    seconds-per-token seen on that replica (on any replica before it has served one), and never
+    less than `floor_s`. Queueing inside a busy engine is part of what is measured, so a busy
+    replica gets a longer deadline. `floor_s` None: no deadline (in-process simulation)."""
+
+    def __init__(self, floor_s: float | None = None, factor: float = 10.0, window: int = 32):
+        self.floor_s = floor_s
+        self.factor = factor
+        self.recent: dict[int, deque] = {}
+        self.window = window
+
+    def observe(self, r: int, seconds: float, tokens: int) -> None:
+        # a short answer that waited in a queue would claim a huge per-token time: count at
+        # least 32 tokens
+        self.recent.setdefault(r, deque(maxlen=self.window)).append(seconds / max(tokens, 32))
+
+    def seconds(self, r: int, tokens: int) -> float | None:
+        if self.floor_s is None:
+            return None
+        seen = self.recent.get(r) or [x for d in self.recent.values() for x in d]
+        if not seen:  # nothing measured anywhere yet (the first wave): generous, still bounded
+            return 4 * self.floor_s
+        return max(self.floor_s, self.factor * tokens * max(seen))
 
 
 def _rss_bytes() -> int:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
 
 from omegaconf import OmegaConf
@@ -25,6 +27,7 @@ from .core.prompts import load_prompts
 from .core.types import Problem
 from .data import DatasetError, load_problems
 from .errors import DeadlineError, RunFailed
+from .replacement import Replacements
 from .results import ResultStore
 
 log = logging.getLogger(__name__)
@@ -98,8 +101,15 @@ def _matched_items(store: ResultStore, points, later: list[tuple[str, Problem]])
 
 
 def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore, recovery: Recovery) -> dict:
+    with _Interrupts():
+        return _groups(cfg, points, prompts, phases, total, store, recovery)
+
+
+def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore, recovery: Recovery) -> dict:
     """Run the phases' groups on fresh replicas; returns the run's timing and fault record. A
-    coordinator that dies is replaced, and given every group it had, from their checkpoints."""
+    coordinator that dies is replaced, and given every group it had, from their checkpoints; a
+    replica that dies is replaced when the cluster has room. Ctrl-C (or SIGTERM) stops the run
+    within seconds, checkpoints kept; a second one exits at once."""
     import ray
 
     from . import cluster
@@ -114,9 +124,12 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
     facts["model_prepare_s"] = round(time.monotonic() - t0, 3)
     starting = console.begin(f"starting Ray and {cfg.replicas.count} {cfg.engine.kind} replica(s)")
     facts["ray"] = cluster.init_ray(cfg)
+    facts["run_id"] = cluster.run_prefix()  # actors are named <run_id>-leap-replica-<i>, ...
+    facts["namespace"] = cfg.ray.namespace
     facts["oversubscribe"] = oversubscription(cfg)  # the value applied (null resolves by engine)
     grader = Grader()
     replicas, pg = cluster.create_replicas(cfg, model)
+    replaced = Replacements(cfg, replicas)
     # the coordinator loads its tokenizer and prompts while the engines load
     t_coord = time.monotonic()
     sampling = sampling_spec(cfg)
@@ -125,16 +138,36 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
     failed: list[str] = []
     bar = None
     capacity: list[int] = []
-    deaths: dict[int, dict] = {}  # replica deaths seen by any coordinator, first report kept
     moved_before = 0  # paths moved by coordinators that have since died
     progress: dict = {}
+    interrupted = False
 
     def replace_coordinator(exc: BaseException):
         nonlocal coordinator, moved_before, progress
         moved_before += progress.get("failovers", 0)
         progress = {}
         coordinator = cluster.restart_coordinator(cfg, replicas, model, points, prompts, sampling, capacity,
-                                                  recovery, exc, old=coordinator)
+                                                  recovery, exc, old=coordinator, dead=replaced.dead())
+
+    def ask(method: str, *args):
+        """A call to the coordinator that survives it: unreachable for a moment, it is retried
+        with backoff (replicas.unavailable_retry_s); dead, or unreachable for longer, it is
+        replaced (and the call's answer is None)."""
+        backoff, waited = 0.25, 0.0
+        while True:
+            try:
+                return cluster.answer(getattr(coordinator, method).remote(*args), f"the coordinator ({method})")
+            except Exception as exc:
+                if cluster.unavailable(exc) and waited < cfg.replicas.unavailable_retry_s:
+                    log.warning("the coordinator is unreachable (%s); retrying in %.2f s", type(exc).__name__, backoff)
+                    time.sleep(backoff)
+                    waited, backoff = waited + backoff, min(backoff * 2, 8.0)
+                    continue
+                if not (cluster.coordinator_died(exc) or cluster.unavailable(exc)):
+                    raise
+                replace_coordinator(exc)
+                return None
+
     try:
         t_start = time.monotonic()
         infos = cluster.await_replicas(cfg, replicas)
@@ -154,23 +187,14 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
             if not items:
                 continue
             items = recovery.attach(items)
-            try:
-                cluster.answer(coordinator.submit.remote(items), "the coordinator (submit)")
-            except Exception as exc:
-                if not cluster.coordinator_died(exc):
-                    raise
-                replace_coordinator(exc)
+            ask("submit", items)  # a coordinator replaced meanwhile was given them from `recovery`
             while True:
-                try:
-                    update = cluster.answer(coordinator.poll.remote(1.0), "the coordinator (poll)")
-                except Exception as exc:
-                    if not cluster.coordinator_died(exc):
-                        raise
-                    replace_coordinator(exc)
+                update = ask("poll", 1.0)
+                if update is None:  # a new coordinator took over: poll it
                     continue
                 progress = update["progress"]
-                for d in progress.get("replica_deaths", []):
-                    deaths.setdefault(d["replica"], d)
+                replaced.saw(progress.get("replica_deaths", []))
+                replaced.step(coordinator)
                 for point, problem_id, blob in update.get("checkpoints", []):
                     recovery.checkpoint(point, problem_id, blob)
                 for g in update["groups"]:
@@ -193,24 +217,62 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
             facts["coordinator"].update(ray.get(coordinator.stats.remote(), timeout=30))
         except Exception as exc:  # a replaced coordinator's figures are gone with it
             log.warning("coordinator stats unavailable: %s", exc)
-        for d in facts["coordinator"].get("replica_deaths", []):
-            deaths.setdefault(d["replica"], d)
+        replaced.saw(facts["coordinator"].get("replica_deaths", []), replace=False)
         facts["moved_paths"] = moved_before + facts["coordinator"].get("moved_paths", 0)
+    except KeyboardInterrupt:
+        interrupted = True
+        console.terminal().write("\nstopping: no new work; the actors are torn down and the checkpoints kept "
+                                 "(Ctrl-C again to exit at once)\n")
+        raise
     finally:
         if bar is not None:
             bar.close()
         t_tail = time.monotonic()
-        for g in grader.drain():  # groups that finished before a failure are saved
-            _write(store, recovery, g)
-        facts["replica_deaths"] = sorted(deaths.values(), key=lambda d: d["replica"])
+        if not interrupted:
+            for g in grader.drain():  # groups that finished before a failure are saved
+                _write(store, recovery, g)
+        facts.update(replaced.facts())
         facts["grading_tail_s"] = round(time.monotonic() - t_tail, 3)
         facts["grading_s"] = round(grader.busy_s, 3)
-        grader.close()
-        cluster.teardown([coordinator, *replicas])  # and the placement group(s)
+        grader.close(kill=interrupted)
+        cluster.teardown([coordinator, *replaced.handles()])  # and the placement group(s)
     if failed:
         raise RunFailed(f"{len(failed)} group(s) failed (finished groups and checkpoints are saved; rerun to "
                         f"retry): " + "; ".join(failed[:5]))
     return facts
+
+
+class _Interrupts:
+    """Ctrl-C and SIGTERM (`ray job stop`) during a run: the first raises KeyboardInterrupt in
+    the main thread, so the run stops admitting work and tears down within seconds with its
+    checkpoints kept; the second exits at once. Installed explicitly, since a process started
+    in the background by a shell inherits SIGINT ignored. Only the main thread can install."""
+
+    def __init__(self):
+        self.count = 0
+        self.previous: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._on_signal)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous.clear()
+        return False
+
+    def _on_signal(self, signum, frame) -> None:
+        self.count += 1
+        if self.count == 1:
+            raise KeyboardInterrupt
+        try:
+            console.terminal().write("\ninterrupted again: exiting now (the checkpoints are kept)\n")
+            console.terminal().flush()
+        finally:
+            os._exit(130)
 
 
 def _write(store: ResultStore, recovery: Recovery, g: dict) -> None:

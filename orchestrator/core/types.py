@@ -56,6 +56,10 @@ class GenRequest:
     min_tokens: int = 0  # EOS is not allowed before this many new tokens (0: no floor)
     kind: str = "segment"  # segment | summary | answer | force | floor (for logs and latency models)
     ignore_eos: bool = False  # generate exactly max_tokens (the benchmark's floor); stop strings off
+    # The coordinator generation that sent it. A replica that has seen a later one refuses the
+    # request (`StaleRequest`) and never lets it change a path's stored tokens: requests of a
+    # dead coordinator cannot overwrite what its successor continues from.
+    epoch: int = 0
 
 
 @dataclass
@@ -75,6 +79,11 @@ class GenResult:
 
 class PathStateMissing(Exception):
     """Raised by a replica asked to edit a path it does not hold and given no `full` tokens."""
+
+
+class StaleRequest(Exception):
+    """Raised by a replica for a request of an earlier coordinator generation (`GenRequest.epoch`
+    below the replica's fence); the request changed nothing on the replica."""
 
 
 class Replica(Protocol):
@@ -98,8 +107,12 @@ class Replica(Protocol):
 
     async def generate(self, request: GenRequest) -> GenResult: ...
 
-    async def drop(self, path_keys: list[str]) -> None:
-        """Forget finished paths' token state."""
+    async def drop(self, path_keys: list[str], epoch: int = 0) -> None:
+        """Forget finished paths' token state (ignored when `epoch` is below the fence)."""
+
+    async def fence(self, epoch: int) -> int:
+        """A new coordinator generation took over: refuse requests of earlier ones from now on,
+        and stop (abort) those still running. Returns how many were stopped."""
 
     async def info(self) -> dict:
         """Static facts: replica index, node id, model, max_model_len."""

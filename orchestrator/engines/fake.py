@@ -26,7 +26,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, fields
 
 from ..core.rng import stable_int
-from ..core.types import GenRequest, GenResult, PathStateMissing
+from ..core.types import GenRequest, GenResult, PathStateMissing, StaleRequest
 from . import node_id
 from ..telemetry import Telemetry
 from .tokenizer import FakeTokenizer
@@ -174,6 +174,8 @@ class FakeReplica:
         self.node = node_id()
         self.tm = Telemetry("replica", replica=index)  # Ray metrics; a no-op outside Ray
         self.running = 0
+        self.epoch = 0  # the latest coordinator generation seen (`fence`)
+        self.inflight: Counter = Counter()  # running requests per coordinator generation
         self._offset: float | None = None  # epoch - loop clock, fixed at first use
         self._reset_counters()
 
@@ -190,10 +192,18 @@ class FakeReplica:
                 "startup": [{"name": "ready", "seconds": 0.0, "done": True}],
                 "versions": {}, "gpu_names": [], "attention_backend": None, "per_request_seed": False}
 
-    async def drop(self, path_keys: list[str]) -> None:
+    async def drop(self, path_keys: list[str], epoch: int = 0) -> None:
+        if epoch < self.epoch:
+            return
         for key in path_keys:
             self.paths.pop(key, None)
             self.computed.pop(key, None)
+
+    async def fence(self, epoch: int) -> int:
+        """Refuse requests of coordinator generations before `epoch`. Those still running cannot
+        be cut short here; they are refused when they end, before they touch a path."""
+        self.epoch = max(self.epoch, int(epoch))
+        return sum(n for e, n in self.inflight.items() if e < self.epoch)
 
     async def ping(self) -> int:
         return self.served
@@ -240,6 +250,7 @@ class FakeReplica:
     # -- generation ----------------------------------------------------------------------------
     async def generate(self, req: GenRequest) -> GenResult:
         key = req.path_key
+        self._check_epoch(req)
         if req.full is not None:
             self.paths[key] = array("i", req.full)
         elif key not in self.paths:
@@ -247,6 +258,19 @@ class FakeReplica:
         tokens = self.paths[key][: req.keep]
         tokens.fromlist(list(req.append))
         self.paths[key] = tokens
+        self.inflight[req.epoch] += 1
+        try:
+            return await self._generate(req, key, tokens)
+        finally:
+            self.inflight[req.epoch] -= 1
+
+    def _check_epoch(self, req: GenRequest) -> None:
+        if req.epoch < self.epoch:
+            raise StaleRequest(f"replica {self.index}: request for {req.path_key} from coordinator generation "
+                               f"{req.epoch}, fenced at {self.epoch}")
+        self.epoch = req.epoch
+
+    async def _generate(self, req: GenRequest, key: str, tokens: array) -> GenResult:
         now = self._now()
         if self.first_request_t is None:
             self.first_request_t = now
@@ -276,6 +300,9 @@ class FakeReplica:
             finally:
                 self.running -= 1
                 self.tm.running_requests(self.running)
+            if req.epoch < self.epoch:  # a later coordinator took over while this one ran
+                raise StaleRequest(f"replica {self.index}: request for {key} outlived coordinator generation "
+                                   f"{req.epoch}")
         self.computed[key] = len(tokens) + max(len(new) - 1, 0)
         tokens.fromlist(new)
         self.served += 1

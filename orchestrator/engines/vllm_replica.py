@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from orchestrator.core.types import (
-    EngineStartError, GenRequest, GenResult, PathStateMissing, ReplicaDead,
+    EngineStartError, GenRequest, GenResult, PathStateMissing, ReplicaDead, StaleRequest,
 )
 from orchestrator.engines import node_id
 from orchestrator.telemetry import Telemetry
@@ -273,6 +273,8 @@ class VLLMReplica:
         self._imported_at: Optional[float] = None
         self._paths: dict[str, list[int]] = {}
         self._ids = itertools.count()
+        self.epoch = 0  # the latest coordinator generation seen (`fence`)
+        self._inflight: dict[str, int] = {}  # running request id -> its coordinator generation
         self.tm = Telemetry("replica", replica=self.index)  # Ray metrics; a no-op outside Ray
         self._reset_stats()
 
@@ -475,6 +477,7 @@ class VLLMReplica:
         if self.engine is None:  # used directly (no driver): start on first use, or wait for it
             await self.start()
         key = request.path_key
+        self._check_epoch(request)
         if request.full is not None:
             state = [int(t) for t in request.full]
         else:
@@ -524,6 +527,7 @@ class VLLMReplica:
         request_id = f"r{self.index}-{next(self._ids)}-{key}"
         final = None
         self._running_changed(+1)
+        self._inflight[request_id] = request.epoch
         try:
             if self.engine.errored:
                 raise ReplicaDead(f"replica {self.index}: engine is dead")
@@ -544,6 +548,10 @@ class VLLMReplica:
             raise RuntimeError(msg) from e
         finally:
             self._running_changed(-1)
+            self._inflight.pop(request_id, None)
+        if request.epoch < self.epoch:  # a later coordinator took over (and aborted it) meanwhile
+            raise StaleRequest(f"replica {self.index}: request {request_id} outlived coordinator "
+                               f"generation {request.epoch}")
         if final is None or not final.outputs:
             raise RuntimeError(f"replica {self.index}: request {request_id} returned no output")
 
@@ -567,9 +575,26 @@ class VLLMReplica:
         self._counted(len(prompt), len(new_ids), cached)
         return self._result(key, new_ids, str(comp.text), finish, stop_str, len(prompt), cached)
 
-    async def drop(self, path_keys: list[str]) -> None:
+    async def drop(self, path_keys: list[str], epoch: int = 0) -> None:
+        if epoch < self.epoch:
+            return
         for key in path_keys:
             self._paths.pop(key, None)
+
+    async def fence(self, epoch: int) -> int:
+        """Refuse requests of coordinator generations before `epoch` from now on, and abort
+        those still running in the engine (their GPU time is wasted: nobody reads them)."""
+        self.epoch = max(self.epoch, int(epoch))
+        stale = [rid for rid, e in self._inflight.items() if e < self.epoch]
+        if stale and self.engine is not None:
+            await self.engine.abort(stale)
+        return len(stale)
+
+    def _check_epoch(self, request: GenRequest) -> None:
+        if request.epoch < self.epoch:
+            raise StaleRequest(f"replica {self.index}: request for {request.path_key} from coordinator "
+                               f"generation {request.epoch}, fenced at {self.epoch}")
+        self.epoch = request.epoch
 
     async def info(self) -> dict:
         """Static facts. Called before `start()` by a direct user, it starts the engine first;

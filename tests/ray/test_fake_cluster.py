@@ -16,6 +16,7 @@ import pytest
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
+from orchestrator.cluster import find_actor  # noqa: E402
 from orchestrator.runner import run  # noqa: E402
 from tests.conftest import REPO, compose  # noqa: E402
 
@@ -163,12 +164,12 @@ def test_node_death_moves_paths_to_live_replicas(three_nodes, tmp_path):
     deadline = time.time() + 120
     while victim is None and time.time() < deadline:
         try:
-            coord = ray.get_actor("leap-coordinator", namespace="orchestrator")
+            coord = find_actor("leap-coordinator", "orchestrator")
             snap = ray.get(coord.snapshot.remote())
             if snap["sampled_tokens"] > 2000:
                 # a replica whose node does not also hold the coordinator (it has its own bundle)
                 for i in range(3):
-                    info = ray.get(ray.get_actor(f"leap-replica-{i}", namespace="orchestrator").info.remote())
+                    info = ray.get(find_actor(f"leap-replica-{i}", "orchestrator").info.remote())
                     node = next((n for n in workers if n.node_id == info["node"] and n.node_id != snap["node"]), None)
                     if node is not None:
                         victim, dead = node, i

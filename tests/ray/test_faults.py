@@ -279,7 +279,9 @@ def test_coordinator_killed_by_name_mid_run_the_run_completes(tmp_path):
             time.sleep(0.1)
         assert list((tmp_path / "checkpoints").glob("*/*.ckpt")), "no barrier was reached"
         assert not list((tmp_path / "parts").glob("*/*.parquet")), "a group finished before the kill"
-        ray.kill(ray.get_actor("leap-coordinator", namespace="orchestrator"))
+        from orchestrator.cluster import find_actor
+
+        ray.kill(find_actor("leap-coordinator", "orchestrator"))
         thread.join(timeout=120)
         assert not thread.is_alive() and "error" not in result, result.get("error")
     finally:
