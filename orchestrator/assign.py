@@ -61,10 +61,15 @@ class ReplicaPool:
     def _least_loaded(self) -> int:
         return min(self.live(), key=lambda i: (self.load[i], i))
 
+    def _least_loaded_slot(self) -> int:
+        """Least-loaded live replica; with none alive, any slot (`route` moves it later)."""
+        slots = [i for i, ok in enumerate(self.alive) if ok] or range(len(self.alive))
+        return min(slots, key=lambda i: (self.load[i], i))
+
     def place(self, keys: list[str]) -> None:
-        target = self._least_loaded() if self.placement == "pack" else None
+        target = self._least_loaded_slot() if self.placement == "pack" else None
         for key in keys:
-            r = target if target is not None else self._least_loaded()
+            r = target if target is not None else self._least_loaded_slot()
             self.assign[key] = r
             self.load[r] += 1
 

@@ -363,14 +363,24 @@ class Coordinator:
     async def _run_group(self, group: Group) -> None:
         pending: set[asyncio.Future] = set()
         waiting: dict[str, float] = {}
-        while not group.done:
-            for req in group.requests():
-                pending.add(asyncio.ensure_future(self._send(group, req)))
-            if not pending:
-                raise RuntimeError(f"group {group.key} is stuck: no request can run")
-            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            for fut in finished:
-                self._apply(group, fut.result(), waiting)
+        try:
+            while not group.done:
+                for req in group.requests():
+                    pending.add(asyncio.ensure_future(self._send(group, req)))
+                if not pending:
+                    raise RuntimeError(f"group {group.key} is stuck: no request can run")
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                failures = [f.exception() for f in finished]  # takes every outcome
+                failure = next((e for e in failures if e is not None), None)
+                if failure is not None:
+                    raise failure
+                for fut in finished:
+                    self._apply(group, fut.result(), waiting)
+        finally:  # a failed group: its other requests are of no use any more
+            for fut in pending:
+                fut.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
 
     async def _run_wave(self, wave: list[_Pending]) -> None:
         """Lock-step: every phase of every group in the wave is one global barrier."""
@@ -495,9 +505,10 @@ class Coordinator:
             wait = self.replica_wait_s
             if not wait:
                 raise ReplicaDead("no live replica left")
-            t0 = time.monotonic()
+            clock = asyncio.get_running_loop().time
+            t0 = clock()
             while not self.pool.any_alive():
-                left = wait - (time.monotonic() - t0)
+                left = wait - (clock() - t0)
                 if left <= 0:
                     raise ReplicaDead(f"no live replica left, and none replaced the dead ones within {wait:g} s")
                 self.revived.clear()
@@ -512,8 +523,9 @@ class Coordinator:
         retried with backoff. Raises `_ReplicaLost` when the replica must be given up."""
         backoff, waited = 0.25, 0.0
         tokens = req.max_tokens + len(req.append)
+        clock = asyncio.get_running_loop().time  # the loop's clock: virtual in simulation
         while True:
-            t0 = time.monotonic()
+            t0 = clock()
             task = asyncio.ensure_future(_awaitable(self.replicas[r].generate.remote(req)))
             try:
                 res = await self._within_deadline(task, r, tokens, t0)
@@ -534,7 +546,7 @@ class Coordinator:
                 if kind is None:
                     raise
                 raise _ReplicaLost(f"{type(exc).__name__}: {exc}") from None
-            self.deadline.observe(r, time.monotonic() - t0, len(res.token_ids))
+            self.deadline.observe(r, clock() - t0, len(res.token_ids))
             return res
 
     async def _within_deadline(self, task: asyncio.Future, r: int, tokens: int, t0: float):
@@ -542,9 +554,10 @@ class Coordinator:
         requests measure meanwhile may lengthen (or first set) it."""
         if self.deadline.floor_s is None:
             return await task
+        clock = asyncio.get_running_loop().time
         try:
             while True:
-                left = t0 + self.deadline.seconds(r, tokens) - time.monotonic()
+                left = t0 + self.deadline.seconds(r, tokens) - clock()
                 if left <= 0:
                     raise asyncio.TimeoutError
                 done, _ = await asyncio.wait({task}, timeout=min(left, 5.0))

@@ -18,6 +18,7 @@ request returns at once.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import time
@@ -187,7 +188,8 @@ class FakeReplica:
         return {"phases": [{"name": "ready", "seconds": 0.0, "done": True}], "ready": True, "error": None}
 
     async def info(self) -> dict:
-        return {"index": self.index, "node": self.node, "model": "fake", "max_model_len": self.max_model_len,
+        return {"index": self.index, "node": self.node, "pid": os.getpid(), "model": "fake",
+                "max_model_len": self.max_model_len,
                 "block_size": BLOCK, "device": "cpu", "capacity": self.capacity,
                 "startup": [{"name": "ready", "seconds": 0.0, "done": True}],
                 "versions": {}, "gpu_names": [], "attention_backend": None, "per_request_seed": False}

@@ -604,6 +604,7 @@ class VLLMReplica:
         return {
             "index": self.index,
             "node": self.node,
+            "pid": os.getpid(),
             "model": self.model,
             "max_model_len": self.max_model_len,
             "block_size": self.block_size,
