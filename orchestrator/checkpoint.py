@@ -31,14 +31,16 @@ class CheckpointStore:
         self.writes = 0
         self.bytes_written = 0
         self.write_s = 0.0
+        self.stamps: dict[tuple[str, str], str | None] = {}  # from load_all: each file's fingerprint digest
 
     def path(self, point: str, problem_id: str) -> Path:
         return self.root / _slug(point) / f"{_slug(problem_id)}.ckpt"
 
-    def write(self, point: str, problem_id: str, blob: bytes) -> None:
-        """Replace the group's checkpoint with `blob`, atomically and durably."""
+    def write(self, point: str, problem_id: str, blob: bytes, stamp: str | None = None) -> None:
+        """Replace the group's checkpoint with `blob`, atomically and durably. `stamp`: the
+        digest of what the group is made with (`fingerprint.group_digest`)."""
         t0 = time.perf_counter()
-        head = json.dumps({"point": point, "problem_id": problem_id}).encode("utf-8")
+        head = json.dumps({"point": point, "problem_id": problem_id, "fingerprint": stamp}).encode("utf-8")
         data = b"".join([MAGIC, struct.pack("<I", len(head)), head, blob])
         atomic_write_bytes(self.path(point, problem_id), data)
         self.writes += 1
@@ -60,7 +62,8 @@ class CheckpointStore:
             tmp.unlink(missing_ok=True)
         for file in sorted(self.root.glob("*/*.ckpt")):
             try:
-                point, problem_id, blob = _parse(file.read_bytes())
+                head, blob = _parse(file.read_bytes())
+                point, problem_id = head["point"], head["problem_id"]
             except (OSError, ValueError) as exc:
                 log.warning("checkpoint %s is unreadable (%s); its group starts from the beginning", file, exc)
                 continue
@@ -68,19 +71,22 @@ class CheckpointStore:
                 log.warning("checkpoint %s names %s|%s, which belongs elsewhere; ignored", file, point, problem_id)
                 continue
             found[(point, problem_id)] = blob
+            self.stamps[(point, problem_id)] = head.get("fingerprint")
         return found
 
     def stats(self) -> dict:
         return {"writes": self.writes, "bytes": self.bytes_written, "seconds": round(self.write_s, 4)}
 
 
-def _parse(data: bytes) -> tuple[str, str, bytes]:
+def _parse(data: bytes) -> tuple[dict, bytes]:
     fixed = len(MAGIC) + 4
     if len(data) < fixed or data[: len(MAGIC)] != MAGIC:
         raise ValueError("not a checkpoint file")
     (n,) = struct.unpack("<I", data[len(MAGIC):fixed])
     head = json.loads(data[fixed: fixed + n].decode("utf-8"))
-    return head["point"], head["problem_id"], data[fixed + n:]
+    if not isinstance(head, dict) or not {"point", "problem_id"} <= set(head):
+        raise ValueError("checkpoint header lacks its group's key")
+    return head, data[fixed + n:]
 
 
 class Recovery:
@@ -97,9 +103,11 @@ class Recovery:
         rec.facts()                                 # run_info.json's fault record
     """
 
-    def __init__(self, output_dir: str | Path, points: dict | None = None):
+    def __init__(self, output_dir: str | Path, points: dict | None = None, fingerprint: dict | None = None):
         self.store = CheckpointStore(output_dir)
         self.points = points or {}
+        self.fingerprint = fingerprint  # `fingerprint.make`'s: checkpoints made otherwise are not used
+        self.write_failures: list[str] = []
         self.saved = self.store.load_all()  # (point, problem_id) -> blob, from an earlier run
         self.latest: dict[tuple[str, str], bytes] = {}
         self.out: dict[tuple[str, str], tuple] = {}  # submitted, not yet handed back
@@ -141,6 +149,8 @@ class Recovery:
 
         from .core.group import CheckpointError, _params_record
 
+        if self.fingerprint is not None and self.store.stamps.get((point, problem_id)) != self._stamp(point, problem_id):
+            return self._ignore(point, problem_id, "it was made with another config (fingerprint)")
         try:
             info = _info(blob)
         except CheckpointError as exc:
@@ -160,8 +170,21 @@ class Recovery:
     def checkpoint(self, point: str, problem_id: str, blob: bytes) -> None:
         if (point, problem_id) not in self.out:
             return  # a late checkpoint of a group already handed back
-        self.latest[(point, problem_id)] = blob
-        self.store.write(point, problem_id, blob)
+        self.latest[(point, problem_id)] = blob  # a coordinator restart resumes from memory anyway
+        try:
+            self.store.write(point, problem_id, blob, self._stamp(point, problem_id))
+        except OSError as exc:  # disk full, a quota, NFS gone: a checkpoint is only an optimisation
+            if not self.write_failures:
+                log.warning("checkpoint of %s|%s could not be written (%s); the run goes on, but a rerun after "
+                            "a crash would restart such groups from their beginning", point, problem_id, exc)
+            self.write_failures.append(f"{point}|{problem_id}: {exc}"[:300])
+
+    def _stamp(self, point: str, problem_id: str) -> str | None:
+        if self.fingerprint is None:
+            return None
+        from .fingerprint import group_digest
+
+        return group_digest(self.fingerprint, point, problem_id)
 
     def returned(self, point: str, problem_id: str) -> None:
         self.out.pop((point, problem_id), None)
@@ -192,7 +215,8 @@ class Recovery:
 
     def facts(self) -> dict:
         return {"coordinator_restarts": list(self.restarts), "resumed_groups": list(self.resumed),
-                "checkpoints_ignored": list(self.ignored), "checkpoint_writes": self.store.stats()}
+                "checkpoints_ignored": list(self.ignored), "checkpoint_writes": self.store.stats(),
+                "checkpoint_write_failures": {"count": len(self.write_failures), "first": self.write_failures[:3]}}
 
 
 def _info(blob: bytes) -> dict:

@@ -281,8 +281,9 @@ def sweep_points(cfg: Config) -> dict[str, LeapParams]:
         name = point_name(entry)
         if name in points:
             raise ConfigError(f"sweep[{i}] repeats the sweep point '{name}'")
-        if "|" in name or "/" in name:
-            raise ConfigError(f"sweep[{i}] name '{name}' must not contain '|' or '/'")
+        if "|" in name or "/" in name or name.startswith("_"):
+            raise ConfigError(f"sweep[{i}] name '{name}' must not contain '|' or '/', nor start with '_' "
+                              f"(summary.json's keys for the run itself)")
         points[name] = leap_params(cfg.leap, entry, where=f"sweep[{i}]")
     for i, (name, p) in enumerate(points.items()):
         if p.match_point is not None and p.token_budget is None:

@@ -47,6 +47,10 @@ class DeadlineError(LeapError):
     """A bounded wait ran out (placement, engine start-up, connecting)."""
 
 
+class ConfigChanged(UserError):
+    """A rerun into an output_dir whose results were made with another config."""
+
+
 class RunFailed(LeapError):
     """The run went wrong after it started: groups failed, or the coordinator kept dying."""
 

@@ -117,4 +117,5 @@ class Replacements:
 
     def facts(self) -> dict:
         return {"replica_deaths": sorted(self.deaths, key=lambda d: (d.get("t", 0.0), d["replica"])),
-                "replacements": list(self.record)}
+                "replacements": list(self.record) + [
+                    {"replica": i, "ok": None, "error": "still starting when the run ended"} for i in self.pending]}

@@ -6,13 +6,18 @@ Layout under `output_dir`:
                                                  either the whole file or none
     paths.parquet      one row per path (every finished group), rebuilt from the parts
     messages.parquet   one row per delivered peer summary
-    summary.json       metrics per sweep point and benchmark
+    summary.json       metrics per sweep point and benchmark; when some groups have no result,
+                       also `_incomplete`: each missing group and why (the exit status is then 1)
     config.json        the resolved config of the run;  run_info.json  wall time, groups run/skipped,
                        and the faults met (replica deaths, moved paths, coordinator restarts,
                        groups resumed from a checkpoint)
     checkpoints/       the last barrier's state of each group not yet written (`checkpoint.py`)
+    fingerprint.json   what the results depend on (`fingerprint.py`); every part and checkpoint
+                       carries its group's share, and a rerun that would change it is refused
+    .lock              held by the run writing here (`lock.py`)
+    corrupt/           parts that could not be read, moved aside; their groups run again
 
-Resume: a group whose part file exists is complete and is not run again; a group with a
+Resume: a group whose part file exists (and reads through) is complete and is not run again; a group with a
 checkpoint under `checkpoints/` (see `checkpoint.py`) continues from its last barrier.
 """
 
@@ -20,12 +25,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import tempfile
+import secrets
+import time
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+META_KEY = "leap"  # a part file's schema metadata: its group and fingerprint (JSON)
 
 REQUEST = pa.struct([
     ("round", pa.int32()), ("kind", pa.string()), ("prompt_tokens", pa.int64()),
@@ -62,8 +72,11 @@ def _slug(text: str) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to a temp file beside `path`, fsync, rename. The file's mode follows the
+    umask, like any file the user creates (mkstemp's 0600 would hide results from colleagues)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -107,24 +120,46 @@ class ResultStore:
     def is_done(self, point: str, problem_id: str) -> bool:
         return self.part_path(point, problem_id).is_file()
 
-    def write_group(self, point: str, problem_id: str, paths: list[dict], messages: list[dict]) -> None:
-        """One finished group, as one atomic file: paths and messages together."""
+    def write_group(self, point: str, problem_id: str, paths: list[dict], messages: list[dict],
+                    stamp: dict | None = None) -> None:
+        """One finished group, as one atomic file: paths and messages together, and in the
+        file's metadata the group's key and `stamp` (what it was made with: `fingerprint.for_group`)."""
         paths_t = pa.Table.from_pylist(paths, schema=PATHS_SCHEMA)
         msgs_t = pa.Table.from_pylist(messages, schema=MESSAGES_SCHEMA)
         payload = pa.table({
             "kind": pa.array(["paths", "messages"]),
             "ipc": pa.array([_ipc(paths_t), _ipc(msgs_t)], type=pa.binary()),
         })
+        meta = {"point": point, "problem_id": problem_id, "fingerprint": stamp}
+        payload = payload.replace_schema_metadata({META_KEY: json.dumps(meta, sort_keys=True)})
         atomic_write_table(self.part_path(point, problem_id), payload)
+
+    def check_parts(self) -> list[tuple[dict | None, Path]]:
+        """Read every part through; one that cannot be read (an interrupted copy, a torn NFS
+        write) is moved aside to `corrupt/` with a warning, so its group runs again. Returns
+        (metadata or None for a part written before parts had any, file) for the readable ones."""
+        found = []
+        for part in sorted(self.parts.glob("*/*.parquet")):
+            try:
+                table = pq.read_table(part)
+                _unpack(table)
+            except Exception as exc:  # pyarrow raises several kinds for a damaged file
+                aside = self.root / "corrupt" / f"{part.parent.name}-{part.name}.{int(time.time())}"
+                aside.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(part, aside)
+                log.warning("result part %s is unreadable (%s: %s): moved to %s; its group runs again",
+                            part, type(exc).__name__, str(exc)[:200], aside)
+                continue
+            raw = (table.schema.metadata or {}).get(META_KEY.encode())
+            found.append((json.loads(raw) if raw else None, part))
+        return found
 
     def read_parts(self) -> tuple[pa.Table, pa.Table]:
         paths, msgs = [], []
         for part in sorted(self.parts.glob("*/*.parquet")):
-            table = pq.read_table(part)
-            kinds = table.column("kind").to_pylist()
-            blobs = table.column("ipc").to_pylist()
-            for kind, blob in zip(kinds, blobs):
-                (paths if kind == "paths" else msgs).append(pa.ipc.open_stream(blob).read_all())
+            p, m = _unpack(pq.read_table(part))
+            paths.extend(p)
+            msgs.extend(m)
         paths_t = pa.concat_tables([_conform(t, PATHS_SCHEMA) for t in paths]) if paths \
             else PATHS_SCHEMA.empty_table()
         msgs_t = pa.concat_tables([_conform(t, MESSAGES_SCHEMA) for t in msgs]) if msgs \
@@ -146,6 +181,14 @@ class ResultStore:
     def write_json(self, name: str, obj: dict) -> None:
         text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
         atomic_write_bytes(self.root / name, text.encode("utf-8"))
+
+
+def _unpack(table: pa.Table) -> tuple[list[pa.Table], list[pa.Table]]:
+    """A part's (paths tables, messages tables)."""
+    paths, msgs = [], []
+    for kind, blob in zip(table.column("kind").to_pylist(), table.column("ipc").to_pylist()):
+        (paths if kind == "paths" else msgs).append(pa.ipc.open_stream(blob).read_all())
+    return paths, msgs
 
 
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:

@@ -7,6 +7,7 @@ writes each finished group as soon as it arrives, and rebuilds the result files 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -15,7 +16,7 @@ import time
 
 from omegaconf import OmegaConf
 
-from . import console
+from . import console, fingerprint
 from .checkpoint import Recovery
 # the GPU check kit (../shared/gpu/engine_probe.py) imports these two from here
 from .cluster import engine_options  # noqa: F401
@@ -26,7 +27,8 @@ from .core.grading import grade_rows
 from .core.prompts import load_prompts
 from .core.types import Problem
 from .data import DatasetError, load_problems
-from .errors import DeadlineError, RunFailed
+from .errors import ConfigChanged, DeadlineError, RunFailed
+from .lock import RunLock
 from .replacement import Replacements
 from .results import ResultStore
 
@@ -48,8 +50,49 @@ def run(cfg: Config) -> dict:
 
 def _run(cfg: Config, points, prompts, problems) -> dict:
     store = ResultStore(cfg.output_dir)
-    store.root.mkdir(parents=True, exist_ok=True)
-    store.write_json("config.json", OmegaConf.to_container(OmegaConf.structured(cfg)))
+    with RunLock(store.root):  # a second run on this directory is refused, naming this one
+        fp = _admit(store, fingerprint.make(cfg, points, prompts, problems))
+        store.write_json("config.json", OmegaConf.to_container(OmegaConf.structured(cfg)))
+        return _run_locked(cfg, points, prompts, problems, store, fp)
+
+
+def _admit(store: ResultStore, fp: dict) -> dict:
+    """Refuse, before Ray starts, a rerun whose results would mix with another config's; move
+    unreadable parts aside (their groups run again); record the directory's fingerprint."""
+    recorded_file = store.root / fingerprint.FILE
+    recorded = {}
+    if recorded_file.is_file():
+        try:
+            recorded = json.loads(recorded_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ConfigChanged(f"{recorded_file} is unreadable ({exc}): the results in {store.root} cannot be "
+                                f"matched to a config. Start fresh with another output_dir=...") from None
+    diffs = fingerprint.compare(recorded, fp) if recorded else []
+    unstamped = 0
+    for meta, part in store.check_parts():
+        stamp = (meta or {}).get("fingerprint")
+        if stamp is None:
+            unstamped += 1
+        elif not diffs:
+            diffs = fingerprint.compare(stamp, fp)
+            if diffs:
+                diffs.insert(0, f"(in {part.relative_to(store.root)}, group {meta['point']}|{meta['problem_id']})")
+    if diffs:
+        raise ConfigChanged(
+            f"{store.root} holds results made with another config, and a rerun there continues them:\n  "
+            + "\n  ".join(diffs) + f"\nRerun with the settings it was made with, or start fresh: output_dir=<a new "
+            f"directory> (or delete {store.root}).")
+    if unstamped:
+        raise ConfigChanged(
+            f"{store.root} holds {unstamped} result part(s) written without a config fingerprint (an earlier "
+            f"version): they cannot be checked against this config. Start fresh with another output_dir=..., or "
+            f"finish that run with the version that began it.")
+    fp = fingerprint.merge(recorded, fp)
+    store.write_json(fingerprint.FILE, fp)
+    return fp
+
+
+def _run_locked(cfg: Config, points, prompts, problems, store: ResultStore, fp: dict) -> dict:
     todo = [(pt, pb) for pt in points for pb in problems if not store.is_done(pt, pb.id)]
     skipped = len(points) * len(problems) - len(todo)
     if skipped and not todo:
@@ -63,21 +106,52 @@ def _run(cfg: Config, points, prompts, problems) -> dict:
     later = [(pt, pb) for pt, pb in todo if pt in waits]
     phases = [lambda: first, lambda: _matched_items(store, points, later)]
     # groups a killed run left a checkpoint for continue from their last barrier
-    recovery = Recovery(cfg.output_dir, points)
+    recovery = Recovery(cfg.output_dir, points, fp)
     recovery.forget_done(store.is_done)
     started = time.monotonic()
-    facts = _run_groups(cfg, points, prompts, phases, len(todo), store, recovery) if todo \
-        else {"generation_s": 0.0}
+    failure: BaseException | None = None
+    facts: dict = {"generation_s": 0.0}
+    try:
+        if todo:
+            facts = _run_groups(cfg, points, prompts, phases, len(todo), store, recovery, fp)
+    except KeyboardInterrupt:
+        raise  # out within seconds: the finished parts and checkpoints are on disk for a rerun
+    except Exception as exc:  # what finished is still a result: consolidate it, then fail
+        failure = exc
     facts.update(recovery.facts())
     paths_t, _ = store.read_parts()
     summary = metrics.summarize(paths_t.to_pylist(), points=points)
+    missing = [(pt, pb.id) for pt in points for pb in problems if not store.is_done(pt, pb.id)]
+    if missing:
+        summary["_incomplete"] = _incomplete(missing, failure, facts.get("failed_groups", []))
     t_write = time.monotonic()
     store.consolidate(summary)
     store.write_json("run_info.json", {"wall_s": round(time.monotonic() - started, 3),
                                        "writing_s": round(time.monotonic() - t_write, 3),
-                                       "groups_run": len(todo), "groups_skipped": skipped, **facts})
-    _report(cfg, store, paths_t, summary)
+                                       "groups_run": len(todo), "groups_skipped": skipped,
+                                       "complete": not missing, **facts})
+    if paths_t.num_rows:  # a run with nothing finished has nothing to report
+        _report(cfg, store, paths_t, summary)
+    if failure is not None:
+        raise failure
+    if missing:
+        raise RunFailed(f"{len(missing)} group(s) have no result (see summary.json's _incomplete; finished "
+                        f"groups and checkpoints are saved; rerun the same command to retry them): "
+                        + "; ".join(f"{e['sweep_point']}|{e['problem_id']}: {e['reason']}"
+                                    for e in summary["_incomplete"]["groups"][:5]))
     return summary
+
+
+def _incomplete(missing: list[tuple[str, str]], failure: BaseException | None, failed: list[str]) -> dict:
+    """summary.json's mark of a partial run: every group without a result, and why."""
+    groups = []
+    for point, problem_id in missing:
+        reason = next((err[len(point) + len(problem_id) + 3:] for err in failed
+                       if err.startswith(f"{point}|{problem_id}: ")), None)
+        if reason is None:
+            reason = f"the run stopped: {type(failure).__name__}: {failure}" if failure is not None else "not run"
+        groups.append({"sweep_point": point, "problem_id": problem_id, "reason": reason[:500]})
+    return {"groups_missing": len(missing), "groups": groups}
 
 
 def _matched_items(store: ResultStore, points, later: list[tuple[str, Problem]]) -> list:
@@ -100,12 +174,14 @@ def _matched_items(store: ResultStore, points, later: list[tuple[str, Problem]])
     return items
 
 
-def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore, recovery: Recovery) -> dict:
+def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore, recovery: Recovery,
+                fp: dict) -> dict:
     with _Interrupts():
-        return _groups(cfg, points, prompts, phases, total, store, recovery)
+        return _groups(cfg, points, prompts, phases, total, store, recovery, fp)
 
 
-def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore, recovery: Recovery) -> dict:
+def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore, recovery: Recovery,
+            fp: dict) -> dict:
     """Run the phases' groups on fresh replicas; returns the run's timing and fault record. A
     coordinator that dies is replaced, and given every group it had, from their checkpoints; a
     replica that dies is replaced when the cluster has room. Ctrl-C (or SIGTERM) stops the run
@@ -178,8 +254,7 @@ def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore
         facts["coordinator"]["ready_after_s"] = round(time.monotonic() - t_coord, 3)
         capacity = [int(i.get("capacity") or cfg.engine.max_num_seqs) for i in infos]
         cluster.answer(coordinator.set_capacity.remote(capacity), "the coordinator (set_capacity)")
-        for i, r in enumerate(replicas):
-            cluster.answer(r.stats.remote(reset=True), f"replica {i} (stats)")
+        _reset_stats(replicas)
         console.line(f"running {total} group(s) (problem x configuration) on {len(infos)} replica(s)")
         bar = progress_bar(cfg, total)
         for phase in phases:
@@ -201,7 +276,7 @@ def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore
                     recovery.returned(g["point"], g["problem_id"])
                     grader.submit(g)
                 for g in grader.ready():
-                    _write(store, recovery, g)
+                    _write(store, recovery, g, fp)
                 failed.extend(update["errors"])
                 for err in update["errors"]:
                     recovery.failed(err)
@@ -211,7 +286,7 @@ def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore
                     break
             # a later phase (compute-matched) reads this one's results: finish grading first
             for g in grader.drain():
-                _write(store, recovery, g)
+                _write(store, recovery, g, fp)
         facts.update(_generation_facts(_live_stats(replicas)))
         try:
             facts["coordinator"].update(ray.get(coordinator.stats.remote(), timeout=30))
@@ -230,15 +305,13 @@ def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore
         t_tail = time.monotonic()
         if not interrupted:
             for g in grader.drain():  # groups that finished before a failure are saved
-                _write(store, recovery, g)
+                _write(store, recovery, g, fp)
         facts.update(replaced.facts())
         facts["grading_tail_s"] = round(time.monotonic() - t_tail, 3)
         facts["grading_s"] = round(grader.busy_s, 3)
         grader.close(kill=interrupted)
         cluster.teardown([coordinator, *replaced.handles()])  # and the placement group(s)
-    if failed:
-        raise RunFailed(f"{len(failed)} group(s) failed (finished groups and checkpoints are saved; rerun to "
-                        f"retry): " + "; ".join(failed[:5]))
+    facts["failed_groups"] = failed  # the caller consolidates what finished, then fails the run
     return facts
 
 
@@ -275,10 +348,32 @@ class _Interrupts:
             os._exit(130)
 
 
-def _write(store: ResultStore, recovery: Recovery, g: dict) -> None:
+def _write(store: ResultStore, recovery: Recovery, g: dict, fp: dict) -> None:
     """A finished group's result part, then its checkpoint is no longer needed."""
-    store.write_group(g["point"], g["problem_id"], g["paths"], g["messages"])
+    store.write_group(g["point"], g["problem_id"], g["paths"], g["messages"],
+                      fingerprint.for_group(fp, g["point"], g["problem_id"]))
     recovery.written(g["point"], g["problem_id"])
+
+
+def _reset_stats(replicas: list, timeout_s: float = 30.0) -> None:
+    """Zero each replica's counters, so they measure this run's generation only. A replica that
+    does not answer in time is stuck already: it is killed, and the coordinator moves its paths
+    and reports its death (so it is replaced) at its first request."""
+    import ray
+
+    from . import cluster
+
+    refs = {r.stats.remote(reset=True): i for i, r in enumerate(replicas)}
+    ready, late = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+    for ref in ready:
+        try:
+            ray.get(ref, timeout=0)
+        except Exception as exc:  # died meanwhile: the coordinator will see it too
+            log.warning("replica %d died before the run began: %s", refs[ref], type(exc).__name__)
+    for ref in late:
+        log.warning("replica %d did not answer within %.0f s before the run began: killed as stuck", refs[ref],
+                    timeout_s)
+        cluster.kill(replicas[refs[ref]])
 
 
 def _live_stats(replicas: list) -> list[dict]:

@@ -44,6 +44,19 @@ class Run:
     run_info: dict
     rows: list[dict]
     messages: list[dict]
+    incomplete: dict | None = None  # summary.json's `_incomplete`: groups without a result, and why
+
+    def notices(self, limit: int = 10) -> list[str]:
+        """Lines the report must show first: what this run's numbers leave out."""
+        if not self.incomplete:
+            return []
+        groups = self.incomplete.get("groups") or []
+        out = [f"Incomplete run: {self.incomplete.get('groups_missing', len(groups))} group(s) have no result, "
+               f"so the numbers below leave them out. Rerun the same command to run them."]
+        out += [f"{g.get('sweep_point')} | {g.get('problem_id')}: {g.get('reason')}" for g in groups[:limit]]
+        if len(groups) > limit:
+            out.append(f"... and {len(groups) - limit} more (summary.json, _incomplete)")
+        return out
 
     def metric(self, *keys) -> Any:
         return lookup(self.summary, keys)
@@ -127,6 +140,9 @@ def _point_order(summary: dict, settings: dict[str, dict], config: dict) -> list
 def load_run(output_dir: str | Path, grade_missing_rounds: bool = True) -> Run:
     root = Path(output_dir)
     recorded = _json(root / "summary.json")
+    # keys starting with "_" are about the run, not sweep points (sweep point names cannot start so)
+    incomplete = recorded.get("_incomplete")
+    recorded = {k: v for k, v in recorded.items() if not k.startswith("_")}
     config = _json(root / "config.json")
     run_info = _json(root / "run_info.json")
     rows = _rows(root / "paths.parquet", ROW_COLUMNS) if (root / "paths.parquet").is_file() else []
@@ -147,7 +163,7 @@ def load_run(output_dir: str | Path, grade_missing_rounds: bool = True) -> Run:
     benchmarks = sorted({b for per in summary.values() if isinstance(per, dict) for b in per})
     return Run(root=root, summary=summary, derived=derived, settings=settings,
                order=_point_order(summary, settings, config), benchmarks=benchmarks,
-               config=config, run_info=run_info, rows=rows, messages=messages)
+               config=config, run_info=run_info, rows=rows, messages=messages, incomplete=incomplete)
 
 
 def _missing(recorded: dict, rows: list[dict]) -> set[str]:

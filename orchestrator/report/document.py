@@ -131,6 +131,7 @@ th{background:#f4f4f4;font-weight:600}td.num,td.delta{text-align:right;font-vari
 td.head{font-weight:600;white-space:nowrap}td.pos{color:#1b5e20}td.neg{color:#b71c1c}
 .note{color:#555;font-size:12.5px;max-width:1100px}.scroll{overflow-x:auto}
 figure{margin:12px 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:12.5px}
+.incomplete{background:#fdecea;border:1px solid #f5c2c0;padding:6px 10px;font-weight:600}
 .derived{background:#fff8e1;border:1px solid #ffe082;padding:6px 10px;font-size:12.5px}
 .blk{border-left:4px solid #bbb;margin:6px 0;padding:4px 10px;background:#fafafa}
 .blk .lab{font-size:11.5px;color:#555;text-transform:uppercase;letter-spacing:.03em}
@@ -248,6 +249,8 @@ def render_html(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
            f"<h1>LeaP report: {_e(title)}</h1>",
            f'<p class="sub">{_e(run.root.resolve())} · written {_e(time.strftime("%Y-%m-%d %H:%M"))}'
            f" · metrics from summary.json, run facts from run_info.json and config.json</p>", f"<nav>{nav}</nav>"]
+    if run.notices():
+        out.append('<p class="incomplete">' + "<br>".join(_e(d) for d in run.notices()) + "</p>")
     if run.derived:
         out.append('<p class="derived">' + "<br>".join(_e(d) for d in run.derived) + "</p>")
     for key, heading, body in sections:
@@ -323,6 +326,8 @@ def render_md(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
               tr: Transcript | None) -> str:
     title = run.config.get("experiment") or run.root.name
     out = [f"# LeaP report: {title}", "", f"`{run.root.resolve()}` · metrics from summary.json, run facts from run_info.json and config.json", ""]
+    for d in run.notices():
+        out += [f"> **{d}**" if d.startswith("Incomplete") else f"> {d}", ""]
     for d in run.derived:
         out += [f"> {d}", ""]
     out += ["## Run", "", table_md(tables["facts"])]

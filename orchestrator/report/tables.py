@@ -222,7 +222,7 @@ def _entries(summary: Mapping[str, Any]) -> list[tuple[str, str, Mapping[str, An
     out = []
     for sp in sorted(summary, key=_sort_key):
         per_bench = summary[sp]
-        if not isinstance(per_bench, Mapping):
+        if str(sp).startswith("_") or not isinstance(per_bench, Mapping):  # "_incomplete": about the run
             continue
         for bench in sorted(per_bench):
             m = per_bench[bench]

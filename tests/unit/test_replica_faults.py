@@ -49,7 +49,24 @@ class Dies(FakeReplica):
         return await super().generate(req)
 
 
-def run(replicas, timeout=None, wait_s=None, revive_after=None):
+class Blinks(FakeReplica):
+    """Unreachable (a network blip) for its requests number `first` to `first + n - 1`."""
+
+    def __init__(self, index, engine, first, n):
+        super().__init__(index, engine=engine)
+        self.first, self.n, self.calls = first, n, 0
+
+    async def generate(self, req):
+        self.calls += 1
+        if self.first <= self.calls < self.first + self.n:
+            from ray.exceptions import ActorUnavailableError
+
+            await asyncio.sleep(0.05)
+            raise ActorUnavailableError("connection reset by peer", None)
+        return await super().generate(req)
+
+
+def run(replicas, timeout=None, wait_s=None, revive_after=None, **kw):
     """Run PROBLEMS; returns (rows, coordinator stats, errors). `revive_after`: seconds after
     which a fresh replica takes slot 0."""
 
@@ -57,7 +74,7 @@ def run(replicas, timeout=None, wait_s=None, revive_after=None):
         with VirtualClock().patch_loop():
             coord = Coordinator([LocalHandle(r) for r in replicas], "fake", {"pt": PARAMS}, PROMPTS,
                                 SamplingSpec(), capacity=[8] * len(replicas), epoch=1,
-                                request_timeout=timeout, replica_wait_s=wait_s)
+                                request_timeout=timeout, replica_wait_s=wait_s, **kw)
             await coord.submit([("pt", p, {}) for p in PROBLEMS])
             if revive_after is not None:
                 async def revive():
@@ -164,3 +181,20 @@ def test_fenced_replica_refuses_earlier_generations_and_keeps_its_state():
             await rep.generate(GenRequest("g/0", keep=0, append=[], max_tokens=5, epoch=2))
 
     asyncio.run(main())
+
+
+def test_a_blip_is_retried_and_the_replica_kept(undisturbed):
+    pytest.importorskip("ray")
+    blinks = Blinks(1, ENGINE, first=3, n=4)
+    rows, stats, errors = run([FakeReplica(0, engine=ENGINE), blinks], unavailable_retry_s=30)
+    assert not errors and content(rows) == undisturbed
+    assert stats["replica_deaths"] == [] and blinks.calls > 6  # it went on serving after the blip
+
+
+def test_unavailable_for_longer_than_the_retry_window_counts_as_dead(undisturbed):
+    pytest.importorskip("ray")
+    rows, stats, errors = run([FakeReplica(0, engine=ENGINE), Blinks(1, ENGINE, first=3, n=10 ** 6)],
+                              unavailable_retry_s=5)
+    assert not errors and content(rows) == undisturbed
+    (death,) = stats["replica_deaths"]
+    assert death["replica"] == 1 and "ActorUnavailableError" in death["cause"]
