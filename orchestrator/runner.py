@@ -21,6 +21,7 @@ from .checkpoint import Recovery
 from .cluster import engine_options  # noqa: F401
 from .cluster import model_path as _model_path  # noqa: F401
 from .config import Config, oversubscription, prompt_file, sampling_spec, validate
+from .context_fit import check_context
 from .core import metrics
 from .core.grading import grade_rows
 from .core.prompts import load_prompts
@@ -66,7 +67,7 @@ def _run(cfg: Config, points, prompts, problems) -> dict:
     recovery = Recovery(cfg.output_dir, points)
     recovery.forget_done(store.is_done)
     started = time.monotonic()
-    facts = _run_groups(cfg, points, prompts, phases, len(todo), store, recovery) if todo \
+    facts = _run_groups(cfg, points, prompts, phases, todo, problems, store, recovery) if todo \
         else {"generation_s": 0.0}
     facts.update(recovery.facts())
     paths_t, _ = store.read_parts()
@@ -100,13 +101,17 @@ def _matched_items(store: ResultStore, points, later: list[tuple[str, Problem]])
     return items
 
 
-def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore, recovery: Recovery) -> dict:
+def _run_groups(cfg: Config, points, prompts, phases, todo: list, problems: list[Problem], store: ResultStore,
+                recovery: Recovery) -> dict:
     with _Interrupts():
-        return _groups(cfg, points, prompts, phases, total, store, recovery)
+        return _groups(cfg, points, prompts, phases, todo, problems, store, recovery)
 
 
-def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore, recovery: Recovery) -> dict:
-    """Run the phases' groups on fresh replicas; returns the run's timing and fault record. A
+def _groups(cfg: Config, points, prompts, phases, todo: list, problems: list[Problem], store: ResultStore,
+            recovery: Recovery) -> dict:
+    """Run the phases' groups (`todo`: sweep point x problem) on fresh replicas, after checking
+    with the model's tokenizer that every problem fits in engine.max_model_len; returns the
+    run's timing and fault record. A
     coordinator that dies is replaced, and given every group it had, from their checkpoints; a
     replica that dies is replaced when the cluster has room. Ctrl-C (or SIGTERM) stops the run
     within seconds, checkpoints kept; a second one exits at once."""
@@ -122,6 +127,10 @@ def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore
         model = cluster.model_path(cfg)
         step.done(model)
     facts["model_prepare_s"] = round(time.monotonic() - t0, 3)
+    t0 = time.monotonic()
+    check_context(cfg, points, prompts, todo, problems, model)  # before Ray: a refusal costs seconds
+    facts["context_check_s"] = round(time.monotonic() - t0, 3)
+    total = len(todo)
     starting = console.begin(f"starting Ray and {cfg.replicas.count} {cfg.engine.kind} replica(s)")
     facts["ray"] = cluster.init_ray(cfg)
     facts["run_id"] = cluster.run_prefix()  # actors are named <run_id>-leap-replica-<i>, ...
