@@ -26,6 +26,6 @@ def not_utf8_message(path: Path, data: bytes, exc: UnicodeDecodeError) -> str:
     line = data.count(b"\n", 0, offset) + 1
     column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
     return (f"{path}: the file is not UTF-8 text: the byte at offset {offset} (line {line}, byte {column} of "
-            f"the line) is 0x{data[offset]:02x}, which is not valid UTF-8 there ({exc.reason}). Re-encode the file as UTF-8, "
-            f"e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}` (use the file's real encoding "
+            f"the line) is 0x{data[offset]:02x}, which is not valid UTF-8 there ({exc.reason}). Re-encode the "
+            f"file as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > utf8-{path.name}` (use the file's real encoding "
             f"in place of latin1), or save it as UTF-8 from your editor")
