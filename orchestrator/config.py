@@ -490,6 +490,22 @@ def setting_warnings(cfg: Config, points: dict[str, LeapParams]) -> list[str]:
     return out
 
 
+def path_budget(p: LeapParams) -> tuple[int, int, int] | None:
+    """(sampled, injected, k): the tokens a path of `p` may add to its prompt, sampled and
+    injected (summaries, k peer summaries per communication round, the answer), estimated
+    generously; None for a compute-matched point whose budget comes at run time."""
+    if p.mode == "compute_matched" and p.token_budget is None:
+        return None
+    comm = 0
+    if p.mode in ("leap", "leap_t"):
+        comm = len(p.comm_rounds) if p.comm_rounds is not None else p.max_rounds - 1
+    sampled = p.token_budget if p.token_budget is not None else p.T * p.max_rounds
+    k = p.paths - 1 if p.top_k == -1 else min(p.top_k, p.paths - 1)
+    injected = comm * (p.summary_tokens * (1 + k) + _INJECT_FRAME) \
+        + max(p.summary_tokens, p.answer_tokens) + _INJECT_FRAME
+    return sampled, injected, k
+
+
 def _point_warnings(p: LeapParams, max_len: int) -> list[tuple[str, int, str]]:
     """(topic, how bad, message) for one sweep point."""
     out = []
@@ -506,12 +522,10 @@ def _point_warnings(p: LeapParams, max_len: int) -> list[tuple[str, int, str]]:
         out.append(("summary_tokens", p.summary_tokens - p.T,
                     f"leap.summary_tokens={p.summary_tokens} > leap.T={p.T}: a summary may be longer than "
                     f"the segment it sums up"))
-    if p.mode == "compute_matched" and p.token_budget is None:
+    budget = path_budget(p)
+    if budget is None:
         return out  # the budget comes from the matched point at run time
-    sampled = p.token_budget if p.token_budget is not None else p.T * p.max_rounds
-    k = peers if p.top_k == -1 else min(p.top_k, peers)
-    injected = comm * (p.summary_tokens * (1 + k) + _INJECT_FRAME) \
-        + max(p.summary_tokens, p.answer_tokens) + _INJECT_FRAME
+    sampled, injected, k = budget
     what = "leap.token_budget" if p.token_budget is not None else "leap.T x leap.max_rounds"
     if sampled >= max_len:
         out.append(("context", sampled + injected - max_len,

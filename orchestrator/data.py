@@ -20,12 +20,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable
 
+from orchestrator.core.files import read_utf8
 from orchestrator.core.types import Problem
 from orchestrator.errors import UserError
 
@@ -176,32 +179,32 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
         try:
             return pcsv.read_csv(p).to_pylist()
         except Exception as exc:
+            read_utf8(p, DatasetError)  # pyarrow's message for a non-UTF-8 file names no place
             raise DatasetError(f"{p}: cannot read csv: {exc}") from exc
     if suffix in (".jsonl", ".ndjson"):
-        return _read_jsonl(p)
+        return _read_jsonl(p, read_utf8(p, DatasetError))
     if suffix == ".json":
-        text = p.read_text(encoding="utf-8")
+        text = read_utf8(p, DatasetError)
         try:
             data = json.loads(text)
         except json.JSONDecodeError:
-            return _read_jsonl(p)  # a .json file holding one object per line
+            return _read_jsonl(p, text)  # a .json file holding one object per line
         return _json_records(data, p)
     raise DatasetError(f"{p}: unsupported file type {suffix!r} (use .json, .jsonl, .parquet or .csv)")
 
 
-def _read_jsonl(p: Path) -> list[dict[str, Any]]:
+def _read_jsonl(p: Path, text: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(f"{p}: row {len(rows)} (line {lineno}): invalid JSON: {exc}") from exc
-            if not isinstance(obj, dict):
-                raise DatasetError(f"{p}: row {len(rows)} (line {lineno}): expected an object, got {type(obj).__name__}")
-            rows.append(obj)
+    for lineno, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{p}: row {len(rows)} (line {lineno}): invalid JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise DatasetError(f"{p}: row {len(rows)} (line {lineno}): expected an object, got {type(obj).__name__}")
+        rows.append(obj)
     return rows
 
 
@@ -301,14 +304,14 @@ def problems_from_rows(
         if qid in seen:
             raise DatasetError(f"{source}: row {i}: duplicate id {qid!r} (also row {seen[qid]})")
         seen[qid] = i
-        question = _text(_pick(row, spec.question + QUESTION_COLUMNS, "question", source, i))
+        question = _text(_scalar(*_pick(row, spec.question + QUESTION_COLUMNS, "question", source, i), source, i))
         if not question:
             raise DatasetError(f"{source}: row {i}: empty question")
         if spec.kind == "gpqa" and GPQA_CORRECT in row:
             correct, incorrect = _gpqa_options(row, source, i)
             text, gold = gpqa_shuffle(question, correct, incorrect, seed=seed, qid=qid)
         else:
-            gold = _answer(_pick(row, spec.answer + ANSWER_COLUMNS, "answer", source, i))
+            gold = _answer(_scalar(*_pick(row, spec.answer + ANSWER_COLUMNS, "answer", source, i), source, i))
             if not gold:
                 raise DatasetError(f"{source}: row {i}: empty answer")
             text = question
@@ -320,24 +323,45 @@ def problems_from_rows(
     return problems
 
 
-def _pick(row: dict, names: Iterable[str], what: str, source: str, i: int) -> Any:
+def _pick(row: dict, names: Iterable[str], what: str, source: str, i: int) -> tuple[str, Any]:
+    """(column, value) of the first of `names` the row has a value in."""
     names = tuple(dict.fromkeys(names))
     for n in names:
         if n in row and row[n] is not None:
-            return row[n]
+            return n, row[n]
+    empty = [n for n in names if n in row]
+    if empty:
+        raise DatasetError(f"{source}: row {i}: the {what} column {empty[0]!r} is empty (null)")
     raise DatasetError(
         f"{source}: row {i}: missing {what} column (looked for {', '.join(names)}; "
         f"row has {', '.join(map(str, row)) or 'no columns'})"
     )
 
 
+def _scalar(column: str, value: Any, source: str, i: int) -> str | int | float | Decimal:
+    """`value` when it is a string or a finite number; else a `DatasetError` naming the row and
+    the column (a list, a dict or a boolean would otherwise turn into text such as "['5']")."""
+    if isinstance(value, bool):
+        problem = f"a boolean ({value})"
+    elif isinstance(value, (str, int)):
+        return value
+    elif isinstance(value, (float, Decimal)):
+        if math.isfinite(value):
+            return value
+        problem = f"{value} (not a finite number: an empty cell?)"
+    else:
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        problem = f"a {type(value).__name__} ({shown})"
+    raise DatasetError(f"{source}: row {i}: column {column!r} holds {problem}; it must hold a string or a "
+                       f"number (one value per row, e.g. \"5\" or 5)")
+
+
 def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def _answer(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value)
+def _answer(value: str | int | float | Decimal) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value).strip()
@@ -359,7 +383,7 @@ def _gpqa_options(row: dict, source: str, i: int) -> tuple[str, list[str]]:
     for col in (GPQA_CORRECT,) + GPQA_INCORRECT:
         if row.get(col) is None:
             raise DatasetError(f"{source}: row {i}: missing column {col!r} (GPQA layout)")
-        text = _text(row[col])
+        text = _text(_scalar(col, row[col], source, i))
         if not text:
             raise DatasetError(f"{source}: row {i}: empty {col!r}")
         opts.append(text)

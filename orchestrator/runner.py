@@ -22,6 +22,7 @@ from .checkpoint import Recovery
 from .cluster import engine_options  # noqa: F401
 from .cluster import model_path as _model_path  # noqa: F401
 from .config import Config, oversubscription, prompt_file, sampling_spec, validate
+from .context_fit import check_context
 from .core import metrics
 from .core.grading import grade_rows
 from .core.prompts import load_prompts
@@ -111,9 +112,11 @@ def _run_locked(cfg: Config, points, prompts, problems, store: ResultStore, fp: 
     started = time.monotonic()
     failure: BaseException | None = None
     facts: dict = {"generation_s": 0.0}
+    if todo:  # before Ray: the model, and every problem checked to fit the context (seconds)
+        model, facts = _prepare(cfg, points, prompts, todo, problems)
     try:
         if todo:
-            facts = _run_groups(cfg, points, prompts, phases, len(todo), store, recovery, fp)
+            facts.update(_run_groups(cfg, points, prompts, phases, len(todo), store, recovery, fp, model))
     except KeyboardInterrupt:
         raise  # out within seconds: the finished parts and checkpoints are on disk for a rerun
     except Exception as exc:  # what finished is still a result: consolidate it, then fail
@@ -174,16 +177,33 @@ def _matched_items(store: ResultStore, points, later: list[tuple[str, Problem]])
     return items
 
 
+def _prepare(cfg: Config, points, prompts, todo: list, problems: list[Problem]) -> tuple[str, dict]:
+    """The model made ready (built, converted or found), and every problem still to run checked
+    with its tokenizer to fit in engine.max_model_len: a refusal costs seconds, not an engine start."""
+    from . import cluster
+
+    t0 = time.monotonic()
+    with console.step(f"preparing the model {cfg.model.path}" if cfg.engine.kind != "fake"
+                      else "preparing the fake engine") as step:
+        model = cluster.model_path(cfg)
+        step.done(model)
+    facts = {"model_prepare_s": round(time.monotonic() - t0, 3)}
+    t0 = time.monotonic()
+    check_context(cfg, points, prompts, todo, problems, model)
+    facts["context_check_s"] = round(time.monotonic() - t0, 3)
+    return model, facts
+
+
 def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore, recovery: Recovery,
-                fp: dict) -> dict:
+                fp: dict, model: str) -> dict:
     with _Interrupts():
-        return _groups(cfg, points, prompts, phases, total, store, recovery, fp)
+        return _groups(cfg, points, prompts, phases, total, store, recovery, fp, model)
 
 
 def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore, recovery: Recovery,
-            fp: dict) -> dict:
-    """Run the phases' groups on fresh replicas; returns the run's timing and fault record. A
-    coordinator that dies is replaced, and given every group it had, from their checkpoints; a
+            fp: dict, model: str) -> dict:
+    """Run the phases' groups on fresh replicas (`model`: from `_prepare`); returns the run's
+    timing and fault record. A coordinator that dies is replaced, and given every group it had, from their checkpoints; a
     replica that dies is replaced when the cluster has room. Ctrl-C (or SIGTERM) stops the run
     within seconds, checkpoints kept; a second one exits at once."""
     import ray
@@ -192,12 +212,6 @@ def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore
     from .console import progress_bar, show
 
     facts: dict = {}
-    t0 = time.monotonic()
-    with console.step(f"preparing the model {cfg.model.path}" if cfg.engine.kind != "fake"
-                      else "preparing the fake engine") as step:
-        model = cluster.model_path(cfg)
-        step.done(model)
-    facts["model_prepare_s"] = round(time.monotonic() - t0, 3)
     starting = console.begin(f"starting Ray and {cfg.replicas.count} {cfg.engine.kind} replica(s)")
     facts["ray"] = cluster.init_ray(cfg)
     facts["run_id"] = cluster.run_prefix()  # actors are named <run_id>-leap-replica-<i>, ...

@@ -223,6 +223,90 @@ def test_row_index_ids_when_no_id_column(tmp_path):
     assert [p.gold for p in probs] == ["3", "4.5"]
 
 
+@pytest.mark.parametrize("answer, shown", [
+    (["5"], "a list (['5'])"),
+    ({"value": 5}, "a dict ({'value': 5})"),
+    (True, "a boolean (True)"),
+])
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_answers_that_are_not_a_string_or_number_are_refused(tmp_path, suffix, answer, shown):
+    rows = [{"id": "a", "problem": "1+1?", "answer": "2"}, {"id": "b", "problem": "2+2?", "answer": answer}]
+    f = _write(rows, tmp_path / f"bad{suffix}")
+    with pytest.raises(DatasetError) as exc:
+        load_problems("aime24", path=str(f))
+    msg = str(exc.value)
+    assert msg.startswith(f"{f}: row 1: column 'answer' holds {shown}"), msg
+    assert "must hold a string or a number" in msg
+
+
+def test_a_null_or_nan_answer_is_refused_by_row(tmp_path):
+    f = _write([{"problem": "1+1?", "answer": None}], tmp_path / "null.json")
+    with pytest.raises(DatasetError, match=r"null.json: row 0: the answer column 'answer' is empty \(null\)"):
+        load_problems("aime24", path=str(f))
+    g = _write([{"Question": "q0", "Answer": 3.0}, {"Question": "q1", "Answer": float("nan")}], tmp_path / "n.parquet")
+    with pytest.raises(DatasetError, match=r"n.parquet: row 1: column 'Answer' holds nan \(not a finite number"):
+        load_problems("aime24", path=str(g))
+
+
+def test_questions_and_gpqa_options_must_be_strings_or_numbers_too(tmp_path):
+    f = _write([{"problem": ["1+1?"], "answer": "2"}], tmp_path / "q.json")
+    with pytest.raises(DatasetError, match="q.json: row 0: column 'problem' holds a list"):
+        load_problems("aime24", path=str(f))
+    rows = _gpqa_rows(2)
+    rows[1]["Incorrect Answer 2"] = {"text": "x"}
+    g = _write(rows, tmp_path / "gpqa.jsonl")
+    with pytest.raises(DatasetError, match="gpqa.jsonl: row 1: column 'Incorrect Answer 2' holds a dict"):
+        load_problems("gpqa_diamond", path=str(g))
+
+
+def test_number_answers_keep_their_text(tmp_path):
+    # integers (the AIMO file), integral floats (a parquet column read as double), decimals, and
+    # strings with leading zeros (AIME) become the same gold strings as before the type check
+    rows = [{"id": "i", "problem": "a", "answer": 79}, {"id": "f", "problem": "b", "answer": 3.0},
+            {"id": "h", "problem": "c", "answer": 0.5}, {"id": "s", "problem": "d", "answer": " 025 "},
+            {"id": "n", "problem": "e", "answer": -4}]
+    probs = load_problems("aime24", path=str(_write(rows, tmp_path / "nums.json")))
+    assert [p.gold for p in probs] == ["79", "3", "0.5", "025", "-4"]
+
+
+def test_shared_integer_answers_are_their_digits(leap_eval):
+    raw = json.loads((leap_eval / "aimo.json").read_text())
+    probs = load_problems("aimo25", path=str(leap_eval / "aimo.json"))
+    assert [p.gold for p in probs] == [str(r["answer"]) for r in raw]
+    assert all(isinstance(r["answer"], int) for r in raw)
+
+
+@pytest.mark.parametrize("suffix", [".json", ".jsonl", ".csv"])
+def test_a_file_that_is_not_utf8_names_offset_line_and_the_fix(tmp_path, suffix):
+    rows = [{"id": "a", "problem": "What is 1+1?", "answer": "2"},
+            {"id": "b", "problem": "Combien font 2+2, déjà?", "answer": "4"}]
+    if suffix == ".csv":
+        text = "id,problem,answer\n" + "".join(f"{r['id']},{r['problem']},{r['answer']}\n" for r in rows)
+    elif suffix == ".jsonl":
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    else:
+        text = json.dumps(rows, ensure_ascii=False, indent=1)
+    data = text.encode("latin-1")  # é is one byte, 0xe9, which UTF-8 does not allow there
+    f = tmp_path / f"latin1{suffix}"
+    f.write_bytes(data)
+    offset = data.index(b"\xe9")
+    with pytest.raises(DatasetError) as exc:
+        load_problems("aime24", path=str(f))
+    msg = str(exc.value)
+    assert msg.startswith(f"{f}: the file is not UTF-8 text"), msg
+    line = data[:offset].count(b"\n") + 1
+    assert f"offset {offset} (line {line}," in msg and "0xe9" in msg
+    assert "Re-encode the file as UTF-8" in msg
+
+
+def test_a_utf8_file_with_a_byte_order_mark_loads(tmp_path):
+    f = tmp_path / "bom.json"
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"problem": "d\u00e9j\u00e0 1+1?", "answer": 2}],
+                                                 ensure_ascii=False).encode("utf-8"))
+    (p,) = load_problems("aime24", path=str(f))
+    assert p.question == "d\u00e9j\u00e0 1+1?" and p.gold == "2"
+
+
 # ------------------------------------------------------------------------------------------- hub
 
 

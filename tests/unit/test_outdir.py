@@ -42,7 +42,7 @@ def row(point, pid, path, answer="2"):
 
 def fake_groups(fail=()):
     """Stands in for `_run_groups`: every group not in `fail` is written as the driver writes it."""
-    def run_groups(cfg, points, prompts, phases, total, store, recovery, fp):
+    def run_groups(cfg, points, prompts, phases, total, store, recovery, fp, model=None):
         failed = []
         for phase in phases:
             for point, problem, _ in phase():
@@ -111,7 +111,7 @@ def test_partial_results_are_consolidated_and_marked_incomplete(monkeypatch, tmp
 
 
 def test_a_crash_mid_run_still_consolidates_what_finished(monkeypatch, tmp_path):
-    def crash(cfg, points, prompts, phases, total, store, recovery, fp):
+    def crash(cfg, points, prompts, phases, total, store, recovery, fp, model=None):
         point, problem, _ = phases[0]()[0]
         runner._write(store, recovery, {"point": point, "problem_id": problem.id, "messages": [],
                                         "paths": [row(point, problem.id, 0)]}, fp)
@@ -131,9 +131,9 @@ def test_a_corrupt_part_is_moved_aside_and_its_group_runs_again(monkeypatch, tmp
     part.write_bytes(part.read_bytes()[:100])  # an interrupted copy
     calls = []
 
-    def count(cfg, points, prompts, phases, total, store, recovery, fp):
+    def count(cfg, points, prompts, phases, total, store, recovery, fp, model=None):
         calls.append([pb.id for _, pb, _ in phases[0]()])
-        return fake_groups()(cfg, points, prompts, phases, total, store, recovery, fp)
+        return fake_groups()(cfg, points, prompts, phases, total, store, recovery, fp, model)
     monkeypatch.setattr(runner, "_run_groups", count)
     summary = runner._run(*setup((), PROBLEMS, tmp_path))
     assert calls == [["q2"]]
