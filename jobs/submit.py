@@ -16,7 +16,7 @@ environment (Ray itself excluded: the cluster's Ray must not be replaced). `--dr
 would be submitted with the values of `--env` masked.
 
 Exit status: 0 when the job SUCCEEDED, 1 when it FAILED or was STOPPED, 0 right after submitting
-with --no-wait, 2 on usage errors, 130 when interrupted (the job keeps running).
+with --no-wait, 2 on usage and connection errors, 130 when interrupted (the job keeps running).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -127,6 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def fail(message: str) -> NoReturn:
+    """A usage or connection error: one line on stderr, exit status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     """Our own arguments before `--`, verbatim entrypoint arguments after it."""
     argv = list(argv)
@@ -152,7 +158,7 @@ def project_requirements(extra: str = "gpu", root: Path = REPO_ROOT) -> list[str
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     extras = project.get("optional-dependencies", {})
     if extra not in extras:
-        raise SystemExit(f"pyproject.toml has no optional-dependencies group {extra!r} (has: {', '.join(extras)})")
+        fail(f"pyproject.toml has no optional-dependencies group {extra!r} (has: {', '.join(extras)})")
     reqs = list(project.get("dependencies", [])) + list(extras[extra])
     return list(dict.fromkeys(r for r in reqs if _requirement_name(r) != "ray"))
 
@@ -170,10 +176,10 @@ def runtime_env(args: argparse.Namespace) -> dict[str, Any]:
     for item in args.env:
         k, eq, v = item.partition("=")
         if not k:
-            raise SystemExit(f"--env expects KEY=VALUE or KEY, got {item!r}")
+            fail(f"--env expects KEY=VALUE or KEY, got {item!r}")
         if not eq:  # KEY alone: this shell's value, which then stays off the command line
             if k not in os.environ:
-                raise SystemExit(f"--env {k}: {k} is not set in this environment (or pass {k}=VALUE)")
+                fail(f"--env {k}: {k} is not set in this environment (or pass {k}=VALUE)")
             v = os.environ[k]
         env_vars[k] = v
     if env_vars:
@@ -206,14 +212,14 @@ def _client(address: str):
     except Exception as exc:  # connection refused, wrong address, missing auth token, ...
         hint = ""
         if "auth" in type(exc).__name__.lower() or "token" in str(exc).lower():
-            hint = (" The cluster uses token authentication: set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN"
-                    " (or RAY_AUTH_TOKEN_PATH) to the cluster's token.")
-        raise SystemExit(
-            f"error: cannot reach the Ray Jobs API at {safe_address(address)}: {type(exc).__name__}: "
+            hint = (" The cluster uses token authentication: export RAY_AUTH_MODE=token, with the cluster's"
+                    " token in ~/.ray/auth_token, in the file RAY_AUTH_TOKEN_PATH names, or in RAY_AUTH_TOKEN.")
+        fail(
+            f"cannot reach the Ray Jobs API at {safe_address(address)}: {type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}.{hint} "
             "Pass --address (or set RAY_ADDRESS) to the head node's dashboard, e.g. http://HEAD:8265, "
             "or forward it with `ray dashboard cluster/gpu-cluster.yaml`."
-        ) from None
+        )
 
 
 async def _tail(client, job_id: str) -> None:
@@ -235,6 +241,19 @@ def follow(client, job_id: str, poll_s: float = 2.0) -> str:
         if status.is_terminal():
             return str(status)
         time.sleep(poll_s)
+
+
+def submit_job(client, kwargs: dict[str, Any], wait_s: float = 60.0, poll_s: float = 2.0) -> str:
+    """Submit; a head that has just started answers "No available agent" until its dashboard agent
+    registers, so that answer is retried for up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(poll_s)
 
 
 def exit_code(status: str) -> int:
@@ -287,7 +306,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kwargs["submission_id"] = args.submission_id
     if args.entrypoint_num_cpus is not None:
         kwargs["entrypoint_num_cpus"] = args.entrypoint_num_cpus
-    job_id = client.submit_job(**kwargs)
+    job_id = submit_job(client, kwargs)
     print(f"[submit] submitted {job_id} to {safe_address(args.address)}: {cmd}", file=sys.stderr)
     print(f"[submit] logs: python jobs/submit.py --address {safe_address(args.address)} --logs {job_id} --follow", file=sys.stderr)
     print(f"[submit] stop: python jobs/submit.py --address {safe_address(args.address)} --stop {job_id}", file=sys.stderr)

@@ -60,13 +60,33 @@ def test_dry_run_shows_the_excludes_and_never_a_secret(capsys, workdir, monkeypa
     assert "entrypoint: python -m orchestrator +experiment=demo" in out
 
 
-def test_the_job_still_gets_the_real_values(workdir, monkeypatch):
+def test_the_job_still_gets_the_real_values(workdir, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", "from-shell")
     args = submit.build_parser().parse_args(["--working-dir", str(workdir), "--env", "A=1=2", "--env", "HF_TOKEN"])
     assert submit.runtime_env(args)["env_vars"] == {"A": "1=2", "HF_TOKEN": "from-shell"}
     monkeypatch.delenv("HF_TOKEN")
-    with pytest.raises(SystemExit, match="HF_TOKEN is not set"):
+    with pytest.raises(SystemExit) as exit_:
         submit.runtime_env(args)
+    assert exit_.value.code == 2 and "--env HF_TOKEN: HF_TOKEN is not set" in capsys.readouterr().err
+
+
+def test_a_refused_token_is_named_without_echoing_secrets(monkeypatch, capsys):
+    """What the Jobs API client raises on a cluster with token authentication (seen with Ray
+    2.60: AuthenticationError, 'Missing authentication token') becomes one line with the fix."""
+    ray_jobs = pytest.importorskip("ray.job_submission")
+
+    class AuthenticationError(Exception):
+        pass
+
+    def refuse(address):
+        raise AuthenticationError("Authentication required: Unauthorized: Missing authentication token")
+
+    monkeypatch.setattr(ray_jobs, "JobSubmissionClient", refuse)
+    with pytest.raises(SystemExit) as exit_:
+        submit._client("http://me:pa55word@head:8265")
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "pa55word" not in err
+    assert "RAY_AUTH_MODE=token" in err and "~/.ray/auth_token" in err and "RAY_AUTH_TOKEN" in err
 
 
 def test_a_user_pattern_cannot_bring_a_secret_back():
@@ -104,3 +124,26 @@ def test_the_repository_ships_all_its_code(tmp_path):
               if p.suffix in (".py", ".yaml", ".txt") and "__pycache__" not in p.parts}
     assert wanted and wanted <= shipped, sorted(wanted - shipped)
     assert "orchestrator/engines/tokenizer.py" in shipped
+
+
+def test_a_head_without_its_agent_yet_is_retried():
+    """Right after `ray start` the Jobs API answers 500 'No available agent' for a while."""
+    calls = []
+
+    class Client:
+        def submit_job(self, **kwargs):
+            calls.append(kwargs)
+            if len(calls) < 3:
+                raise RuntimeError("Request failed with status code 500: No available agent to submit job, "
+                                   "please try again later..")
+            return "raysubmit_1"
+
+    assert submit.submit_job(Client(), {"entrypoint": "x"}, wait_s=60, poll_s=0) == "raysubmit_1"
+    assert len(calls) == 3
+
+    class Broken:
+        def submit_job(self, **kwargs):
+            raise RuntimeError("Request failed with status code 400: bad runtime_env")
+
+    with pytest.raises(RuntimeError, match="bad runtime_env"):
+        submit.submit_job(Broken(), {"entrypoint": "x"}, wait_s=60, poll_s=0)
