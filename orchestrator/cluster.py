@@ -216,8 +216,10 @@ def _join(cfg: Config, address: str, source: str) -> dict:
         why = refusal(address, source, host, port, min(timeout / 2, 5.0))
         if why is not None:
             raise ClusterError(why)
-    try:  # the question above answers at once from a live GCS; its time comes off the deadline
-        with _watchdog(max(timeout - (time.monotonic() - started), 1.0), f"cannot join the Ray cluster at {address} ({source}): something listens at "
+    # the question above answers at once from a live GCS; its time comes off the deadline
+    left = max(timeout - (time.monotonic() - started), 1.0)
+    try:
+        with _watchdog(left, f"cannot join the Ray cluster at {address} ({source}): something listens at "
                                 f"{host}:{port} but ray.init did not finish within ray.connect_timeout_s="
                                 f"{timeout:g} s. Is that the head's GCS port (6379 by default; ray:// for "
                                 f"Ray Client, 10001), is the Ray version the same on both sides, and does "
