@@ -7,7 +7,9 @@ the config keys to change:
 - connecting: `ray.address` "" (or "local") starts a private Ray in this process even when another
   Ray runs on the machine (a Ray Job's entrypoint, which finds RAY_ADDRESS set, joins its cluster);
   "auto" joins the Ray running on this machine; HOST:PORT or ray://HOST:PORT joins that cluster
-  or fails within `ray.connect_timeout_s` (a TCP probe first, then `ray.init` under a watchdog).
+  or fails within `ray.connect_timeout_s` (a TCP probe first; for a GCS address a question to
+  the GCS, which tells a head that requires a token this driver lacks (`ray_auth.py`); then
+  `ray.init` under a watchdog).
 - placement: one placement group holds a bundle per replica and one CPU for the coordinator, so
   a layout that leaves the coordinator no CPU is refused at placement time. When the cluster
   cannot grow (a local Ray, or no autoscaler) and lacks the resources, the run is refused at once;
@@ -207,17 +209,32 @@ def _join(cfg: Config, address: str, source: str) -> dict:
         raise ClusterError(f"cannot reach the Ray cluster at {address} ({source}): {why}. Check that the head "
                            f"node runs (`ray status` there) and that this machine can reach {host}:{port}; "
                            f"leave ray.address empty to run on a private local Ray instead.")
+    started = time.monotonic()
+    if _scheme == "gcs":  # ray.init would retry a refused token for ~20 s and then blame the connection
+        from .ray_auth import refusal
+
+        why = refusal(address, source, host, port, min(timeout / 2, 5.0))
+        if why is not None:
+            raise ClusterError(why)
+    # the question above answers at once from a live GCS; its time comes off the deadline
+    left = max(timeout - (time.monotonic() - started), 1.0)
     try:
-        with _watchdog(timeout, f"cannot join the Ray cluster at {address} ({source}): something listens at "
+        with _watchdog(left, f"cannot join the Ray cluster at {address} ({source}): something listens at "
                                 f"{host}:{port} but ray.init did not finish within ray.connect_timeout_s="
                                 f"{timeout:g} s. Is that the head's GCS port (6379 by default; ray:// for "
-                                f"Ray Client, 10001), and is the Ray version the same on both sides?"):
+                                f"Ray Client, 10001), is the Ray version the same on both sides, and does "
+                                f"the head require token authentication (then: export RAY_AUTH_MODE=token "
+                                f"and the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN)?"):
             ray.init(address=address, namespace=cfg.ray.namespace, log_to_driver=True)
     except ClusterError:
         raise
     except Exception as exc:  # version mismatch, authentication, a port that is not Ray's ...
-        raise ClusterError(f"cannot join the Ray cluster at {address} ({source}): "
-                           f"{first_lines(remote_cause(exc), 3)}") from None
+        cause = first_lines(remote_cause(exc), 3)
+        if "authenticat" in cause.lower() or "auth_token" in cause.lower():
+            from .ray_auth import FIX
+
+            cause += f" Token authentication: {FIX}."
+        raise ClusterError(f"cannot join the Ray cluster at {address} ({source}): {cause}") from None
     _placed["mode"] = "joined"
     return {"mode": "joined", "address": address}
 

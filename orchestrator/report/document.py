@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..core.metrics import comm_round_list
 from . import data as D
+from .markdown import md_code, md_fence, md_text
 from .plots import Figure, figures, write_figures
 from .transcript import Block, split_path
 
@@ -264,13 +265,9 @@ def render_html(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
 # --------------------------------------------------------------------------- Markdown
 
 
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
 def table_md(t: D.Table) -> str:
     if not t.rows:
-        return f"_{t.title}: nothing to show for this run._\n"
+        return f"_{md_text(t.title)}: nothing to show for this run._\n"
     headers = list(t.headers)
     if any(label for label, _ in t.groups):
         i = 0
@@ -279,45 +276,39 @@ def table_md(t: D.Table) -> str:
                 if label:
                     headers[j] = f"{label} {headers[j]}"
             i += span
-    lines = [f"<!-- table:{t.key} -->", "| " + " | ".join(_md_escape(h) for h in headers) + " |",
+    lines = [f"<!-- table:{t.key} -->", "| " + " | ".join(md_text(h) for h in headers) + " |",
              "|" + "|".join("---:" if c.kind in ("num", "delta") else "---" for c in t.rows[0]) + "|"]
     for row in t.rows:
-        lines.append("| " + " | ".join(_md_escape(c.text) for c in row) + " |")
+        lines.append("| " + " | ".join(md_text(c.text) for c in row) + " |")
     if t.note:
-        lines += ["", f"_{t.note}_"]
+        lines += ["", f"_{md_text(t.note)}_"]
     return "\n".join(lines) + "\n"
 
 
 def figure_md(fig: Figure | None) -> str:
-    return f"![{fig.caption}]({PLOT_DIR}/{fig.name})\n" if fig is not None else ""
-
-
-def _fence(text: str) -> str:
-    fence = "````"
-    while fence in text:
-        fence += "`"
-    return f"{fence}text\n{text}\n{fence}"
+    return f"![{md_text(fig.caption)}]({PLOT_DIR}/{fig.name})\n" if fig is not None else ""
 
 
 def transcript_md(tr: Transcript | None) -> str:
     if tr is None:
         return "_No path received peer messages in this run: nothing to show._\n"
     row = tr.row
-    out = [f"Configuration `{tr.point}`, {tr.benchmark} problem `{tr.problem_id}`, path {tr.path}: "
-           f"gold `{row.get('gold')}`, final answer `{row.get('answer')}` "
-           f"({'correct' if row.get('correct') else 'wrong'}), finished by {row.get('finish_reason')}. "
+    # every string here may come from the dataset, the model or the config: code spans or escaped
+    out = [f"Configuration {md_code(tr.point)}, {md_text(tr.benchmark)} problem {md_code(tr.problem_id)}, "
+           f"path {tr.path}: gold {md_code(row.get('gold'))}, final answer {md_code(row.get('answer'))} "
+           f"({'correct' if row.get('correct') else 'wrong'}), finished by {md_text(row.get('finish_reason'))}. "
            f"Cut by {'character spans (exact)' if tr.method == 'spans' else 'tags and prompt wording'}.", ""]
     for b in tr.blocks:
-        out.append(f"**{_block_title(b)}**")
+        out.append(f"**{md_text(_block_title(b))}**")
         out.append("")
         if b.kind == "comment" and b.notes:
             for n in b.notes:
                 who = f"path {n.sender}" if n.sender is not None else "unknown sender"
                 sim = f", similarity {n.similarity:.3f}" if n.similarity is not None else ""
                 check = "matches its summary" if n.verified else "not matched to a message"
-                out.append(f"- Peer {n.rank} ← {who}{sim} ({check}): {_md_escape(n.text)}")
+                out.append(f"- Peer {n.rank} ← {who}{sim} ({check}): {md_text(n.text)}")
         else:
-            out.append(_fence(b.text))
+            out.append(md_fence(b.text))
         out.append("")
     return "\n".join(out)
 
@@ -325,11 +316,12 @@ def transcript_md(tr: Transcript | None) -> str:
 def render_md(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
               tr: Transcript | None) -> str:
     title = run.config.get("experiment") or run.root.name
-    out = [f"# LeaP report: {title}", "", f"`{run.root.resolve()}` · metrics from summary.json, run facts from run_info.json and config.json", ""]
-    for d in run.notices():
-        out += [f"> **{d}**" if d.startswith("Incomplete") else f"> {d}", ""]
+    out = [f"# LeaP report: {md_text(title)}", "",
+           f"{md_code(run.root.resolve())} · metrics from summary.json, run facts from run_info.json and config.json", ""]
+    for d in run.notices():  # the reasons quote errors, which may quote model or dataset text
+        out += [f"> **{md_text(d)}**" if d.startswith("Incomplete") else f"> {md_text(d)}", ""]
     for d in run.derived:
-        out += [f"> {d}", ""]
+        out += [f"> {md_text(d)}", ""]
     out += ["## Run", "", table_md(tables["facts"])]
     if tables["replicas"].rows:
         out += ["", table_md(tables["replicas"])]

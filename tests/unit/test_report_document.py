@@ -9,7 +9,9 @@ reads each back and compares, and checks that the Markdown tables show the same 
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -170,12 +172,17 @@ def _md_tables(run_dir: Path) -> dict[str, list[list[str]]]:
             key = line[len("<!-- table:"):-len(" -->")]
             tables[key] = []
         elif key and line.startswith("|"):
-            cells = [c.strip().replace("\\|", "|") for c in line.strip("|").split(" | ")]
+            cells = [_md_unescape(c.strip()) for c in line.strip("|").split(" | ")]
             if not set("".join(cells)) <= set("-:|"):
                 tables[key].append(cells)
         elif key and not line.strip():
             key = None
     return tables
+
+
+def _md_unescape(cell: str) -> str:
+    """The text a report.md table cell shows (the reverse of `md_text`)."""
+    return re.sub(r"\\([\\`*_\[\]|~])", r"\1", html.unescape(cell))
 
 
 def _matches(text: str, value) -> bool:
@@ -370,3 +377,114 @@ def test_console_table_shows_the_summary_values(run_dir):
         row = next(ln for ln in lines if ln.split() and ln.split()[0] == point)
         cells = row.split()
         assert float(cells[2]) == pytest.approx(per_bench["synthetic"]["pass@1"], abs=5e-4)
+
+
+# --------------------------------------------------------------------------- untrusted text
+
+HOSTILE = ["<script>alert(1)</script>", '<img src=x onerror="alert(2)">', "[click](javascript:alert(3))",
+           "![pixel](http://example.invalid/t.png)", "a | b", "``` `x` ````", "**bold** _it_ ~~del~~",
+           "&lt;script&gt; \\<b>"]
+
+
+def _outside_fences(md: str) -> tuple[str, list[str]]:
+    """report.md split the way CommonMark reads fences: the text outside fenced code blocks, and
+    each block's content."""
+    outside, blocks, fence, body = [], [], None, []
+    for line in md.split("\n"):
+        if fence is None:
+            m = re.match(r" {0,3}(`{3,})([^`]*)$", line)
+            if m:
+                fence, body = m.group(1), []
+            else:
+                outside.append(line)
+        elif re.fullmatch(r" {0,3}`{%d,} *" % len(fence), line):
+            blocks.append("\n".join(body))
+            fence = None
+        else:
+            body.append(line)
+    assert fence is None, "a fence was left open"
+    return "\n".join(outside), blocks
+
+
+def _code_span_body(span: str) -> str:
+    """What a code span written by `md_code` shows (CommonMark's rules for one span)."""
+    opening = re.match(r"`+", span).group(0)
+    assert span.endswith(opening) and len(span) > 2 * len(opening)
+    body = span[len(opening):-len(opening)]
+    assert all(len(run) != len(opening) for run in re.findall(r"`+", body)), "the span would close early"
+    if body.startswith(" ") and body.endswith(" ") and body.strip(" "):
+        body = body[1:-1]
+    return body
+
+
+@pytest.mark.parametrize("text", HOSTILE + ["`", " `lead", "trail` ", "  ", "", " two  spaces "])
+def test_code_span_shows_its_text_exactly(text):
+    from orchestrator.report.markdown import md_code
+
+    assert _code_span_body(md_code(text)) == (text or " ")
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_escaped_text_keeps_no_markup(text):
+    from orchestrator.report.markdown import md_text
+
+    out = md_text(text + "\nsecond line")
+    assert "\n" not in out and "<" not in out and ">" not in out
+    assert not re.search(r"(?<!\\)[\[\]|`*]", out.replace("\\\\", "")), out  # every such char escaped
+    assert _md_unescape(out) == text + " second line"  # and nothing else changed
+
+
+def _hostile_transcript():
+    from orchestrator.report.document import Transcript
+    from orchestrator.report.transcript import Block, Note
+
+    evil = " ".join(HOSTILE)
+    blocks = [Block("segment", f"Let me think.\n\n{evil}\n````\n# not a heading\n````````", round=1),
+              Block("summary", f"<summarize> {evil} </summarize>", round=1, answer=("<b>7</b>", False)),
+              Block("comment", "<comment> ... </comment>", round=1,
+                    notes=[Note(rank=1, text=f"{evil}\nnext line", sender=2, similarity=0.5, verified=True)]),
+              Block("answer", evil)]
+    row = {"gold": "`3`", "answer": "<script>x()</script>", "correct": False, "finish_reason": "<i>stop</i>"}
+    return Transcript("T=96<x>", "bench*mark", "q`1`", 0, row, blocks, "spans"), blocks
+
+
+def test_markdown_transcript_shows_model_text_as_text():
+    from orchestrator.report.document import table_md, transcript_md
+    from orchestrator.report.data import Cell, Table
+
+    tr, blocks = _hostile_transcript()
+    table = Table("problems", "Per problem", ["problem", "majority"],
+                  [[Cell(h), Cell(h, kind="num")] for h in HOSTILE], note="<script>n()</script>")
+    md = transcript_md(tr) + "\n" + table_md(table)
+    outside, fenced = _outside_fences(md)
+    # the blocks' text sits verbatim in code blocks that close where they should
+    assert fenced == [b.text for b in blocks if b.kind != "comment"]
+    # short strings sit in code spans (shown literally) that they cannot close
+    spans = re.findall(r"(`+)( ?.*?)\1(?!`)", outside.splitlines()[0])
+    assert [_code_span_body(o + b + o) for o, b in spans] == ["T=96<x>", "q`1`", "`3`", "<script>x()</script>"]
+    # everywhere else: no tag, link or image survives as markup
+    first, rest = outside.split("\n", 1)
+    prose = re.sub(r"(`+)( ?.*?)\1(?!`)", "", first) + "\n" + rest
+    for bad in ("<script", "<img", "<b>", "<i>", r"(?<!\\)\]\(", r"(?<!\\)\[", r"(?<!\\)`"):
+        assert not re.search(bad, prose), bad
+    # the table keeps its shape: one cell per column, whatever the text holds
+    rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert all(len(re.findall(r"(?<!\\)\|", ln)) == 3 for ln in rows)
+    assert [_md_unescape(r[2:-2].split(" | ")[0]) for r in rows[1:]] == HOSTILE
+
+
+def test_markdown_report_renders_without_model_html():
+    """Rendered by a CommonMark parser, the hostile transcript and table hold no tag of theirs and
+    no link: only the text."""
+    markdown_it = pytest.importorskip("markdown_it")
+    from orchestrator.report.document import table_md, transcript_md
+    from orchestrator.report.data import Cell, Table
+
+    tr, _ = _hostile_transcript()
+    table = Table("problems", "Per problem", ["problem"], [[Cell(h)] for h in HOSTILE])
+    md = transcript_md(tr) + "\n" + table_md(table)
+    rendered = markdown_it.MarkdownIt("commonmark").enable("table").render(md)
+    tags = set(re.findall(r"<([a-z]+)", rendered))
+    assert tags <= {"p", "strong", "pre", "code", "ul", "li", "table", "thead", "tbody", "tr", "th", "td"}, tags
+    assert "javascript:" not in re.sub(r">[^<]*<", "><", rendered)  # never inside a tag
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered
