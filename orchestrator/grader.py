@@ -7,8 +7,9 @@ coordinator and off the generation's critical path. What can go wrong there, and
 - A worker dies (the OOM killer on a huge expression, a segfault, a stray kill): the pool breaks
   and every task in it fails. The pool is rebuilt (after a probe task shows that its workers
   start at all; if they do not, the run fails saying so), and each group that was in flight is
-  regraded one path at a time, alone in the pool, so that a death names its path. A path whose
-  grading kills the pool `attempts` times is recorded ungraded (`grading.ungraded_record`).
+  regraded alone in the pool, so that a death names its group; a group that dies alone is then
+  graded one path at a time, so that a death names its path. A path whose grading kills the pool
+  `attempts` times is recorded ungraded (`grading.ungraded_record`).
 - A task runs past its deadline (`deadline_s(rows)`, from when it started; every check inside is
   bounded, so this means a stuck worker): treated as a death.
 - A check inside times out or raises: that verdict is None (ungraded) in the row itself
@@ -70,7 +71,8 @@ class _Job:
     group: dict
     rows: list  # per path: the graded row, or None until graded
     sent: bool = False  # a whole-group task was submitted (normal mode)
-    isolate: bool = False  # its rows are regraded one at a time (it was in a broken pool)
+    isolate: bool = False  # it was in a broken pool: regraded alone in the pool
+    split: bool = False  # it broke the pool alone: its paths are graded one at a time
     deaths: dict = field(default_factory=dict)  # path position -> pool breaks it caused alone
 
     def done(self) -> bool:
@@ -81,7 +83,7 @@ class _Job:
 class _Task:
     job: _Job
     indices: list[int]  # positions of the job's rows this task grades
-    alone: bool = False  # one path, alone in the pool: a pool break is its doing
+    alone: bool = False  # alone in the pool: a pool break is its doing
     started: float | None = None  # monotonic time it was first seen running
 
 
@@ -195,13 +197,13 @@ class Grader:
             return True
         except Exception as exc:  # a bug in grading itself: find the path(s), one at a time
             del self.tasks[fut]
-            if task.alone:
+            if len(task.indices) == 1:
                 log.error("grading %s raised %s: %s; recorded ungraded", _name(task), type(exc).__name__, exc)
                 task.job.rows[task.indices[0]] = ungraded_record(task.job.group["paths"][task.indices[0]])
             else:
                 log.error("grading %s raised %s: %s; grading its paths one at a time", _name(task),
                           type(exc).__name__, exc)
-                task.job.isolate = True
+                task.job.isolate = task.job.split = True
             return False
         del self.tasks[fut]
         self.busy_s += seconds
@@ -211,13 +213,16 @@ class Grader:
 
     def _restart(self) -> None:
         """The pool broke (a worker died) or a task overran: kill it; every task that was in it
-        is lost. One path alone in the pool is to blame for it; groups are regraded per path."""
+        is lost and regraded alone. A group alone in the pool is to blame: its paths are then
+        graded one at a time; a path alone is to blame: it counts a death."""
         self._stop_pool(kill=True)
         self.restarts += 1
         for fut, task in list(self.tasks.items()):
             job = task.job
             job.isolate = True
-            if task.alone:
+            if task.alone and len(task.indices) > 1:
+                job.split = True
+            elif task.alone:
                 i = task.indices[0]
                 job.deaths[i] = job.deaths.get(i, 0) + 1
                 if job.deaths[i] >= self.attempts:
@@ -226,11 +231,11 @@ class Grader:
                     job.rows[i] = ungraded_record(job.group["paths"][i])
         self.tasks.clear()
         self.probe = None
-        log.warning("grading workers restarted (%d so far); groups that were in flight are regraded "
-                    "one path at a time", self.restarts)
+        log.warning("grading workers restarted (%d so far); what was in flight is regraded alone",
+                    self.restarts)
 
     def _dispatch(self) -> None:
-        """While a group is isolated, one of its paths at a time, alone; else whole groups."""
+        """While a group is isolated, it alone (split: one of its paths alone); else whole groups."""
         if self.probe is not None:
             return
         isolated = [job for job in self.pending if job.isolate and not job.done()]
@@ -238,8 +243,8 @@ class Grader:
             if self.tasks:
                 return
             job = isolated[0]
-            i = next(k for k, r in enumerate(job.rows) if r is None)
-            self._send(job, [i], alone=True)
+            left = [k for k, r in enumerate(job.rows) if r is None]
+            self._send(job, left[:1] if job.split else left, alone=True)
             return
         for job in self.pending:
             if not job.sent and not job.done():
@@ -304,7 +309,7 @@ class Grader:
 
 def _name(task: _Task) -> str:
     group = task.job.group
-    what = f"path {group['paths'][task.indices[0]].get('path', task.indices[0])} of " if task.alone else ""
+    what = f"path {group['paths'][task.indices[0]].get('path', task.indices[0])} of " if task.job.split else ""
     return f"{what}problem {group['problem_id']} (sweep point {group['point']})"
 
 

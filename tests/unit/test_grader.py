@@ -68,6 +68,12 @@ def _stuck_on_marker(text, gold):
     return math_verdict(text, gold)
 
 
+def _raise_on_marker(text, gold):
+    if "RAISE" in text:
+        raise ValueError("a bug in a check")
+    return math_verdict(text, gold)
+
+
 def _hold_first_check(flag_dir, text, gold):
     """The first check anywhere writes its worker's pid and waits (to be killed mid-grade);
     later ones grade normally."""
@@ -162,8 +168,8 @@ def test_a_path_that_keeps_killing_its_worker_is_ungraded_and_the_rest_graded():
     killer = first[1]
     assert killer["answer"] is None and killer["correct_compat"] is None and killer["text"].startswith("KILL-ME")
     assert out[1]["paths"][0]["correct"] is True
-    # the group's first try, then the killer path alone, twice
-    assert grader.restarts == 3
+    # the group's first try, the group alone, then the killer path alone, twice
+    assert grader.restarts == 4
     assert grader.facts()["ungraded_paths"] == 1
 
 
@@ -179,7 +185,7 @@ def test_a_group_past_its_deadline_is_ungraded_and_the_run_goes_on():
     assert [g["problem_id"] for g in out] == ["p7", "p8"]
     assert [r["correct"] for r in out[0]["paths"]] == [None, True]
     assert out[1]["paths"][0]["correct"] is True
-    assert grader.restarts == 2  # the group's first try, then the stuck path alone
+    assert grader.restarts == 3  # the group's first try, the group alone, the stuck path alone
 
 
 def test_workers_that_cannot_start_fail_the_run_naming_it(monkeypatch):
@@ -191,6 +197,17 @@ def test_workers_that_cannot_start_fail_the_run_naming_it(monkeypatch):
     with pytest.raises(RunFailed, match="grading workers cannot start"):
         grader.drain()
     assert grader.pool is None and grader.pending == []
+
+
+def test_a_check_that_raises_leaves_only_its_path_ungraded():
+    grader = Grader(workers=1, check=_raise_on_marker)
+    try:
+        grader.submit(_group("p1", _row("\\boxed{2}", "2", 0), _row("RAISE \\boxed{2}", "2", 1)))
+        out = grader.drain()
+    finally:
+        grader.close()
+    assert [r["correct"] for r in out[0]["paths"]] == [True, None]
+    assert grader.restarts == 0
 
 
 # --------------------------------------------------------------------------- undecided checks
