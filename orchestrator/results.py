@@ -46,6 +46,7 @@ REQUEST = pa.struct([
 SPAN = pa.struct([("kind", pa.string()), ("start", pa.int64()), ("end", pa.int64()),
                   ("char_start", pa.int64()), ("char_end", pa.int64())])
 
+# `correct` (and `correct_compat`, `round_correct` items) null: ungraded, no check could decide it
 PATHS_SCHEMA = pa.schema([
     ("sweep_point", pa.string()), ("benchmark", pa.string()), ("problem_id", pa.string()),
     ("path", pa.int32()), ("gold", pa.string()), ("answer", pa.string()),

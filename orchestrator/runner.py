@@ -24,11 +24,11 @@ from .cluster import model_path as _model_path  # noqa: F401
 from .config import Config, oversubscription, prompt_file, sampling_spec, validate
 from .context_fit import check_context
 from .core import metrics
-from .core.grading import grade_rows
 from .core.prompts import load_prompts
 from .core.types import Problem
 from .data import DatasetError, load_problems
-from .errors import ConfigChanged, DeadlineError, RunFailed
+from .errors import ConfigChanged, RunFailed
+from .grader import Grader
 from .lock import RunLock
 from .replacement import Replacements
 from .results import ResultStore
@@ -317,14 +317,16 @@ def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore
         if bar is not None:
             bar.close()
         t_tail = time.monotonic()
-        if not interrupted:
-            for g in grader.drain():  # groups that finished before a failure are saved
-                _write(store, recovery, g, fp)
-        facts.update(replaced.facts())
-        facts["grading_tail_s"] = round(time.monotonic() - t_tail, 3)
-        facts["grading_s"] = round(grader.busy_s, 3)
-        grader.close(kill=interrupted)
-        cluster.teardown([coordinator, *replaced.handles()])  # and the placement group(s)
+        try:
+            if not interrupted:
+                for g in grader.drain():  # groups that finished before a failure are saved
+                    _write(store, recovery, g, fp)
+        finally:  # the actors go even when grading could not finish
+            facts.update(replaced.facts())
+            facts["grading_tail_s"] = round(time.monotonic() - t_tail, 3)
+            facts.update(grader.facts())
+            grader.close(kill=interrupted)
+            cluster.teardown([coordinator, *replaced.handles()])  # and the placement group(s)
     facts["failed_groups"] = failed  # the caller consolidates what finished, then fails the run
     return facts
 
@@ -415,72 +417,6 @@ def _generation_facts(stats: list[dict]) -> dict:
         "replica_stats": [{**s, "busy_fraction": round(s["busy_s"] / gen, 4) if gen and s.get("busy_s") else None}
                           for s in stats],
     }
-
-
-class Grader:
-    """Grades finished groups in a process pool, off the coordinator and off the critical path
-    (math-verify is pure Python: ~45 ms per long path). Results come back in submission order.
-
-    Every check inside is bounded (`math_equal`'s timeout), so a group that takes longer than
-    `deadline_s(rows)` means a stuck worker: the run then ends naming the group, whose last
-    checkpoint stays on disk for a rerun, instead of waiting for ever."""
-
-    def __init__(self, workers: int | None = None, deadline_s=lambda rows: 600.0 + 30.0 * len(rows)):
-        self.workers = workers or max(1, min(8, (os.cpu_count() or 2) - 1))
-        self.deadline_s = deadline_s
-        self.pool = None
-        self.pending: list[tuple[dict, object]] = []
-        self.busy_s = 0.0
-
-    def _ensure(self):
-        if self.pool is None:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
-        return self.pool
-
-    def submit(self, group: dict) -> None:
-        fut = self._ensure().submit(grade_rows, group["paths"], group.get("kind", "math"))
-        self.pending.append((group, fut))
-
-    def ready(self) -> list[dict]:
-        out = []
-        while self.pending and self.pending[0][1].done():
-            out.append(self._take())
-        return out
-
-    def drain(self) -> list[dict]:
-        out = []
-        while self.pending:
-            out.append(self._take())
-        return out
-
-    def _take(self) -> dict:
-        from concurrent.futures import TimeoutError as FutureTimeout
-
-        group, fut = self.pending.pop(0)
-        limit = self.deadline_s(group["paths"])
-        try:
-            rows, seconds = fut.result(timeout=limit)
-        except FutureTimeout:
-            self.close(kill=True)
-            raise DeadlineError(
-                f"grading problem {group['problem_id']} (sweep point {group['point']}) did not finish in "
-                f"{limit:.0f} s: a grading worker is stuck. Its last checkpoint is kept; rerun to retry it."
-            ) from None
-        self.busy_s += seconds
-        return {**group, "paths": rows}
-
-    def close(self, kill: bool = False) -> None:
-        if self.pool is not None:
-            if kill:  # a stuck worker would otherwise hold the interpreter's exit
-                for proc in list(getattr(self.pool, "_processes", {}).values()):
-                    proc.kill()
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = None
-        if kill:
-            self.pending.clear()
 
 
 def _report(cfg: Config, store: ResultStore, paths_t, summary: dict) -> None:

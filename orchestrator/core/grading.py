@@ -2,12 +2,17 @@
 
 Contract
 --------
-- `math_equal(text, gold, timeout_s=5.0) -> bool`: math-verify's judgement, gold parsed first.
-  math-verify's own timeouts use SIGALRM and fail outside the main thread, so both `parse` and
-  `verify` get their timeouts as None and the whole check runs in a worker of a module-level
-  thread pool bounded by `future.result(timeout_s)`. A timeout returns False (logged). Safe from
-  any thread and inside Ray actors. A check that never finishes keeps its worker busy (Python
-  cannot kill a thread); the pool has several workers so one stuck check does not stall grading.
+- `math_verdict(text, gold, timeout_s=5.0, verify=None) -> bool | None`: math-verify's
+  judgement, gold parsed first; None when it could not decide (the check timed out or raised):
+  such a path is *ungraded*, never counted as wrong. math-verify's own timeouts use SIGALRM and
+  fail outside the main thread, so both `parse` and `verify` get their timeouts as None and the
+  whole check runs in a worker of a module-level thread pool bounded by
+  `future.result(timeout_s)` (math-verify is imported before the clock starts). Safe from any
+  thread and inside Ray actors. A check that never finishes keeps its thread busy (Python cannot
+  kill a thread), so after a timeout later checks get a fresh thread pool. `verify(text, gold)`
+  replaces math-verify itself (tests).
+- `math_equal(text, gold, timeout_s=5.0) -> bool`: `math_verdict(...) is True` (an undecided
+  check is False here; grading uses `math_verdict`).
 - `extract_answer(text) -> str | None`: the path's answer, independent of the gold: the content
   of the last complete `\\boxed{...}` (or `\\fbox{...}`, braces balanced; empty boxes ignored),
   else the last number in the text, else None. Stored per path and used for voting.
@@ -17,7 +22,12 @@ Contract
 - `extract_choice(text) -> str | None` and `gpqa_correct(text, gold_letter) -> bool`: the choice
   letter A-D from the last `ANSWER: X` (markdown bold, parentheses and a trailing period are
   tolerated), else from the last `\\boxed{X}`.
-- `grade(text, gold, kind="math") -> dict`: {"answer", "correct", "correct_compat"}.
+- `grade(text, gold, kind="math", check=None) -> dict`: {"answer", "correct",
+  "correct_compat"}; math `correct` is `check(text, gold)` (default `math_verdict`): True, False,
+  or None (ungraded).
+- `grade_record(row, kind, check=None)`, `grade_rows(rows, kind, check=None)`: a path row graded
+  (see `grade_record`); `ungraded_record(row)`: the row with every verdict None, for a path whose
+  grading could not finish (its grading worker died or overran its deadline).
 - `canonical_answer(ans) -> str | None`: the key majority voting groups answers by.
 """
 
@@ -92,18 +102,35 @@ def _verify(text: str, gold: str) -> bool:
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
 
 
-def math_equal(text: str, gold: str, timeout_s: float = 5.0) -> bool:
-    """True when math-verify judges the answer in `text` equal to `gold` within `timeout_s`."""
-    future = _executor().submit(_verify, text, gold)
+def _abandon_executor() -> None:
+    """Leave a pool whose thread is stuck in a timed-out check; later checks get fresh threads
+    (the stuck thread runs on, and its idle peers exit when the pool is collected)."""
+    global _pool
+    with _pool_lock:
+        _pool = None
+
+
+def math_verdict(text: str, gold: str, timeout_s: float = 5.0, verify=None) -> bool | None:
+    """True or False when math-verify judges the answer in `text` against `gold` within
+    `timeout_s`; None when it could not decide (timed out or raised): the check is ungraded."""
+    if verify is None:
+        import math_verify  # noqa: F401  # imported before the clock: the first import takes seconds
+    future = _executor().submit(verify or _verify, text, gold)
     try:
-        return future.result(timeout=timeout_s)
+        return bool(future.result(timeout=timeout_s))
     except FutureTimeout:
         future.cancel()
-        logger.warning("math-verify timed out after %.1fs (gold=%r); graded False", timeout_s, gold)
-        return False
+        _abandon_executor()
+        logger.warning("math-verify timed out after %.1fs (gold=%r); ungraded", timeout_s, gold)
+        return None
     except Exception:  # math-verify should not raise; a bug there must not kill a run
-        logger.exception("math-verify failed (gold=%r); graded False", gold)
-        return False
+        logger.exception("math-verify failed (gold=%r); ungraded", gold)
+        return None
+
+
+def math_equal(text: str, gold: str, timeout_s: float = 5.0) -> bool:
+    """True when math-verify judges the answer in `text` equal to `gold` within `timeout_s`."""
+    return math_verdict(text, gold, timeout_s) is True
 
 
 # --------------------------------------------------------------------------- extraction
@@ -310,12 +337,13 @@ def gpqa_correct(text: str, gold_letter: str) -> bool:
 GRADE_KINDS = ("math", "gpqa")
 
 
-def grade(text: str, gold: str, kind: str = "math") -> dict:
-    """Grade one output: {"answer", "correct" (math-verify or letter), "correct_compat"}."""
+def grade(text: str, gold: str, kind: str = "math", check=None) -> dict:
+    """Grade one output: {"answer", "correct" (math-verify or letter), "correct_compat"}. Math's
+    `correct` is `check(text, gold)` (default `math_verdict`): None when it could not decide."""
     if kind == "math":
         return {
             "answer": extract_answer(text),
-            "correct": math_equal(text, str(gold)),
+            "correct": (check or math_verdict)(text, str(gold)),
             "correct_compat": leap_compat_correct(text, str(gold)),
         }
     if kind == "gpqa":
@@ -328,33 +356,47 @@ def grade(text: str, gold: str, kind: str = "math") -> dict:
     raise ValueError(f"unknown grading kind {kind!r}; allowed: {', '.join(GRADE_KINDS)}")
 
 
-def grade_record(row: dict, kind: str = "math") -> dict:
+def _verdict(value) -> bool | None:
+    return None if value is None else bool(value)
+
+
+def grade_record(row: dict, kind: str = "math", check=None) -> dict:
     """Fill a path row's `answer`, `correct`, `correct_compat` and `answer_changed` from its
     `text` (peer blocks stripped) and `gold`. Pure and picklable: the driver runs it in a process
-    pool, off the coordinator and off the generation's critical path."""
+    pool, off the coordinator and off the generation's critical path. `correct` (and each of
+    `round_correct`) is None where the check could not decide: the path is ungraded there."""
     from .text import strip_comments
 
-    graded = grade(strip_comments(row["text"]), row["gold"], kind=kind)
+    graded = grade(strip_comments(row["text"]), row["gold"], kind=kind, check=check)
     answer = None if graded["answer"] is None else str(graded["answer"])
     first = row.get("answer_first_summary")
     changed = None
     if first is not None and answer is not None:
         changed = canonical_answer(first) != canonical_answer(answer)
-    round_answers, round_correct = grade_rounds(row.get("summaries") or [], row["gold"], kind)
-    return {**row, "answer": answer, "correct": bool(graded["correct"]),
+    round_answers, round_correct = grade_rounds(row.get("summaries") or [], row["gold"], kind, check=check)
+    return {**row, "answer": answer, "correct": _verdict(graded["correct"]),
             "correct_compat": bool(graded["correct_compat"]), "answer_changed": changed,
             "round_answers": round_answers, "round_correct": round_correct}
 
 
+def ungraded_record(row: dict) -> dict:
+    """A path row whose grading could not finish (its worker died or overran): every verdict
+    and extracted answer None, one None per summary, so that no metric counts it as wrong."""
+    n = len(row.get("summaries") or [])
+    return {**row, "answer": None, "correct": None, "correct_compat": None, "answer_changed": None,
+            "round_answers": [None] * n, "round_correct": [None] * n}
+
+
 def grade_rounds(summaries: list[str], gold: str, kind: str = "math",
-                 cache: dict | None = None) -> tuple[list[str | None], list[bool]]:
+                 cache: dict | None = None, check=None) -> tuple[list[str | None], list[bool | None]]:
     """The answer in each of a path's summaries (written at its communication rounds, before it
     read its peers) and its verdict: math, `extract_answer` of the summary graded as
-    `\\boxed{answer}` by `math_equal`; GPQA, the choice letter against the gold letter. No
-    answer is wrong. `cache` (shared across calls) grades each (answer, gold) once."""
+    `\\boxed{answer}` by `check` (default `math_verdict`; None: undecided); GPQA, the choice
+    letter against the gold letter. No answer is wrong. `cache` (shared across calls) grades
+    each (answer, gold) once."""
     cache = {} if cache is None else cache
     answers: list[str | None] = []
-    verdicts: list[bool] = []
+    verdicts: list[bool | None] = []
     for summary in summaries:
         if kind == "gpqa":
             answer = _lenient_choice(summary or "")
@@ -367,18 +409,18 @@ def grade_rounds(summaries: list[str], gold: str, kind: str = "math",
             elif key in cache:
                 ok = cache[key]
             else:
-                ok = cache[key] = math_equal(f"\\boxed{{{answer}}}", str(gold))
+                ok = cache[key] = (check or math_verdict)(f"\\boxed{{{answer}}}", str(gold))
         answers.append(answer)
-        verdicts.append(bool(ok))
+        verdicts.append(_verdict(ok))
     return answers, verdicts
 
 
-def grade_rows(rows: list[dict], kind: str = "math") -> tuple[list[dict], float]:
+def grade_rows(rows: list[dict], kind: str = "math", check=None) -> tuple[list[dict], float]:
     """Grade a group's path rows; returns them and the seconds it took (for run_info.json)."""
     import time
 
     t0 = time.perf_counter()
-    return [grade_record(r, kind) for r in rows], time.perf_counter() - t0
+    return [grade_record(r, kind, check) for r in rows], time.perf_counter() - t0
 
 
 __all__ = [
@@ -395,5 +437,7 @@ __all__ = [
     "last_number",
     "leap_compat_correct",
     "math_equal",
+    "math_verdict",
     "normalize_answer",
+    "ungraded_record",
 ]

@@ -10,16 +10,24 @@ Contract
   None is incorrect. The plurality answer wins; ties go to the answer that occurs first.
   Shortest-majority is the same vote with ties broken in favour of the answer whose paths have
   the smallest mean length (then first occurrence). A winning answer's correctness is the
-  `correct` flag of its first path.
+  `correct` flag of its first graded path; None when none of its paths is graded.
+- Ungraded paths (`correct` None: the check timed out, or grading could not finish) are never
+  counted as wrong: Pass@1 and pass@k are over a problem's graded paths, a problem with none is
+  left out of the benchmark's means, and a problem whose vote cannot be graded is left out of
+  Cons@N. The counts say so: `ungraded` (paths) and `ungraded_votes` (problems) per benchmark,
+  `ungraded` per problem and per round of `round_transitions`; each is present only when not
+  zero, so a run where everything was graded writes the same summary.json as before.
 - `summarize(rows)`: `{sweep_point: {benchmark: metrics}}` from per-path rows (see `summarize`).
   Within a problem, paths are ordered by their `path` index when rows carry one (so "first
   occurrence" in a vote means lowest path index); otherwise rows keep their input order.
 - `per_problem(rows)`: one dict per (sweep_point, benchmark, problem_id).
 - `round_transitions(paths, comm_rounds=None)`: per communication round, how many paths changed
   their answer after reading peer messages (wrong to right, right to wrong, wrong to another
-  wrong, right to another right), and how many without an answer then found one. A path's checkpoints are its round answers (`round_answers` /
-  `round_correct`: the answer in the summary it wrote at each communication round, before it saw
-  its peers) followed by its final graded answer; exchange i moves checkpoint i to i + 1.
+  wrong, right to another right), and how many without an answer then found one (`ungraded`,
+  when not zero: exchanges left unsorted because a verdict before or after is undecided). A
+  path's checkpoints are its round answers (`round_answers` / `round_correct`: the answer in the
+  summary it wrote at each communication round, before it saw its peers) followed by its final
+  graded answer; exchange i moves checkpoint i to i + 1.
 - `compare_points(summary, settings)`: per point and benchmark, Pass@1 and Cons@N deltas against
   the independent baseline and the compute-matched point of a LeaP point (`summarize(rows,
   points)` stores them in the summary, beside each point's settings).
@@ -102,10 +110,16 @@ def _winner(groups: dict[str, list[int]], lengths: Sequence[float], shortest: bo
     return tied[0]
 
 
+def _group_verdict(members: list[int], correct: Sequence[bool | None]) -> bool | None:
+    """The verdict of the first graded path among `members`; None when none is graded."""
+    return next((bool(correct[i]) for i in members if correct[i] is not None), None)
+
+
 def majority_vote(
-    answers: Sequence[str | None], correct: Sequence[bool], lengths: Sequence[int]
+    answers: Sequence[str | None], correct: Sequence[bool | None], lengths: Sequence[int]
 ) -> dict:
-    """Cons@N verdicts: {"answer", "votes", "correct", "shortest_answer", "shortest_correct"}."""
+    """Cons@N verdicts: {"answer", "votes", "correct", "shortest_answer", "shortest_correct"};
+    a verdict is None when no path with the winning answer is graded."""
     if not len(answers) == len(correct) == len(lengths):
         raise ValueError("answers, correct and lengths must have the same length")
     groups = _vote_groups(answers)
@@ -113,7 +127,7 @@ def majority_vote(
     for prefix, shortest in (("", False), ("shortest_", True)):
         key = _winner(groups, lengths, shortest)
         result[f"{prefix}answer"] = key
-        result[f"{prefix}correct"] = bool(correct[groups[key][0]]) if key is not None else False
+        result[f"{prefix}correct"] = _group_verdict(groups[key], correct) if key is not None else False
     result["votes"] = len(groups[result["answer"]]) if result["answer"] is not None else 0
     return result
 
@@ -149,24 +163,38 @@ def _by_problem(rows: Iterable[dict]) -> dict[tuple[str, str], dict]:
 
 
 def _problem_vote(paths: list[dict]) -> dict:
-    return majority_vote(
+    """The problem's vote; with no answer to vote for while some path is ungraded (whose answer
+    may be unknown), undecided rather than wrong."""
+    vote = majority_vote(
         [p.get("answer") for p in paths],
-        [bool(p["correct"]) for p in paths],
+        [None if p["correct"] is None else bool(p["correct"]) for p in paths],
         [int(p.get("sampled_tokens") or 0) for p in paths],
     )
+    if vote["answer"] is None and _ungraded(paths):
+        vote.update(correct=None, shortest_correct=None)
+    return vote
 
 
-def _fraction_true(paths: list[dict], key: str) -> float:
-    return sum(bool(p[key]) for p in paths) / len(paths)
+def _fraction_true(paths: list[dict], key: str) -> float | None:
+    """The fraction of graded paths (`key` not None) that are right; None when none is graded."""
+    graded = [bool(p[key]) for p in paths if p[key] is not None]
+    return sum(graded) / len(graded) if graded else None
+
+
+def _decided(values: Iterable[float | None]) -> list[float]:
+    return [float(v) for v in values if v is not None]
+
+
+def _ungraded(paths: list[dict]) -> int:
+    return sum(p["correct"] is None for p in paths)
 
 
 def _pass_at_k_table(problems: dict, n: int) -> dict[int, float | None]:
+    """Mean unbiased pass@k over the problems with at least k graded paths."""
+    graded = [[bool(p["correct"]) for p in paths if p["correct"] is not None] for paths in problems.values()]
     table = {}
     for k in k_values(n):
-        values = [
-            pass_at_k(len(paths), sum(bool(p["correct"]) for p in paths), k)
-            for paths in problems.values()
-        ]
+        values = [pass_at_k(len(g), sum(g), k) for g in graded if len(g) >= k]
         table[k] = _round(_mean(values))
     return table
 
@@ -210,10 +238,12 @@ def _problem_details(problems: dict) -> dict[str, dict]:
         out[str(pid)] = {
             "paths": len(paths),
             "pass@1": _round(_fraction_true(paths, "correct")),
-            "cons@N": _round(float(vote["correct"])),
+            "cons@N": _round(vote["correct"]),
             "majority_answer": vote["answer"],
             "votes": vote["votes"],
         }
+        if _ungraded(paths):
+            out[str(pid)]["ungraded"] = _ungraded(paths)
     return out
 
 
@@ -240,7 +270,8 @@ def round_transitions(paths: Iterable[dict], comm_rounds: Sequence[int] | None =
     """{round: {"paths", "answered", "changed", *TRANSITIONS, *GAINED}} over the paths that wrote
     a summary in that round: `answered` had an answer in it, `changed` (of those) moved to
     another answer or verdict by the next checkpoint, split by verdicts before and after;
-    `no_answer_to_*` had none and then found one. Rounds are the communicating rounds
+    `no_answer_to_*` had none and then found one; `ungraded` (only when not zero) could not be
+    sorted because a verdict before or after was undecided. Rounds are the communicating rounds
     (`comm_rounds`, in order) when given, else 1, 2, ... by summary index. None when the rows
     carry summaries but no `round_answers` (not graded per round); {} when no path
     communicated."""
@@ -261,6 +292,9 @@ def round_transitions(paths: Iterable[dict], comm_rounds: Sequence[int] | None =
                                               **dict.fromkeys(TRANSITIONS + GAINED, 0)})
             counts["paths"] += 1
             counts["answered"] += canonical_answer(points[i][0]) is not None
+            if points[i][1] is None or points[i + 1][1] is None:  # a verdict is undecided
+                counts["ungraded"] = counts.get("ungraded", 0) + 1
+                continue
             kind = _transition(points[i], points[i + 1])
             if kind is not None:
                 counts["changed"] += kind in TRANSITIONS
@@ -347,15 +381,15 @@ def _benchmark_metrics(problems: dict, label: tuple[str, str], settings: dict | 
     votes = [_problem_vote(group) for group in problems.values()]
     n = _paths_per_problem(problems, label)
     rounds = comm_round_list(settings) if settings is not None else None
-    return {
+    out = {
         "problems": len(problems),
         "paths_per_problem": n,
-        "pass@1": _round(_mean([_fraction_true(g, "correct") for g in problems.values()])),
+        "pass@1": _round(_mean(_decided(_fraction_true(g, "correct") for g in problems.values()))),
         "pass@1_compat": _round(
-            _mean([_fraction_true(g, "correct_compat") for g in problems.values()])
+            _mean(_decided(_fraction_true(g, "correct_compat") for g in problems.values()))
         ),
-        "cons@N": _round(_mean([float(v["correct"]) for v in votes])),
-        "cons@N_shortest": _round(_mean([float(v["shortest_correct"]) for v in votes])),
+        "cons@N": _round(_mean(_decided(v["correct"] for v in votes))),
+        "cons@N_shortest": _round(_mean(_decided(v["shortest_correct"] for v in votes))),
         "pass@k": _pass_at_k_table(problems, n),
         "tokens_per_path": _token_means(paths),
         "rounds_mean": _round(_mean([int(p.get("rounds") or 0) for p in paths])),
@@ -364,6 +398,12 @@ def _benchmark_metrics(problems: dict, label: tuple[str, str], settings: dict | 
         "round_transitions": round_transitions(paths, rounds or None),
         "per_problem": _problem_details(problems),
     }
+    if _ungraded(paths):  # shown apart; absent when every path was graded
+        out["ungraded"] = _ungraded(paths)
+    undecided = sum(v["correct"] is None for v in votes)
+    if undecided:
+        out["ungraded_votes"] = undecided
+    return out
 
 
 def summarize(rows: Iterable[dict], points: dict | None = None) -> dict:
@@ -381,7 +421,9 @@ def summarize(rows: Iterable[dict], points: dict | None = None) -> dict:
     `prefix_cache_hit_rate` (cached / (cached + uncached), None when both are zero),
     `round_transitions` (see `round_transitions`; rows need `summaries`, `round_answers` and
     `round_correct`) and `per_problem` ({problem_id: paths, pass@1, cons@N, majority_answer,
-    votes}).
+    votes}). Ungraded paths (`correct` None) are left out of every accuracy and counted apart:
+    `ungraded` (paths) and `ungraded_votes` (problems whose vote could not be graded), present
+    only when not zero (see the module docstring).
 
     `points` ({sweep_point: LeapParams or a mapping of its fields}, optional) adds `settings`
     (mode, T, top_k, router, ...) to each benchmark's metrics, labels round transitions by the
@@ -406,7 +448,8 @@ def summarize(rows: Iterable[dict], points: dict | None = None) -> dict:
 
 
 def per_problem(rows: Iterable[dict]) -> list[dict]:
-    """One dict per (sweep_point, benchmark, problem_id): n, pass@1, pass@1_compat, cons@N."""
+    """One dict per (sweep_point, benchmark, problem_id): n, ungraded, pass@1, pass@1_compat
+    (over graded paths), cons@N (None when the vote cannot be graded)."""
     out = []
     for (sweep_point, benchmark), problems in _by_problem(rows).items():
         for pid, paths in problems.items():
@@ -417,9 +460,10 @@ def per_problem(rows: Iterable[dict]) -> list[dict]:
                     "benchmark": benchmark,
                     "problem_id": pid,
                     "n": len(paths),
+                    "ungraded": _ungraded(paths),
                     "pass@1": _round(_fraction_true(paths, "correct")),
                     "pass@1_compat": _round(_fraction_true(paths, "correct_compat")),
-                    "cons@N": _round(float(vote["correct"])),
+                    "cons@N": _round(vote["correct"]),
                     "majority_answer": vote["answer"],
                 }
             )

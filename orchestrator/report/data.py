@@ -304,10 +304,13 @@ def main_table(run: Run) -> Table:
         per_metric.append("Δ matched")
     headers = ["configuration", "mode", "T", "top-k", "router", "N"]
     groups = [("", len(headers))]
+    apart = has_ungraded(run)
     for b in run.benchmarks:
         for metric_label in ("Pass@1", cons):
             headers += [f"{metric_label}{' ' + s if s else ''}" for s in per_metric]
-        groups.append((b, 2 * len(per_metric)))
+        if apart:
+            headers.append("ungraded")
+        groups.append((b, 2 * len(per_metric) + apart))
     rows = []
     for p in run.order:
         bench0 = next((b for b in run.benchmarks if run.metric(p, b)), run.benchmarks[0])
@@ -323,11 +326,42 @@ def main_table(run: Run) -> Table:
                     row.append(num(run, (p, b, "vs_independent", key), "delta"))
                 if has_cm:
                     row.append(num(run, (p, b, "vs_compute_matched", key), "delta"))
+            if apart:
+                row.append(ungraded_cell(run, (p, b)))
         rows.append(row)
     note = ("Pass@1: mean over problems of the fraction of correct paths; Cons@N: majority vote "
             "over a problem's N paths. Δ indep.: minus the independent-sampling point; Δ matched: "
             "minus the compute-matched point that matches this LeaP point's token usage.")
+    if apart:
+        note += (" Ungraded: paths no check could decide (a check timed out, or its grading worker died), "
+                 "left out of Pass@1 and Cons@N, never counted wrong.")
     return Table("main", "Accuracy by configuration", headers, rows, note, groups)
+
+
+def has_ungraded(run: Run) -> bool:
+    """Whether summary.json counts an ungraded path anywhere (the key is absent when none)."""
+    return any(run.metric(p, b, "ungraded") for p in run.order for b in run.benchmarks)
+
+
+def ungraded_cell(run: Run, keys: tuple) -> Cell:
+    """The count of ungraded paths at `keys` (absent in summary.json means none: 0)."""
+    value = run.metric(*keys, "ungraded")
+    if value is None:  # not a number summary.json holds: a plain cell
+        return Cell("0")
+    return num(run, (*keys, "ungraded"), "int")
+
+
+def ungraded_note(run: Run) -> str:
+    """One sentence for the top of the report and the console; empty when everything was graded."""
+    paths = sum(run.metric(p, b, "ungraded") or 0 for p in run.order for b in run.benchmarks)
+    if not paths:
+        return ""
+    votes = sum(run.metric(p, b, "ungraded_votes") or 0 for p in run.order for b in run.benchmarks)
+    text = (f"{paths} path(s) could not be graded (a check timed out, or its grading worker died): they are "
+            f"left out of Pass@1, pass@k and Cons@N, not counted wrong")
+    if votes:
+        text += f"; {votes} problem vote(s) could not be graded and are left out of Cons@N"
+    return text + ". See the `ungraded` columns."
 
 
 def _cons_label(run: Run) -> str:
@@ -377,18 +411,25 @@ TRANSITION_HEADERS = (("paths", "paths"), ("answered", "with an answer"), ("chan
 
 
 def transitions_table(run: Run) -> Table:
-    headers = _label_headers(run) + ["round"] + [h for _, h in TRANSITION_HEADERS]
+    columns = list(TRANSITION_HEADERS)
+    if any(run.metric(p, b, "round_transitions", r, "ungraded")
+           for p, b in _point_bench(run) for r in (run.metric(p, b, "round_transitions") or {})):
+        columns.append(("ungraded", "ungraded"))
+    headers = _label_headers(run) + ["round"] + [h for _, h in columns]
     rows = []
     for p, b in _point_bench(run):
         table = run.metric(p, b, "round_transitions") or {}
         for r in sorted(table, key=_sort_key):
             rows.append(_label(run, p, b) + [Cell(str(r))] + [
-                num(run, (p, b, "round_transitions", r, k), "int") for k, _ in TRANSITION_HEADERS])
+                ungraded_cell(run, (p, b, "round_transitions", r)) if k == "ungraded"
+                else num(run, (p, b, "round_transitions", r, k), "int") for k, _ in columns])
     note = ("After each communication round: of the paths that wrote a summary in that round (its "
             "answer written before reading peers), how many changed their answer by the next "
             "checkpoint (the next summary, or the final answer after the last one), split by the "
             "verdicts before and after; none→right / none→wrong: the summary had no answer and the "
             "next checkpoint has one (not counted as changed).")
+    if len(columns) > len(TRANSITION_HEADERS):
+        note += " Ungraded: a verdict before or after was undecided, so the change is not sorted."
     return Table("transitions", "Answer changes after peer messages", headers, rows, note)
 
 
@@ -404,9 +445,10 @@ def problem_table(run: Run) -> Table:
     """Pass@1 and Cons@N per problem (rows) and configuration (column pairs)."""
     headers = ["benchmark", "problem"]
     groups = [("", 2)]
+    apart = has_ungraded(run)
     for p in run.order:
-        headers += ["Pass@1", "Cons@N", "majority"]
-        groups.append((p, 3))
+        headers += ["Pass@1", "Cons@N", "majority"] + (["ungraded"] if apart else [])
+        groups.append((p, 3 + apart))
     rows = []
     for b in run.benchmarks:
         pids = sorted({pid for p in run.order for pid in (run.metric(p, b, "per_problem") or {})},
@@ -419,6 +461,9 @@ def problem_table(run: Run) -> Table:
                 answer = run.metric(p, b, "per_problem", pid, "majority_answer")
                 row.append(Cell("-" if answer is None else str(answer),
                                 src=(p, b, "per_problem", pid, "majority_answer") if answer is not None else None))
+                if apart:
+                    row.append(ungraded_cell(run, (p, b, "per_problem", pid)) if run.metric(p, b, "per_problem", pid)
+                               else text(None))
             rows.append(row)
     return Table("problems", "Per problem", headers, rows, groups=groups)
 
@@ -432,6 +477,8 @@ HEADLINE = (
     ("replica start-up", (("replicas_start_s",),), "s"),
     ("generation time", (("generation_s",),), "s"),
     ("grading time", (("grading_s",),), "s"),
+    ("grading workers restarted", (("grading_restarts",),), ""),
+    ("paths left ungraded", (("ungraded_paths",),), ""),
     ("tokens/s (sampled)", (("tokens_per_s",), ("sampled_tokens_per_s",)), ""),
     ("prefix-cache hit rate", (("prefix_cache_hit_rate",), ("cache_hit_rate",)), ""),
     ("groups run", (("groups_run",),), ""),
@@ -560,6 +607,7 @@ __all__ = [
     "efficiency_table",
     "facts_table",
     "fmt",
+    "has_ungraded",
     "load_run",
     "lookup",
     "main_table",
@@ -568,4 +616,6 @@ __all__ = [
     "replica_table",
     "run_info_table",
     "transitions_table",
+    "ungraded_cell",
+    "ungraded_note",
 ]

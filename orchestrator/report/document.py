@@ -53,7 +53,7 @@ def choose_path(run: D.Run) -> tuple[str, str, int] | None:
     def score(r: dict) -> int:
         points = list(zip(r.get("round_answers") or [], r.get("round_correct") or []))
         verdicts = [ok for _, ok in points] + [r.get("correct")]
-        if any(not a and b for a, b in zip(verdicts, verdicts[1:])):
+        if any(a is False and b for a, b in zip(verdicts, verdicts[1:])):  # None: ungraded
             return 3  # wrong to right somewhere
         if r.get("answer_changed"):
             return 2
@@ -134,6 +134,7 @@ td.head{font-weight:600;white-space:nowrap}td.pos{color:#1b5e20}td.neg{color:#b7
 figure{margin:12px 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:12.5px}
 .incomplete{background:#fdecea;border:1px solid #f5c2c0;padding:6px 10px;font-weight:600}
 .derived{background:#fff8e1;border:1px solid #ffe082;padding:6px 10px;font-size:12.5px}
+.ungraded{background:#fdecea;border:1px solid #f5c2c0;padding:6px 10px;font-size:12.5px}
 .blk{border-left:4px solid #bbb;margin:6px 0;padding:4px 10px;background:#fafafa}
 .blk .lab{font-size:11.5px;color:#555;text-transform:uppercase;letter-spacing:.03em}
 .blk pre{white-space:pre-wrap;word-wrap:break-word;margin:2px 0;font:12.5px/1.4 ui-monospace,Menlo,Consolas,monospace}
@@ -186,8 +187,12 @@ def _block_title(b: Block) -> str:
     graded = ""
     if b.answer is not None:
         answer, ok = b.answer
-        graded = f" · answer {answer if answer is not None else 'none'} ({'right' if ok else 'wrong'})"
+        graded = f" · answer {answer if answer is not None else 'none'} ({_verdict_word(ok)})"
     return f"{where}{b.label} ({b.provenance}){graded}"
+
+
+def _verdict_word(ok) -> str:
+    return "ungraded" if ok is None else ("right" if ok else "wrong")
 
 
 def transcript_html(tr: Transcript | None) -> str:
@@ -197,7 +202,8 @@ def transcript_html(tr: Transcript | None) -> str:
     head = [
         ["configuration", tr.point], ["benchmark", tr.benchmark], ["problem", tr.problem_id],
         ["path", tr.path], ["gold", row.get("gold")], ["final answer", row.get("answer")],
-        ["correct", row.get("correct")], ["finish", row.get("finish_reason")],
+        ["correct", "ungraded" if row.get("correct") is None else row.get("correct")],
+        ["finish", row.get("finish_reason")],
         ["cut by", "character spans (exact)" if tr.method == "spans" else "tags and prompt wording"],
     ]
     parts = ['<table data-table="transcript-facts">' + "".join(
@@ -254,6 +260,8 @@ def render_html(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
         out.append('<p class="incomplete">' + "<br>".join(_e(d) for d in run.notices()) + "</p>")
     if run.derived:
         out.append('<p class="derived">' + "<br>".join(_e(d) for d in run.derived) + "</p>")
+    if D.ungraded_note(run):
+        out.append(f'<p class="ungraded">{_e(D.ungraded_note(run))}</p>')
     for key, heading, body in sections:
         out.append(f'<section id="{key}"><h2>{_e(heading)}</h2>')
         out += [b for b in body if b]
@@ -296,7 +304,7 @@ def transcript_md(tr: Transcript | None) -> str:
     # every string here may come from the dataset, the model or the config: code spans or escaped
     out = [f"Configuration {md_code(tr.point)}, {md_text(tr.benchmark)} problem {md_code(tr.problem_id)}, "
            f"path {tr.path}: gold {md_code(row.get('gold'))}, final answer {md_code(row.get('answer'))} "
-           f"({'correct' if row.get('correct') else 'wrong'}), finished by {md_text(row.get('finish_reason'))}. "
+           f"({'ungraded' if row.get('correct') is None else 'correct' if row.get('correct') else 'wrong'}), finished by {md_text(row.get('finish_reason'))}. "
            f"Cut by {'character spans (exact)' if tr.method == 'spans' else 'tags and prompt wording'}.", ""]
     for b in tr.blocks:
         out.append(f"**{md_text(_block_title(b))}**")
@@ -322,6 +330,8 @@ def render_md(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
         out += [f"> **{md_text(d)}**" if d.startswith("Incomplete") else f"> {md_text(d)}", ""]
     for d in run.derived:
         out += [f"> {md_text(d)}", ""]
+    if D.ungraded_note(run):
+        out += [f"> **Ungraded:** {md_text(D.ungraded_note(run))}", ""]
     out += ["## Run", "", table_md(tables["facts"])]
     if tables["replicas"].rows:
         out += ["", table_md(tables["replicas"])]
@@ -367,6 +377,7 @@ def console_text(run: D.Run, tables: dict[str, D.Table]) -> str:
         parts.append(_problems_text(run))
     main = tables["main"]
     parts.append(table_text(main, drop=("mode", "T", "top-k", "router")))  # the name says them
+    parts.append(D.ungraded_note(run))
     return "\n\n".join(p for p in parts if p)
 
 
@@ -374,14 +385,17 @@ def _problems_text(run: D.Run) -> str:
     from .tables import _fmt_table, _sort_key
 
     point = run.order[0]
+    apart = D.has_ungraded(run)
     rows = []
     for b in run.benchmarks:
         per = run.metric(point, b, "per_problem") or {}
         for pid in sorted(per, key=_sort_key):
             m = per[pid]
             rows.append([b, pid, D.fmt(m.get("paths"), "int"), D.fmt(m.get("pass@1")),
-                         D.fmt(m.get("cons@N"), "int"), str(m.get("majority_answer") or "-")[:16]])
-    return _fmt_table(["benchmark", "problem", "N", "Pass@1", "Cons@N", "majority"], rows, left=2)
+                         D.fmt(m.get("cons@N"), "int"), str(m.get("majority_answer") or "-")[:16]]
+                        + ([str(m.get("ungraded") or 0)] if apart else []))
+    headers = ["benchmark", "problem", "N", "Pass@1", "Cons@N", "majority"] + (["ungraded"] if apart else [])
+    return _fmt_table(headers, rows, left=2)
 
 
 # --------------------------------------------------------------------------- entry point

@@ -5,8 +5,10 @@ A per-problem table (Pass@1 and Cons@N of every problem at every sweep point), a
 delivered peer messages.
 
 The per-problem table is recomputed from the path rows: Pass@1 is the mean of `correct` over the
-problem's paths; Cons@N grades the majority answer (non-empty answers only, ties go to the answer
-seen first in path order; the vote of `orchestrator.core.metrics.majority_vote`, as in summary.json).
+problem's graded paths; Cons@N grades the majority answer (non-empty answers only, ties go to the
+answer seen first in path order; the vote of `orchestrator.core.metrics.majority_vote`, as in
+summary.json). Ungraded paths (`correct` null: no check could decide) are never counted wrong;
+when a run has any, both tables gain an `ungraded` column.
 """
 
 from __future__ import annotations
@@ -117,27 +119,40 @@ def _truthy(v: Any) -> bool:
     return bool(v) and not (isinstance(v, float) and math.isnan(v))
 
 
+def _verdict(v: Any) -> bool | None:
+    """A path's `correct`: None (also NaN, as pandas reads a null) when it is ungraded."""
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else bool(v)
+
+
 def _problem_stats(rows: Rows) -> dict[str, Any]:
     rows = sorted(rows, key=lambda r: _sort_key(r.get("path", 0)))
     n = len(rows)
-    pass1 = sum(_truthy(r.get("correct")) for r in rows) / n if n else float("nan")
+    verdicts = [_verdict(r.get("correct")) for r in rows]
+    graded = [v for v in verdicts if v is not None]
+    pass1 = sum(graded) / len(graded) if graded else float("nan")
     # The same vote as summary.json's Cons@N (canonical answers, ties to the first occurrence).
-    vote = majority_vote(
-        [r.get("answer") if r.get("answer") not in ("",) else None for r in rows],
-        [_truthy(r.get("correct")) for r in rows],
-        [int(r.get("sampled_tokens") or 0) for r in rows],
-    )
-    majority, cons = vote["answer"] or "", float(vote["correct"])
+    answers = [r.get("answer") if r.get("answer") not in ("",) else None for r in rows]
+    vote = majority_vote(answers, verdicts, [int(r.get("sampled_tokens") or 0) for r in rows])
+    ungraded = len(verdicts) - len(graded)
+    undecided = vote["correct"] is None or (vote["answer"] is None and ungraded)
+    majority, cons = vote["answer"] or "", float("nan") if undecided else float(vote["correct"])
     tokens = [
         float(r.get("sampled_tokens") or 0) + float(r.get("injected_tokens") or 0) for r in rows
     ]
     return {
         "n": n,
+        "ungraded": ungraded,
         "pass1": pass1,
         "cons": cons,
         "majority": majority,
         "tokens": sum(tokens) / n if n else float("nan"),
     }
+
+
+def _nanmean(values: list[float]) -> float | None:
+    """The mean of the decided values (NaN: nothing graded); None when there are none."""
+    kept = [v for v in values if not math.isnan(v)]
+    return sum(kept) / len(kept) if kept else None
 
 
 def problem_table(paths_table: Any, max_answer_chars: int = 12) -> str:
@@ -155,10 +170,11 @@ def problem_table(paths_table: Any, max_answer_chars: int = 12) -> str:
     stats = {k: _problem_stats(v) for k, v in groups.items()}
 
     one_sweep = len(sweeps) == 1
+    apart = any(st["ungraded"] for st in stats.values())
     headers = ["benchmark", "problem", "N"]
     for s in sweeps:
         prefix = "" if one_sweep else f"{s} "
-        headers += [f"{prefix}pass@1", f"{prefix}cons@N"]
+        headers += [f"{prefix}pass@1", f"{prefix}cons@N"] + ([f"{prefix}ungraded"] if apart else [])
     if one_sweep:
         headers += ["majority", "tokens/path"]
 
@@ -173,6 +189,8 @@ def problem_table(paths_table: Any, max_answer_chars: int = 12) -> str:
             for s in sweeps:
                 st = stats.get((s, b, pid))
                 row += [_num(st["pass1"]), _num(st["cons"], 0)] if st else ["-", "-"]
+                if apart:
+                    row.append(str(st["ungraded"]) if st else "-")
             if one_sweep:
                 st = stats[(sweeps[0], b, pid)]
                 ans = st["majority"]
@@ -184,10 +202,9 @@ def problem_table(paths_table: Any, max_answer_chars: int = 12) -> str:
             row = [b, "mean", ""]
             for s in sweeps:
                 sts = [stats[(s, b, pid)] for _, pid in plist if (s, b, pid) in stats]
-                row += [
-                    _num(sum(x["pass1"] for x in sts) / len(sts)) if sts else "-",
-                    _num(sum(x["cons"] for x in sts) / len(sts)) if sts else "-",
-                ]
+                row += [_num(_nanmean([x["pass1"] for x in sts])), _num(_nanmean([x["cons"] for x in sts]))]
+                if apart:
+                    row.append(str(sum(x["ungraded"] for x in sts)))
             if one_sweep:
                 sts = [stats[(sweeps[0], b, pid)] for _, pid in plist]
                 row += ["", _tokens(sum(x["tokens"] for x in sts) / len(sts))]
@@ -245,6 +262,9 @@ def sweep_table(summary: Mapping[str, Any]) -> str:
     if kmax > 1:
         headers.append(f"pass@{kmax}")
     headers += ["sampled/path", "injected/path", "total/path"]
+    apart = any(m.get("ungraded") for _, _, m in entries)
+    if apart:
+        headers.append("ungraded")
     rows = []
     for sp, bench, m in entries:
         ck = _cons_key(m)
@@ -257,6 +277,8 @@ def sweep_table(summary: Mapping[str, Any]) -> str:
         if total is None and sampled is not None and injected is not None:
             total = sampled + injected
         row += [_tokens(sampled), _tokens(injected), _tokens(total)]
+        if apart:
+            row.append(str(m.get("ungraded") or 0))
         rows.append(row)
     return _fmt_table(headers, rows, left=2)
 

@@ -188,6 +188,62 @@ def test_math_equal_error_is_false(monkeypatch):
     assert math_equal(r"\boxed{1}", "1") is False
 
 
+def test_math_verdict_is_none_when_it_cannot_decide(monkeypatch):
+    assert grading.math_verdict(r"\boxed{1}", "1") is True
+    assert grading.math_verdict(r"\boxed{2}", "1") is False
+
+    def slow(text, gold):
+        time.sleep(1.0)
+        return True
+
+    monkeypatch.setattr(grading, "_verify", slow)
+    assert grading.math_verdict(r"\boxed{1}", "1", timeout_s=0.1) is None
+
+    def broken(text, gold):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(grading, "_verify", broken)
+    assert grading.math_verdict(r"\boxed{1}", "1") is None
+
+
+def test_a_timed_out_check_gets_fresh_threads_after_it():
+    gate = threading.Event()
+
+    def stuck(text, gold):
+        gate.wait(30)
+        return True
+
+    try:
+        for _ in range(grading._POOL_WORKERS + 1):  # more stuck checks than the pool has threads
+            assert grading.math_verdict("x", "1", timeout_s=0.05, verify=stuck) is None
+        assert grading.math_verdict(r"\boxed{1}", "1") is True  # not queued behind them
+    finally:
+        gate.set()
+
+
+def _undecided(text, gold):
+    return None
+
+
+def test_an_undecided_check_leaves_the_path_ungraded_not_wrong():
+    row = {"text": r"so \boxed{7}", "gold": "7", "summaries": [r"maybe \boxed{7}", "no answer yet"],
+           "answer_first_summary": "7"}
+    graded = grading.grade_record(row, check=_undecided)
+    assert graded["correct"] is None and graded["answer"] == "7"
+    assert graded["correct_compat"] is True  # the lenient scorer has no timeout: still decided
+    assert graded["round_answers"] == ["7", None] and graded["round_correct"] == [None, False]
+    decided = grading.grade_record(row)
+    assert decided["correct"] is True and decided["round_correct"] == [True, False]
+
+
+def test_ungraded_record_has_no_verdicts():
+    row = {"text": r"\boxed{7}", "gold": "7", "summaries": ["a", "b"], "answer": "stale", "path": 3}
+    out = grading.ungraded_record(row)
+    assert out["path"] == 3 and out["text"] == row["text"]
+    assert out["answer"] is None and out["correct"] is None and out["correct_compat"] is None
+    assert out["round_answers"] == [None, None] and out["round_correct"] == [None, None]
+
+
 # --------------------------------------------------------------------------- GPQA
 
 

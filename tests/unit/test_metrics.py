@@ -314,3 +314,63 @@ def test_summarize_with_points_adds_settings_rounds_and_deltas():
     assert "vs_independent" not in out["ind"]["aime"]
     assert out["cm"]["aime"]["vs_independent"] == {"point": "ind", "pass@1": 0.0, "cons@N": 1.0}
     assert compare_points(out, {}) == {}
+
+
+# --------------------------------------------------------------------------- ungraded paths
+
+
+def test_vote_takes_the_verdict_of_the_first_graded_path_with_the_winning_answer():
+    vote = majority_vote(["5", "5", "3"], [None, True, False], [1, 1, 1])
+    assert vote["answer"] == "5" and vote["correct"] is True
+    undecided = majority_vote(["5", "5", "3"], [None, None, False], [1, 1, 1])
+    assert undecided["answer"] == "5" and undecided["correct"] is None
+
+
+def _graded_rows(verdicts_by_problem: dict, point="pt") -> list[dict]:
+    rows = []
+    for pid, verdicts in verdicts_by_problem.items():
+        for i, ok in enumerate(verdicts):
+            answer = None if ok is None else ("7" if ok else f"{i + 10}")
+            rows.append(_row(point, "aime", pid, answer, ok, ok, 10, 0, 1, None, 0, 0) | {"path": i})
+    return rows
+
+
+def test_ungraded_paths_are_left_out_of_accuracy_and_counted_apart():
+    rows = _graded_rows({"p1": [T, None, F, None], "p2": [None, None, None, None], "p3": [T, T, F, F]})
+    m = summarize(rows)["pt"]["aime"]
+    # p1: 1 of 2 graded right; p2: nothing graded (left out); p3: 2 of 4
+    assert m["pass@1"] == pytest.approx((0.5 + 0.5) / 2)
+    assert m["ungraded"] == 6 and m["ungraded_votes"] == 1  # p2's vote has no graded path
+    assert m["cons@N"] == pytest.approx((1.0 + 1.0) / 2)  # p1: 7 wins (one vote each: first); p3: 7
+    assert m["per_problem"]["p1"]["ungraded"] == 2 and m["per_problem"]["p1"]["pass@1"] == 0.5
+    assert m["per_problem"]["p2"]["pass@1"] is None and m["per_problem"]["p2"]["cons@N"] is None
+    assert "ungraded" not in m["per_problem"]["p3"]
+    # pass@4 only from problems with 4 graded paths (p3); pass@2 from p1 and p3
+    assert m["pass@k"][4] == pytest.approx(pass_at_k(4, 2, 4))
+    assert m["pass@k"][2] == pytest.approx((pass_at_k(2, 1, 2) + pass_at_k(4, 2, 2)) / 2)
+
+
+def test_ungraded_counted_wrong_would_give_other_numbers():
+    rows = _graded_rows({"p1": [T, None]})
+    assert summarize(rows)["pt"]["aime"]["pass@1"] == 1.0  # not 0.5
+
+
+def test_nothing_ungraded_writes_no_ungraded_keys():
+    rows = _graded_rows({"p1": [T, F], "p2": [F, F]})
+    m = summarize(rows)["pt"]["aime"]
+    assert "ungraded" not in m and "ungraded_votes" not in m
+    assert all("ungraded" not in p for p in m["per_problem"].values())
+    assert json.dumps(summarize(rows), sort_keys=True).count("ungraded") == 0
+
+
+def test_round_transitions_set_undecided_verdicts_apart():
+    paths = [
+        _path(["3"], [None], "5", T, path=0),  # the summary's check timed out
+        _path(["3"], [F], "5", None, path=1),  # the final check timed out
+        _path([None], [None], None, None, path=2),  # grading never finished
+        _path(["3"], [F], "5", T, path=3),  # wrong -> right
+    ]
+    table = round_transitions(paths)
+    assert table[1]["paths"] == 4 and table[1]["ungraded"] == 3
+    assert table[1]["wrong_to_right"] == 1 and table[1]["changed"] == 1
+    assert "ungraded" not in round_transitions(paths[3:])[1]

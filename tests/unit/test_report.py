@@ -115,6 +115,25 @@ def test_sweep_table_numbered_cons_key_and_missing_total():
     assert _line(table, "a", "aime24")[2:] == ["0.100", "0.200", "1,000", "50", "1,050"]
 
 
+def test_text_tables_show_ungraded_paths_apart():
+    rows = [r for r in _path_rows() if r["sweep_point"] == "T=1024"]
+    for r in rows:
+        if r["problem_id"] == "p2" and r["path"] in (0, 1):  # the two wrong "3" paths: undecided
+            r["correct"] = None
+    table = report.problem_table(rows)
+    assert "ungraded" in table.splitlines()[0]
+    # p2: 1 of the 2 graded paths right (not 1 of 4); the majority "3" has no graded path
+    assert _line(table, "synthetic", "p2")[2:6] == ["4", "0.500", "-", "2"]
+    assert _line(table, "synthetic", "p1")[2:6] == ["4", "0.750", "1", "0"]
+    assert _line(table, "synthetic", "mean")[2:5] == ["0.625", "1.000", "2"]
+    summary = {"a": {"aime24": {"pass@1": 0.5, "cons@N": 0.5, "ungraded": 3}},
+               "b": {"aime24": {"pass@1": 0.25, "cons@N": 0.5}}}
+    table = report.sweep_table(summary)
+    assert table.splitlines()[0].split()[-1] == "ungraded"
+    assert _line(table, "a", "aime24")[-1] == "3" and _line(table, "b", "aime24")[-1] == "0"
+    assert "ungraded" not in report.problem_table(_path_rows()) + report.sweep_table(SUMMARY)
+
+
 def test_message_line(results_dir):
     _, messages, _ = report.load_results(results_dir)
     assert report.message_line(messages) == "messages: 2 delivered over 1 round(s), mean similarity 0.500"

@@ -488,3 +488,54 @@ def test_markdown_report_renders_without_model_html():
     assert tags <= {"p", "strong", "pre", "code", "ul", "li", "table", "thead", "tbody", "tr", "th", "td"}, tags
     assert "javascript:" not in re.sub(r">[^<]*<", "><", rendered)  # never inside a tag
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered
+
+
+def test_ungraded_paths_are_shown_apart(tmp_path, run_dir):
+    from orchestrator.core.grading import ungraded_record
+
+    point = "T=96,router=dispersed,top_k=1"
+    rows = pq.read_table(run_dir / "paths.parquet").to_pylist()
+    mine = [i for i, r in enumerate(rows) if r["sweep_point"] == point and r["problem_id"] == "q0"]
+    rows[mine[0]] = ungraded_record(rows[mine[0]])  # its grading worker died
+    rows[mine[1]] = {**rows[mine[1]], "correct": None}  # its check timed out
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "paths.parquet")
+    for name in ("messages.parquet", "config.json", "run_info.json"):
+        (tmp_path / name).write_bytes((run_dir / name).read_bytes())
+    from orchestrator.report.data import settings_from_config
+
+    points = settings_from_config(json.loads((run_dir / "config.json").read_text()))
+    summary = metrics.summarize(rows, points=points)
+    assert summary[point]["synthetic"]["ungraded"] == 2
+    (tmp_path / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
+    written = write_report(tmp_path, plots=False)
+
+    stored = json.loads((tmp_path / "summary.json").read_text())
+    tables = _html(tmp_path).tables
+    head = [c[0] for c in tables["main"][1]]
+    assert head.count("ungraded") == 1  # one benchmark
+    col = head.index("ungraded")
+    shown = {r[0][0]: r[col] for r in tables["main"] if r and r[0][2] == "td"}
+    assert shown[point][0] == "2" and json.loads(shown[point][1]) == [point, "synthetic", "ungraded"]
+    assert shown["independent"][0] == "0" and shown["independent"][1] is None  # absent: none
+    for key, body in tables.items():  # every number still reads back from summary.json
+        for row in body:
+            for text, src, _, _ in row:
+                if src is not None:
+                    value = stored
+                    for k in json.loads(src):
+                        value = value[k]
+                    assert _matches(text, value), (key, src, text, value)
+    per_problem = tables["problems"][1]
+    assert sum(1 for c in per_problem if c[0] == "ungraded") == len(SWEEP)
+    md = (tmp_path / "report.md").read_text()
+    html = (tmp_path / "report.html").read_text()
+    for text in (md, html, written["text"]):
+        assert "2 path(s) could not be graded" in text and "not counted wrong" in text
+    assert "| ungraded |" in md or " ungraded |" in md
+    # the unchanged run says nothing about it
+    assert "could not be graded" not in (run_dir / "report.md").read_text()
+    assert "ungraded" not in [c[0] for r in _html(run_dir).tables["main"] for c in r]
+    from orchestrator.report.document import transcript_md
+
+    tr = load_transcript(load_run(tmp_path), point, "q0", rows[mine[0]]["path"])
+    assert tr.row["correct"] is None and "(ungraded)" in transcript_md(tr)
