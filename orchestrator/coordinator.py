@@ -28,7 +28,7 @@ import logging
 import math
 import resource
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 
 from .assign import ReplicaPool
@@ -135,6 +135,7 @@ class Coordinator:
         # paths wait for a replacement when no replica is left
         self.epoch = int(epoch)
         self.deadline = RequestDeadline(**(request_timeout or {}))
+        self._inflight: dict[int, Counter] = {}  # replica -> {request tokens: requests in flight}
         self.unavailable_retry_s = float(unavailable_retry_s)
         self.replica_wait_s = replica_wait_s
         self.revived = asyncio.Event()
@@ -527,6 +528,8 @@ class Coordinator:
         while True:
             t0 = clock()
             task = asyncio.ensure_future(_awaitable(self.replicas[r].generate.remote(req)))
+            inflight = self._inflight.setdefault(r, Counter())
+            inflight[tokens] += 1
             try:
                 res = await self._within_deadline(task, r, tokens, t0)
             except asyncio.TimeoutError:
@@ -546,26 +549,51 @@ class Coordinator:
                 if kind is None:
                     raise
                 raise _ReplicaLost(f"{type(exc).__name__}: {exc}") from None
+            finally:
+                inflight[tokens] -= 1
+                if not inflight[tokens]:
+                    del inflight[tokens]
             self.deadline.observe(r, clock() - t0, len(res.token_ids))
             return res
 
     async def _within_deadline(self, task: asyncio.Future, r: int, tokens: int, t0: float):
         """Await `task`; the deadline is looked at again every few seconds, since what other
-        requests measure meanwhile may lengthen (or first set) it."""
+        requests measure meanwhile may lengthen (or first set) it. At the deadline the replica
+        is asked how far it got: one that does not answer is stuck; one that answers gets
+        another window as long as it finished some request during the last one (slow, not
+        stuck), so a slow cluster is never killed for being slow. A replica that answers but
+        finishes nothing for a whole window (an engine or NCCL hang) is stuck; that window is
+        the deadline of the longest request it holds, which a short request may queue behind."""
         if self.deadline.floor_s is None:
             return await task
         clock = asyncio.get_running_loop().time
+        mark = None
         try:
             while True:
                 left = t0 + self.deadline.seconds(r, tokens) - clock()
                 if left <= 0:
-                    raise asyncio.TimeoutError
+                    now = await self._progress_mark(r)
+                    if now is None or now == mark:
+                        raise asyncio.TimeoutError
+                    mark, t0 = now, clock()
+                    tokens = max([tokens, *self._inflight.get(r, ())])
+                    continue
                 done, _ = await asyncio.wait({task}, timeout=min(left, 5.0))
                 if done:
                     return task.result()
         finally:
             if not task.done():
                 task.cancel()
+
+    async def _progress_mark(self, r: int):
+        """What replica r has finished so far (requests, tokens), or None when it does not answer
+        within min(30 s, the deadline floor)."""
+        ask = asyncio.ensure_future(_awaitable(self.replicas[r].stats.remote()))
+        try:
+            st = await asyncio.wait_for(ask, timeout=min(30.0, self.deadline.floor_s))
+        except Exception:  # no answer in time, or dead: either way it serves nothing
+            return None
+        return st.get("new_tokens"), st.get("last_token_t")  # requests started are no progress
 
     def _retire(self, r: int, cause: str) -> None:
         """Replica r is lost: its paths move; a replica that is alive but stuck is killed, so

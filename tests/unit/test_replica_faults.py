@@ -198,3 +198,14 @@ def test_unavailable_for_longer_than_the_retry_window_counts_as_dead(undisturbed
     assert not errors and content(rows) == undisturbed
     (death,) = stats["replica_deaths"]
     assert death["replica"] == 1 and "ActorUnavailableError" in death["cause"]
+
+
+def test_a_slow_replica_that_keeps_finishing_work_is_never_retired(undisturbed):
+    """Requests queue behind each other (2 decode slots, 8 paths a replica) far past their
+    deadlines (factor 1), but the replicas finish requests all along: slow, not stuck. Without
+    the progress check the queued requests would get their replicas killed."""
+    slow = {**ENGINE, "latency": {"step_base_s": 0.05, "max_num_seqs": 2}}
+    rows, stats, errors = run([FakeReplica(i, engine=slow) for i in range(2)],
+                              timeout={"floor_s": 3.0, "factor": 1.0})
+    assert not errors and content(rows) == undisturbed
+    assert stats["replica_deaths"] == []
