@@ -30,3 +30,23 @@ def compose(overrides: list[str]):
     register()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         return to_config(hydra_compose(config_name="config", overrides=overrides))
+
+
+def run_in_thread(cfg):
+    """Start `orchestrator.runner.run(cfg)` in a daemon thread, as a user's driver would run it
+    while a test disturbs the cluster; returns (thread, result: {"summary"} or {"error"})."""
+    import threading
+
+    from orchestrator.runner import run
+
+    result: dict = {}
+
+    def go():
+        try:
+            result["summary"] = run(cfg)
+        except BaseException as exc:  # the test reports it
+            result["error"] = exc
+
+    thread = threading.Thread(target=go, daemon=True)
+    thread.start()
+    return thread, result

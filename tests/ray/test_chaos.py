@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -22,8 +21,7 @@ ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
 from orchestrator.cluster import find_actor  # noqa: E402
-from orchestrator.runner import run  # noqa: E402
-from tests.conftest import REPO, compose  # noqa: E402
+from tests.conftest import REPO, compose, run_in_thread  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -103,16 +101,7 @@ def test_a_replica_that_stops_answering_is_killed_and_replaced(reference, tmp_pa
         cfg = compose(BASE + [f"output_dir={tmp_path}", "replicas.count=3", "replicas.cpus_per_replica=0.5",
                               "dataset.limit=4", "+engine.latency.decode_base_s=0.005",
                               "replicas.request_timeout_floor_s=3", "replicas.request_timeout_factor=3"])
-        result: dict = {}
-
-        def go():
-            try:
-                result["summary"] = run(cfg)
-            except BaseException as exc:  # reported below
-                result["error"] = exc
-
-        thread = threading.Thread(target=go, daemon=True)
-        thread.start()
+        thread, result = run_in_thread(cfg)
         wait_for(lambda: checkpoints(tmp_path), "a first barrier")
         victim = find_actor("leap-replica-1", NS)
         stopped = ray.get(victim.info.remote(), timeout=10)["pid"]
@@ -165,6 +154,10 @@ def test_ctrl_c_stops_within_seconds_and_the_rerun_completes_exactly(reference, 
     try:
         wait_for(lambda: checkpoints(out), "a first barrier")
         assert not finished(out)
+        # a second run on the same directory is refused at once, naming this one
+        second = subprocess.run(cli_cmd(out, *args), cwd=REPO, env=env_for(), capture_output=True, text=True,
+                                timeout=60)
+        assert second.returncode == 2 and f"pid {proc.pid}" in second.stderr, second.stderr
         t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
@@ -176,6 +169,14 @@ def test_ctrl_c_stops_within_seconds_and_the_rerun_completes_exactly(reference, 
     assert took < 15, took
     assert "rerun the same command" in err and "Traceback" not in err
     assert checkpoints(out) and not finished(out)
+    # a rerun with another temperature or seed would mix two configs: refused before Ray starts
+    config = (out / "config.json").read_bytes()
+    changed = subprocess.run(cli_cmd(out, *args, "sampling.temperature=0.9", "leap.seed=7"), cwd=REPO,
+                             env=env_for(), capture_output=True, text=True, timeout=60)
+    assert changed.returncode == 2, changed.stderr
+    assert "sampling.temperature: 0.6 -> 0.9" in changed.stderr and "leap.seed: 0 -> 7" in changed.stderr
+    assert "output_dir=" in changed.stderr
+    assert (out / "config.json").read_bytes() == config
     rerun = subprocess.run(cli_cmd(out, *args), cwd=REPO, env=env_for(), capture_output=True, text=True, timeout=180)
     assert rerun.returncode == 0, rerun.stderr
     assert content(out) == reference

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from tests.conftest import REPO, compose  # noqa: E402
+from tests.conftest import REPO, compose, run_in_thread  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -259,21 +258,10 @@ SLOW = "+engine.latency.decode_base_s=0.01"  # 160-token segments take 1.6 s
 
 
 def test_coordinator_killed_by_name_mid_run_the_run_completes(tmp_path):
-    from orchestrator.runner import run
-
     ray.init(address="local", num_cpus=4, namespace="orchestrator", include_dashboard=False)
     try:
         cfg = compose(SMALL + [f"output_dir={tmp_path}", "replicas.count=1", SWEEP, SLOW, "dataset.limit=2"])
-        result: dict = {}
-
-        def go():
-            try:
-                result["summary"] = run(cfg)
-            except BaseException as exc:  # reported below
-                result["error"] = exc
-
-        thread = threading.Thread(target=go, daemon=True)
-        thread.start()
+        thread, result = run_in_thread(cfg)
         deadline = time.time() + 90
         while time.time() < deadline and not list((tmp_path / "checkpoints").glob("*/*.ckpt")):
             time.sleep(0.1)
