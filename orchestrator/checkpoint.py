@@ -213,6 +213,11 @@ class Recovery:
         self.restarts.append({"t": round(time.time(), 3), "cause": cause[:300], "groups_resubmitted": resubmitted,
                               "from_checkpoint": from_checkpoint})
 
+    def coordinator_lost(self, cause: str) -> None:
+        """A new coordinator died before it took over (for the record; it counts as a restart)."""
+        self.restarts.append({"t": round(time.time(), 3), "cause": cause[:300], "groups_resubmitted": 0,
+                              "from_checkpoint": 0, "took_over": False})
+
     def facts(self) -> dict:
         return {"coordinator_restarts": list(self.restarts), "resumed_groups": list(self.resumed),
                 "checkpoints_ignored": list(self.ignored), "checkpoint_writes": self.store.stats(),

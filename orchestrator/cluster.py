@@ -686,21 +686,35 @@ def restart_coordinator(cfg: Config, replicas: list, model: str, points, prompts
     import ray
 
     limit = cfg.replicas.coordinator_restarts
-    if len(recovery.restarts) >= limit:
-        raise RunFailed(f"the coordinator died again ({first_lines(remote_cause(cause), 1)}) after {limit} "
-                        f"restart(s) (replicas.coordinator_restarts={limit}); finished groups and checkpoints "
-                        f"are saved: rerun the same command to continue")
     t0 = time.monotonic()
     if old is not None:  # make sure it is gone, and its name free
         kill(old)
-    epoch = len(recovery.restarts) + 2  # the first coordinator is generation 1
-    fence(replicas, epoch, skip=dead or [])
-    coordinator = start_coordinator(cfg, replicas, model, points, prompts, sampling, epoch=epoch, dead=dead)
-    await_coordinator(cfg, coordinator)
-    answer(coordinator.set_capacity.remote(list(capacity)), "the new coordinator (set_capacity)")
-    items = recovery.pending()
-    if items:
-        answer(coordinator.submit.remote(items), "the new coordinator (submit)")
+    while True:
+        if len(recovery.restarts) >= limit:
+            raise RunFailed(f"the coordinator died again ({first_lines(remote_cause(cause), 1)}) after {limit} "
+                            f"restart(s) (replicas.coordinator_restarts={limit}); finished groups and checkpoints "
+                            f"are saved: rerun the same command to continue")
+        epoch = len(recovery.restarts) + 2  # the first coordinator is generation 1
+        fence(replicas, epoch, skip=dead or [])
+        coordinator = start_coordinator(cfg, replicas, model, points, prompts, sampling, epoch=epoch, dead=dead)
+        try:
+            await_coordinator(cfg, coordinator)  # RunFailed: it died while starting
+            answer(coordinator.set_capacity.remote(list(capacity)), "the new coordinator (set_capacity)")
+            items = recovery.pending()
+            if items:
+                answer(coordinator.submit.remote(items), "the new coordinator (submit)")
+        except Exception as exc:
+            if not (isinstance(exc, RunFailed) or coordinator_died(exc) or unavailable(exc)):
+                raise
+            # killed (or its node lost) before it took over: that start counts, and the next
+            # one is a later generation
+            log.warning("the new coordinator died while taking over (%s); starting another",
+                        first_lines(remote_cause(exc), 1))
+            recovery.coordinator_lost(f"{type(exc).__name__}: {first_lines(remote_cause(exc), 1)}")
+            kill(coordinator)
+            cause = exc
+            continue
+        break
     recovery.coordinator_restarted(f"{type(cause).__name__}: {first_lines(remote_cause(cause), 1)}", len(items))
     log.warning("the coordinator died (%s); a new one took over in %.1f s and resumed %d group(s), %d from "
                 "their last barrier", first_lines(remote_cause(cause), 1), time.monotonic() - t0, len(items),
