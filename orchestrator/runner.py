@@ -80,8 +80,8 @@ def _admit(store: ResultStore, fp: dict) -> dict:
                 diffs.insert(0, f"(in {part.relative_to(store.root)}, group {meta['point']}|{meta['problem_id']})")
     if diffs:
         raise ConfigChanged(
-            f"{store.root} holds results made with another config, and a rerun there continues them:\n  "
-            + "\n  ".join(diffs) + f"\nRerun with the settings it was made with, or start fresh: output_dir=<a new "
+            f"{store.root} holds results made with another config, and a rerun there continues them: "
+            + "; ".join(diffs) + f". Rerun with the settings it was made with, or start fresh: output_dir=<a new "
             f"directory> (or delete {store.root}).")
     if unstamped:
         raise ConfigChanged(
