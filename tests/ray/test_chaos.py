@@ -210,7 +210,7 @@ def test_chaos_on_a_multi_node_cluster_gives_the_undisturbed_results(reference, 
     out = tmp_path / "out"
     args = ["replicas.count=3", "replicas.cpus_per_replica=1", "dataset.limit=4", "replicas.strategy=SPREAD",
             f"ray.address={cluster.address}", "replicas.request_timeout_floor_s=3",
-            "replicas.request_timeout_factor=3"]
+            "replicas.request_timeout_factor=1"]
     slow = "+engine.latency.decode_base_s=0.08"
     stopped: list[int] = []
     procs = []
