@@ -40,6 +40,7 @@ from .engines.tokenizer import load_tokenizer, render_prompt
 from .telemetry import Telemetry
 
 log = logging.getLogger(__name__)
+DROP_TIMEOUT_S = 60.0  # a replica's `drop` (freeing a finished path's state) answers within this
 
 SCHEDULES = ("leap", "lockstep")
 
@@ -342,8 +343,8 @@ class Coordinator:
 
     async def _drop(self, r: int, keys: list[str]) -> None:
         try:
-            await self.replicas[r].drop.remote(keys, self.epoch)
-        except Exception as exc:  # freeing memory is best effort
+            await asyncio.wait_for(_awaitable(self.replicas[r].drop.remote(keys, self.epoch)), DROP_TIMEOUT_S)
+        except Exception as exc:  # freeing memory is best effort (a stuck replica is found by its requests)
             log.debug("could not drop paths on replica %d: %s", r, exc)
 
     async def _guarded(self, pend: _Pending) -> None:

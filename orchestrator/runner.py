@@ -203,9 +203,9 @@ def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultS
 def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore, recovery: Recovery,
             fp: dict, model: str) -> dict:
     """Run the phases' groups on fresh replicas (`model`: from `_prepare`); returns the run's
-    timing and fault record. A coordinator that dies is replaced, and given every group it had, from their checkpoints; a
-    replica that dies is replaced when the cluster has room. Ctrl-C (or SIGTERM) stops the run
-    within seconds, checkpoints kept; a second one exits at once."""
+    timing and fault record. A coordinator that dies is replaced, and given every group it had,
+    from their checkpoints; a replica that dies is replaced when the cluster has room. Ctrl-C
+    (or SIGTERM) stops the run within seconds, checkpoints kept; a second one exits at once."""
     import ray
 
     from . import cluster
