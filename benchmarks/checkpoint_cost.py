@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.checkpoint import CheckpointStore  # noqa: E402
+from orchestrator.driver.checkpoint import CheckpointStore  # noqa: E402
 from orchestrator.core.group import Group, LeapParams, TokenIds  # noqa: E402
 from orchestrator.core.prompts import load_prompts  # noqa: E402
 from orchestrator.core.types import Problem  # noqa: E402

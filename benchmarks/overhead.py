@@ -75,7 +75,7 @@ SIM = Workload(problems=512, paths=32, T=4096, rounds=4, summary=256, top_k=4, r
 
 # -- the workload --------------------------------------------------------------------------------
 def load_problems(n: int):
-    from orchestrator.data import load_problems as load
+    from orchestrator.driver.data import load_problems as load
 
     base = load("aime24", path=str(LEAP_EVAL))
     if n <= len(base):
@@ -252,7 +252,7 @@ def simulate(w: Workload) -> dict:
     from aiotools import VirtualClock
 
     from orchestrator.config import CONF_DIR, default_oversubscription
-    from orchestrator.coordinator import Coordinator
+    from orchestrator.coordinator.actor import Coordinator
     from orchestrator.core.prompts import load_prompts
     from orchestrator.core.types import SamplingSpec
     from orchestrator.engines.fake import FakeReplica
@@ -291,7 +291,7 @@ def real(w: Workload, model: str, engine_overrides: list[str]) -> dict:
     """Ray and real vLLM replicas, created once and kept warm for all three schedules."""
     import ray
 
-    from orchestrator import cluster
+    from orchestrator.driver import cluster
     from orchestrator.config import oversubscription, prompt_file, register, sampling_spec, to_config
     from orchestrator.core.prompts import load_prompts
     from orchestrator.engines.tokenizer import load_tokenizer
@@ -315,7 +315,7 @@ def real(w: Workload, model: str, engine_overrides: list[str]) -> dict:
     vocab = (1000, min(len(tok), 30000))
 
     def make(schedule):
-        from orchestrator.coordinator import Coordinator
+        from orchestrator.coordinator.actor import Coordinator
 
         return ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1000).remote(
             replicas, path, {"bench": params}, prompts, sampling_spec(cfg), schedule=schedule,

@@ -39,7 +39,7 @@ def main() -> None:
     import ray
 
     from orchestrator.config import Config, DatasetConfig, EngineConfig, LeapConfig, ReplicasConfig
-    from orchestrator.runner import run
+    from orchestrator.driver.runner import run
 
     out = Path(tempfile.mkdtemp(prefix="leap-sim-"))
     cfg = Config(
@@ -53,7 +53,7 @@ def main() -> None:
         output_dir=str(out), progress=False, plots=False,
     )
     # more problems than the synthetic set has: repeat it under new ids via a local file
-    from orchestrator.data import load_problems
+    from orchestrator.driver.data import load_problems
 
     base = load_problems("synthetic")
     rows = [{"id": f"sim-{i}", "problem": base[i % len(base)].question, "answer": base[i % len(base)].gold}

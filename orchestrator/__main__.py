@@ -74,7 +74,7 @@ def main(dcfg: DictConfig) -> None:
         sys.stderr.write(early)
     debug = _debug_flag(dcfg)
     try:
-        from .runner import run
+        from .driver.runner import run
 
         cfg = to_config(dcfg)
         debug = cfg.debug

@@ -17,15 +17,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from .core.group import MODES, LeapParams
 from .core.routing import POLICIES, SIMILARITIES
 from .core.types import SamplingSpec
-from .errors import UserError
+from .engines.vllm_args import check_engine_config
+from .errors import ConfigError
 
 ENGINES = ("vllm", "fake")
 DATASETS = ("aime24", "aime25", "aimo25", "gpqa_diamond", "synthetic")
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-
-
-class ConfigError(UserError, ValueError):
-    """A bad config value; the message names the key. Exits with status 2."""
 
 
 @dataclass
@@ -344,8 +341,6 @@ def validate(cfg: Config) -> dict[str, LeapParams]:
     if cfg.replicas.oversubscribe is not None and not cfg.replicas.oversubscribe >= 1:
         raise ConfigError(f"replicas.oversubscribe={cfg.replicas.oversubscribe} must be >= 1 (or null)")
     _positive("engine.max_model_len", cfg.engine.max_model_len, minimum=16)
-    from .engine_args import check_engine_config  # imports config: not at module level
-
     check_engine_config(cfg.engine)
     if cfg.dataset.limit is not None:
         _positive("dataset.limit", cfg.dataset.limit)
@@ -385,12 +380,40 @@ def check_cluster_keys(cfg: Config) -> None:
                           f"ray.address=auto on the head node (submit jobs with jobs/submit.py --address "
                           f"{address} instead)")
     if address and address not in ("auto", "local"):
-        from .cluster import parse_address
-
         try:
             parse_address(address)
         except ValueError as exc:
             raise ConfigError(f"ray.address={address!r}: {exc}") from None
+
+
+def parse_address(address: str) -> tuple[str, str, int]:
+    """`HOST[:PORT]` (a GCS address, port 6379 by default) or `ray://HOST[:PORT]` (Ray Client,
+    port 10001) -> (scheme, host, port). Raises ValueError for anything else."""
+    address = address.strip()
+    scheme, rest, default = "gcs", address, 6379
+    if address.startswith("ray://"):
+        scheme, rest, default = "ray", address[len("ray://"):], 10001
+    elif "://" in address:
+        raise ValueError("expected HOST:PORT (the head's GCS port) or ray://HOST:PORT (Ray Client)")
+    rest = rest.rstrip("/")
+    if not rest or "/" in rest:
+        raise ValueError("expected HOST:PORT (the head's GCS port) or ray://HOST:PORT (Ray Client)")
+    if rest.startswith("["):  # [ipv6]:port
+        host, _, tail = rest[1:].partition("]")
+        port_text = tail[1:] if tail.startswith(":") else ""
+    elif rest.count(":") == 1:
+        host, port_text = rest.split(":")
+    else:
+        host, port_text = rest, ""
+    if not host:
+        raise ValueError("the host is missing")
+    try:
+        port = int(port_text) if port_text else default
+    except ValueError:
+        raise ValueError(f"port {port_text!r} is not a number") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} is out of range")
+    return scheme, host, port
 
 
 BUILTIN_MODELS = ("tiny", "smollm2")

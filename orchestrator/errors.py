@@ -18,20 +18,10 @@ import sys
 import textwrap
 import traceback
 
-USER_ERROR = 2
-RUNTIME_FAILURE = 1
+from .core.errors import RUNTIME_FAILURE, USER_ERROR, LeapError, UserError
 
-
-class LeapError(Exception):
-    """A failure the orchestrator can explain; `exit_code` says whose move it is."""
-
-    exit_code = RUNTIME_FAILURE
-
-
-class UserError(LeapError):
-    """Fix the command, config, data or cluster request and run again."""
-
-    exit_code = USER_ERROR
+__all__ = ["RUNTIME_FAILURE", "USER_ERROR", "LeapError", "UserError", "ClusterError", "ConfigChanged",
+           "ConfigError", "DeadlineError", "EngineError", "RunFailed"]
 
 
 class ClusterError(UserError):
@@ -41,6 +31,10 @@ class ClusterError(UserError):
 class EngineError(UserError):
     """A replica's engine could not start (usually the model or engine settings); the message
     carries the engine's own cause."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad config value; the message names the key. Exits with status 2."""
 
 
 class DeadlineError(LeapError):

@@ -33,11 +33,11 @@ def compose(overrides: list[str]):
 
 
 def run_in_thread(cfg):
-    """Start `orchestrator.runner.run(cfg)` in a daemon thread, as a user's driver would run it
+    """Start `orchestrator.driver.runner.run(cfg)` in a daemon thread, as a user's driver would run it
     while a test disturbs the cluster; returns (thread, result: {"summary"} or {"error"})."""
     import threading
 
-    from orchestrator.runner import run
+    from orchestrator.driver.runner import run
 
     result: dict = {}
 

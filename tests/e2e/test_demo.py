@@ -9,7 +9,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from orchestrator.data import load_problems
+from orchestrator.driver.data import load_problems
 from tests.conftest import REPO
 
 pytest.importorskip("vllm")

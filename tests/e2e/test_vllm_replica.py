@@ -21,7 +21,7 @@ pytest.importorskip("vllm")
 from orchestrator.core.types import (  # noqa: E402
     EngineStartError, GenRequest, PathStateMissing, SamplingSpec,
 )
-from orchestrator.engine_args import names_from_source  # noqa: E402
+from orchestrator.engines.vllm_args import names_from_source  # noqa: E402
 from orchestrator.engines.vllm_replica import PHASES, VLLMReplica  # noqa: E402
 from orchestrator.models import resolve_model  # noqa: E402
 

@@ -93,7 +93,7 @@ def test_the_right_token_joins(token_head, tmp_path):
     token_file = tmp_path / "cluster_token"
     token_file.write_text(token + "\n")
     code = (
-        "from orchestrator.cluster import init_ray, teardown\n"
+        "from orchestrator.driver.cluster import init_ray, teardown\n"
         "from orchestrator.config import Config\n"
         "import ray\n"
         f"cfg = Config(); cfg.ray.address = {address!r}\n"

@@ -16,8 +16,8 @@ import pytest
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from orchestrator.cluster import find_actor  # noqa: E402
-from orchestrator.runner import run  # noqa: E402
+from orchestrator.driver.cluster import find_actor  # noqa: E402
+from orchestrator.driver.runner import run  # noqa: E402
 from tests.conftest import REPO, compose  # noqa: E402
 
 pytestmark = pytest.mark.ray
@@ -104,7 +104,7 @@ def test_slow_problem_does_not_hold_back_the_others(local_ray, tmp_path):
                  "+engine.latency.prefill_s_per_token=0.0002", "+engine.latency.decode_base_s=0.00001"))
     parts = sorted((out / "parts").glob("*/*.parquet"), key=lambda p: p.stat().st_mtime)
     assert len(parts) == 4
-    from orchestrator.results import ResultStore
+    from orchestrator.driver.results import ResultStore
 
     slow = ResultStore(out).part_path("default", "slow")
     assert parts[-1] == slow

@@ -182,7 +182,7 @@ def test_bounded_waits_for_placement_and_engine_start(tmp_path):
     asked for; a late engine is reported with its phase; a failing one with its own cause."""
     import asyncio
 
-    from orchestrator import cluster
+    from orchestrator.driver import cluster
     from orchestrator.core.types import EngineStartError
     from orchestrator.errors import DeadlineError, EngineError
 
@@ -243,7 +243,7 @@ def test_bounded_waits_for_placement_and_engine_start(tmp_path):
 
 def _expected_paths(cfg) -> set:
     from orchestrator.config import sweep_points
-    from orchestrator.data import load_problems
+    from orchestrator.driver.data import load_problems
 
     problems = load_problems(cfg.dataset.name, path=cfg.dataset.path, limit=cfg.dataset.limit, seed=cfg.leap.seed)
     return {(pt, pb.id, i) for pt, p in sweep_points(cfg).items() for pb in problems for i in range(p.paths)}
@@ -267,7 +267,7 @@ def test_coordinator_killed_by_name_mid_run_the_run_completes(tmp_path):
             time.sleep(0.1)
         assert list((tmp_path / "checkpoints").glob("*/*.ckpt")), "no barrier was reached"
         assert not list((tmp_path / "parts").glob("*/*.parquet")), "a group finished before the kill"
-        from orchestrator.cluster import find_actor
+        from orchestrator.driver.cluster import find_actor
 
         ray.kill(find_actor("leap-coordinator", "orchestrator"))
         thread.join(timeout=120)

@@ -7,7 +7,7 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from orchestrator.runner import run  # noqa: E402
+from orchestrator.driver.runner import run  # noqa: E402
 from tests.conftest import compose  # noqa: E402
 
 pytestmark = pytest.mark.ray

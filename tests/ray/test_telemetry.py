@@ -89,7 +89,7 @@ def test_metrics_reach_the_exporter(ray_with_metrics):
 
 def test_a_fake_run_exports_its_metrics(ray_with_metrics, tmp_path):
     """The coordinator and the fake replicas record through Telemetry during a real run."""
-    from orchestrator.runner import run
+    from orchestrator.driver.runner import run
     from tests.conftest import compose
 
     port = ray_with_metrics

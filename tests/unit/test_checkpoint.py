@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from orchestrator.checkpoint import CheckpointStore
+from orchestrator.driver.checkpoint import CheckpointStore
 from orchestrator.config import prompt_file
 from orchestrator.core.group import CheckpointError, Group, LeapParams, TokenIds, snapshot_info
 from orchestrator.core.prompts import load_prompts
@@ -175,7 +175,7 @@ def test_result_parts_of_an_older_schema_still_read(tmp_path):
     """Parts written before the resume and char-offset columns existed read back with nulls."""
     import pyarrow as pa
 
-    from orchestrator.results import MESSAGES_SCHEMA, PATHS_SCHEMA, ResultStore, _ipc, atomic_write_table
+    from orchestrator.driver.results import MESSAGES_SCHEMA, PATHS_SCHEMA, ResultStore, _ipc, atomic_write_table
 
     g = new_group()
     drive(g, FakeReplica(0, engine=ENGINE))
@@ -214,7 +214,7 @@ def test_span_char_offsets_cut_the_text_exactly():
 
 
 def test_recovery_resumes_saved_groups_and_tracks_what_is_out(tmp_path):
-    from orchestrator.checkpoint import Recovery
+    from orchestrator.driver.checkpoint import Recovery
 
     g = new_group()
     blob = drive(g, FakeReplica(0, engine=ENGINE), stop_at_barrier=2)

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import ConfigError, sweep_points, validate
+from orchestrator.config import sweep_points, validate
+from orchestrator.errors import ConfigError
 from tests.conftest import REPO, compose
 
 EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml"))

@@ -6,14 +6,14 @@ import logging
 
 import pytest
 
-from orchestrator import cluster
+from orchestrator.driver import cluster
 from orchestrator.config import prompt_file, sweep_points
-from orchestrator.context_fit import check_context
+from orchestrator.driver.context_fit import check_context
 from orchestrator.core.budget import first_round
 from orchestrator.core.group import Group, LeapParams
 from orchestrator.core.prompts import load_prompts
 from orchestrator.core.types import GenResult, Problem
-from orchestrator.data import DatasetError, load_problems
+from orchestrator.driver.data import DatasetError, load_problems
 from orchestrator.engines.tokenizer import FakeTokenizer, render_prompt
 from orchestrator.errors import exit_code
 from tests.conftest import compose
@@ -106,7 +106,7 @@ def test_problems_that_fit_pass_and_a_prompt_that_cuts_the_budget_short_is_a_war
     # the prompts (909 and 1404 bytes) only the first problem's whole budget does
     cfg, points, problems, todo, _ = setup(tmp_path, ["What is 1+1?", "Count. " + "word " * 100],
                                            "engine.max_model_len=3200")
-    with caplog.at_level(logging.WARNING, logger="orchestrator.context_fit"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.driver.context_fit"):
         warnings = check_context(cfg, points, PROMPTS, todo, problems, "fake")
     assert len(warnings) == 1 and warnings[0] in caplog.text
     assert "may be too short for 1 of 2 problem(s)" in warnings[0] and "problem q1" in warnings[0]
@@ -141,7 +141,7 @@ def test_a_tokenizer_that_does_not_load_skips_the_check_with_a_warning(tmp_path,
 
 
 def test_the_run_refuses_a_too_long_problem_before_ray_starts(tmp_path, monkeypatch):
-    from orchestrator.runner import run
+    from orchestrator.driver.runner import run
 
     started = []
     monkeypatch.setattr(cluster, "init_ray", lambda cfg: started.append(cfg) or pytest.fail("Ray started"))

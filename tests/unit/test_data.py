@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from orchestrator.core.types import Problem
-from orchestrator.data import (
+from orchestrator.driver.data import (
     BENCHMARKS,
     DatasetError,
     HubUnavailableError,

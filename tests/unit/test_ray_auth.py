@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from orchestrator import ray_auth
+from orchestrator.driver import ray_auth
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import asyncio
 import pytest
 from aiotools import VirtualClock
 
-from orchestrator.assign import ReplicaPool
+from orchestrator.coordinator.assign import ReplicaPool
 from orchestrator.config import CONF_DIR
-from orchestrator.coordinator import Coordinator, RequestDeadline
+from orchestrator.coordinator.actor import Coordinator, RequestDeadline
 from orchestrator.core.group import LeapParams
 from orchestrator.core.prompts import load_prompts
 from orchestrator.core.types import GenRequest, PathStateMissing, Problem, ReplicaDead, SamplingSpec, StaleRequest

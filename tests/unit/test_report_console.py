@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import console
+from orchestrator.driver import console
 
 SCRIPT = textwrap.dedent("""
     import logging, os, sys, types, warnings
-    from orchestrator import console
+    from orchestrator.driver import console
     logging.basicConfig(level=logging.INFO)  # as Hydra does: a root handler on the terminal
     cfg = types.SimpleNamespace(output_dir=sys.argv[1], verbose=sys.argv[2] == "1", progress=False)
     console.prelude(cfg)
@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent("""
         with console.step("starting 2 replicas") as s:
             s.done(console.placement([{"index": 0, "node": "n1aaaaaaaaaaaaa", "device": "cpu"},
                                       {"index": 1, "node": "n1aaaaaaaaaaaaa", "device": "cpu"}]))
-        logging.getLogger("orchestrator.runner").error("group failed: G")
+        logging.getLogger("orchestrator.driver.runner").error("group failed: G")
         console.line("running 6 groups")
         bar = console.progress_bar(cfg, 6)
         console.show(bar, {"rounds": {}, "active_paths": 0, "tokens_per_s": 0.0}, 6)
@@ -78,7 +78,7 @@ def test_verbose_shows_everything(tmp_path):
 def test_error_inside_a_session_reaches_the_terminal(tmp_path):
     script = textwrap.dedent("""
         import sys, types
-        from orchestrator import console
+        from orchestrator.driver import console
         cfg = types.SimpleNamespace(output_dir=sys.argv[1], verbose=False, progress=False)
         try:
             with console.session(cfg):

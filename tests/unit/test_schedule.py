@@ -5,7 +5,7 @@ import asyncio
 from aiotools import VirtualClock
 
 from orchestrator.config import CONF_DIR
-from orchestrator.coordinator import Coordinator
+from orchestrator.coordinator.actor import Coordinator
 from orchestrator.core.group import LeapParams
 from orchestrator.core.prompts import load_prompts
 from orchestrator.core.types import Problem, SamplingSpec

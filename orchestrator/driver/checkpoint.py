@@ -147,7 +147,7 @@ class Recovery:
     def _usable(self, point: str, problem_id: str, overrides: dict, blob: bytes) -> bytes | None:
         from dataclasses import replace
 
-        from .core.group import CheckpointError, _params_record
+        from ..core.group import CheckpointError, _params_record
 
         if self.fingerprint is not None and self.store.stamps.get((point, problem_id)) != self._stamp(point, problem_id):
             return self._ignore(point, problem_id, "it was made with another config (fingerprint)")
@@ -225,6 +225,6 @@ class Recovery:
 
 
 def _info(blob: bytes) -> dict:
-    from .core.group import snapshot_info
+    from ..core.group import snapshot_info
 
     return snapshot_info(blob)

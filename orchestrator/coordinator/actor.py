@@ -32,12 +32,12 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 
 from .assign import ReplicaPool
-from .core.group import CheckpointError, Group, LeapParams
-from .core.prompts import PromptSet
-from .core.types import GenRequest, GenResult, PathStateMissing, Problem, ReplicaDead, SamplingSpec, StaleRequest
-from .engines import node_id
-from .engines.tokenizer import load_tokenizer, render_prompt
-from .telemetry import Telemetry
+from ..core.group import CheckpointError, Group, LeapParams
+from ..core.prompts import PromptSet
+from ..core.types import GenRequest, GenResult, PathStateMissing, Problem, ReplicaDead, SamplingSpec, StaleRequest
+from ..engines import node_id
+from ..engines.tokenizer import load_tokenizer, render_prompt
+from ..telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 DROP_TIMEOUT_S = 60.0  # a replica's `drop` (freeing a finished path's state) answers within this

@@ -35,8 +35,8 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_sentinels
 
-from .core.grading import grade_rows, ungraded_record
-from .errors import RunFailed
+from ..core.grading import grade_rows, ungraded_record
+from ..errors import RunFailed
 
 log = logging.getLogger(__name__)
 

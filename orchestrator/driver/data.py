@@ -28,9 +28,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable
 
-from orchestrator.core.files import read_utf8
-from orchestrator.core.types import Problem
-from orchestrator.errors import UserError
+from ..core.files import read_utf8
+from ..core.types import Problem
+from ..errors import UserError
 
 __all__ = [
     "BENCHMARKS",

@@ -33,7 +33,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import ConfigError
+from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 

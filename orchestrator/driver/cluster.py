@@ -32,8 +32,8 @@ import threading
 import time
 from dataclasses import asdict
 
-from .config import Config, oversubscription
-from .errors import ClusterError, DeadlineError, EngineError, RunFailed, first_lines, paragraph, remote_cause
+from ..config import Config, oversubscription, parse_address
+from ..errors import ClusterError, DeadlineError, EngineError, RunFailed, first_lines, paragraph, remote_cause
 
 log = logging.getLogger(__name__)
 
@@ -78,42 +78,12 @@ def find_actor(suffix: str, namespace: str):
 def model_path(cfg: Config) -> str:
     if cfg.engine.kind == "fake":
         return "fake"
-    from .models import resolve_model
+    from ..models import resolve_model
 
     return resolve_model(cfg.model.path)
 
 
 # -- connecting ---------------------------------------------------------------------------------
-def parse_address(address: str) -> tuple[str, str, int]:
-    """`HOST[:PORT]` (a GCS address, port 6379 by default) or `ray://HOST[:PORT]` (Ray Client,
-    port 10001) -> (scheme, host, port). Raises ValueError for anything else."""
-    address = address.strip()
-    scheme, rest, default = "gcs", address, 6379
-    if address.startswith("ray://"):
-        scheme, rest, default = "ray", address[len("ray://"):], 10001
-    elif "://" in address:
-        raise ValueError("expected HOST:PORT (the head's GCS port) or ray://HOST:PORT (Ray Client)")
-    rest = rest.rstrip("/")
-    if not rest or "/" in rest:
-        raise ValueError("expected HOST:PORT (the head's GCS port) or ray://HOST:PORT (Ray Client)")
-    if rest.startswith("["):  # [ipv6]:port
-        host, _, tail = rest[1:].partition("]")
-        port_text = tail[1:] if tail.startswith(":") else ""
-    elif rest.count(":") == 1:
-        host, port_text = rest.split(":")
-    else:
-        host, port_text = rest, ""
-    if not host:
-        raise ValueError("the host is missing")
-    try:
-        port = int(port_text) if port_text else default
-    except ValueError:
-        raise ValueError(f"port {port_text!r} is not a number") from None
-    if not 0 < port < 65536:
-        raise ValueError(f"port {port} is out of range")
-    return scheme, host, port
-
-
 def probe(host: str, port: int, timeout: float) -> str | None:
     """Open a TCP connection to host:port; None when something answers, else why not."""
     try:
@@ -295,10 +265,10 @@ class _watchdog:
 # -- placement ---------------------------------------------------------------------------------
 def replica_class(kind: str):
     if kind == "fake":
-        from .engines.fake import FakeReplica
+        from ..engines.fake import FakeReplica
 
         return FakeReplica
-    from .engines.vllm_replica import VLLMReplica
+    from ..engines.vllm_replica import VLLMReplica
 
     return VLLMReplica
 
@@ -638,7 +608,7 @@ def start_coordinator(cfg: Config, replicas: list, model: str, points, prompts, 
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    from .coordinator import Coordinator
+    from ..coordinator.actor import Coordinator
 
     if pg is None and _placed.get("coordinator_at") is not None:
         pg, bundle_index = _placed["coordinator_at"]

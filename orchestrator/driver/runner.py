@@ -21,13 +21,13 @@ from .checkpoint import Recovery
 # the GPU check kit (../shared/gpu/engine_probe.py) imports these two from here
 from .cluster import engine_options  # noqa: F401
 from .cluster import model_path as _model_path  # noqa: F401
-from .config import Config, oversubscription, prompt_file, sampling_spec, validate
+from ..config import Config, oversubscription, prompt_file, sampling_spec, validate
 from .context_fit import check_context
-from .core import metrics
-from .core.prompts import load_prompts
-from .core.types import Problem
+from ..core import metrics
+from ..core.prompts import load_prompts
+from ..core.types import Problem
 from .data import DatasetError, load_problems
-from .errors import ConfigChanged, RunFailed
+from ..errors import ConfigChanged, RunFailed
 from .grader import Grader
 from .lock import RunLock
 from .replacement import Replacements
@@ -421,7 +421,7 @@ def _generation_facts(stats: list[dict]) -> dict:
 
 def _report(cfg: Config, store: ResultStore, paths_t, summary: dict) -> None:
     """The report files, then the console's last lines: the tables and where everything is."""
-    from .report import sweep_table, write_report
+    from ..report import sweep_table, write_report
 
     try:
         written = write_report(store.root, plots=cfg.plots)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-from .core.types import ReplicaDead
+from ..core.types import ReplicaDead
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 log = logging.getLogger(__name__)
 

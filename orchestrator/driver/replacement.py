@@ -22,8 +22,8 @@ import logging
 import time
 
 from . import cluster
-from .config import Config
-from .errors import first_lines, remote_cause
+from ..config import Config
+from ..errors import first_lines, remote_cause
 
 log = logging.getLogger(__name__)
 

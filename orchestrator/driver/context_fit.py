@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import logging
 
-from .config import Config, path_budget
-from .core.budget import FirstRound, first_round
-from .core.group import LeapParams
-from .core.prompts import PromptSet
-from .core.types import Problem
+from ..config import Config, path_budget
+from ..core.budget import FirstRound, first_round
+from ..core.group import LeapParams
+from ..core.prompts import PromptSet
+from ..core.types import Problem
 from .data import DatasetError
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def check_context(cfg: Config, points: dict[str, LeapParams], prompts: PromptSet
     max_len = cfg.engine.max_model_len
     if not max_len or not todo:
         return []
-    from .engines.tokenizer import load_tokenizer, render_prompt
+    from ..engines.tokenizer import load_tokenizer, render_prompt
 
     try:
         tok = load_tokenizer(model)
