@@ -421,14 +421,14 @@ def _generation_facts(stats: list[dict]) -> dict:
 
 def _report(cfg: Config, store: ResultStore, paths_t, summary: dict) -> None:
     """The report files, then the console's last lines: the tables and where everything is."""
-    from ..report import sweep_table, write_report
+    from ..report import console_text, load_results, write_report
 
     try:
         written = write_report(store.root, plots=cfg.plots)
     except Exception as exc:  # the results are saved; the report is a view of them
         log.warning("the report could not be written (%s); rebuild it with `python -m orchestrator.report %s`",
                     exc, store.root)
-        console.tables(sweep_table(summary))
+        console.tables(console_text(load_results(store.root)))
         console.finish(store.root)
         return
     console.tables(written["text"])

@@ -3,19 +3,25 @@
 
     python -m orchestrator.report OUTPUT_DIR [--point P --problem ID --path I] [--no-plots]
 
-prints the per-problem and sweep tables and writes OUTPUT_DIR/report.html (self-contained),
-OUTPUT_DIR/report.md and the PNGs under OUTPUT_DIR/plots/. Every number in the report is read
-from summary.json (written by `orchestrator.core.metrics.summarize`).
+prints the tables a run prints when it ends (`text.console_text`) and writes OUTPUT_DIR/report.html
+(self-contained), OUTPUT_DIR/report.md and the PNGs under OUTPUT_DIR/plots/. Every number in the
+report is read from summary.json (written by `orchestrator.core.metrics.summarize`).
 
-Python API: `write_report(output_dir, point=None, problem=None, path=None)`, `plot(output_dir)`
-(the PNGs only), the text tables `problem_table(paths)`, `sweep_table(summary)`,
-`message_line(messages)`, and `main(argv)`.
+One pipeline: `data` loads a results directory into a `Run` and builds its `Table`s; `document`
+renders them as HTML and Markdown, `text` as fixed-width text, `plots` draws the figures.
+
+Python API: `load_results(output_dir)` (the `Run`), `write_report(output_dir, point=None,
+problem=None, path=None)`, `plot(output_dir)` (the PNGs only), the text of a `Run`:
+`console_text(run)` (everything printed), `problem_table(run)`, `sweep_table(run)`,
+`message_line(run)`; and `main(argv)`.
 """
 
 from __future__ import annotations
 
 from .cli import main, plot
+from .data import load_run as load_results
 from .document import write_report
-from .tables import load_results, message_line, problem_table, sweep_table
+from .text import console_text, message_line, problem_table, sweep_table
 
-__all__ = ["load_results", "main", "message_line", "plot", "problem_table", "sweep_table", "write_report"]
+__all__ = ["console_text", "load_results", "main", "message_line", "plot", "problem_table", "sweep_table",
+           "write_report"]

@@ -1,5 +1,5 @@
-"""`python -m orchestrator.report OUTPUT_DIR`: print the tables, write report.html, report.md and
-the plots."""
+"""`python -m orchestrator.report OUTPUT_DIR`: print the tables a run prints when it ends, then
+write report.html, report.md and the plots."""
 
 from __future__ import annotations
 
@@ -8,16 +8,15 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .tables import load_results, message_line, problem_table, sweep_table
+from .data import load_run
+from .document import PLOT_DIR, write_run_report
+from .plots import figures, write_figures
+from .text import console_text
 
 
 def plot(output_dir: str | Path) -> list[Path]:
     """Write the report's PNGs into OUTPUT_DIR/plots; return their paths (figures without data
     are skipped)."""
-    from .data import load_run
-    from .document import PLOT_DIR
-    from .plots import figures, write_figures
-
     return write_figures(figures(load_run(output_dir)), Path(output_dir) / PLOT_DIR)
 
 
@@ -37,27 +36,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not out.is_dir():
         print(f"error: {out} is not a directory", file=sys.stderr)
         return 2
-    paths_rows, messages, summary = load_results(out)
-    if not paths_rows and not summary:
-        print(f"error: {out} holds neither paths.parquet nor summary.json", file=sys.stderr)
+    run = load_run(out)
+    if not run.summary:
+        print(f"error: {out} has no summary.json (or no sweep point in it): nothing to report", file=sys.stderr)
         return 2
-
-    print(f"== per problem ({out / 'paths.parquet'}) ==")
-    print(problem_table(paths_rows))
-    print()
-    print(f"== sweep ({out / 'summary.json'}) ==")
-    print(sweep_table(summary))
-    print()
-    print(message_line(messages))
+    print(console_text(run))
     if args.no_plots:
         return 0
-    if not summary:
-        print(f"error: {out} has no summary.json: no report written", file=sys.stderr)
-        return 2
-    from .document import write_report
-
     try:
-        written = write_report(out, args.point, args.problem, args.path)
+        written = write_run_report(run, args.point, args.problem, args.path)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

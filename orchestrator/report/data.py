@@ -1,4 +1,5 @@
-"""What a report shows, as data: a results directory loaded, and its tables built cell by cell.
+"""What a report shows, as data: a results directory loaded (`load_run` -> `Run`), and its tables
+built cell by cell (`Table` of `Cell`s; `build_tables` makes every table of the report).
 
 Every metric cell carries `src`, the key path of its value in summary.json (e.g. `["leap",
 "aime24", "pass@1"]`), so the HTML and Markdown writers render the same tables and a test can
@@ -6,6 +7,9 @@ check each displayed number against summary.json. Numbers come from summary.json
 run's summary.json predates a metric (say, round transitions), the report computes the missing
 keys with the code that writes summary.json (`orchestrator.core.metrics.summarize`), fills only
 those keys, and says so (`Run.derived`).
+
+The tables are rendered by `document` (report.html, report.md) and by `text` (the fixed-width
+tables a run prints at its end and `python -m orchestrator.report` prints).
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..core import metrics
-from .tables import _rows, _sort_key
+import pyarrow.parquet as pq
+
+from ..core import grading, metrics
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,25 @@ def lookup(tree: Any, keys: Sequence) -> Any:
             return None
         tree = tree[str(k)]
     return tree
+
+
+def read_rows(path: Path, columns: Sequence[str] | None = None) -> list[dict]:
+    """The rows of a parquet file as dicts ([] when there is no file); with `columns`, only those
+    of them the file has (paths.parquet also holds the full texts, which a table never needs)."""
+    if not path.is_file():
+        return []
+    if columns is not None:
+        names = set(pq.read_schema(path).names)
+        columns = [c for c in columns if c in names]
+    return pq.read_table(path, columns=columns).to_pylist()
+
+
+def sort_key(value: Any) -> tuple:
+    """Natural-ish order of labels: numbers by value first, then strings."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
 
 
 def _json(path: Path) -> dict:
@@ -125,7 +149,7 @@ def _point_order(summary: dict, settings: dict[str, dict], config: dict) -> list
         if isinstance(entry, dict):
             listed.append(point_name(entry))
     points = [p for p in listed if p in summary] + sorted(
-        (p for p in summary if p not in listed), key=_sort_key)
+        (p for p in summary if p not in listed), key=sort_key)
 
     def rank(p: str) -> int:
         mode = (settings.get(p) or {}).get("mode")
@@ -145,8 +169,8 @@ def load_run(output_dir: str | Path, grade_missing_rounds: bool = True) -> Run:
     recorded = {k: v for k, v in recorded.items() if not k.startswith("_")}
     config = _json(root / "config.json")
     run_info = _json(root / "run_info.json")
-    rows = _rows(root / "paths.parquet", ROW_COLUMNS) if (root / "paths.parquet").is_file() else []
-    messages = _rows(root / "messages.parquet") if (root / "messages.parquet").is_file() else []
+    rows = read_rows(root / "paths.parquet", ROW_COLUMNS)
+    messages = read_rows(root / "messages.parquet")
 
     settings = {}
     for point, per_bench in recorded.items():
@@ -212,17 +236,12 @@ def _complete(recorded: dict, rows: list[dict], settings: dict,
 def grade_rounds(rows: list[dict]) -> list[dict]:
     """Rows with `round_answers` / `round_correct` from their summaries (grading.grade_rounds),
     sharing one verdict cache: the same answer to the same gold is graded once."""
-    from ..core import grading
-
-    fn = getattr(grading, "grade_rounds", None)
-    if fn is None:
-        return rows
     cache: dict = {}
     out = []
     for r in rows:
         if r.get("round_answers") is None and r.get("summaries"):
             kind = "gpqa" if str(r.get("benchmark", "")).startswith("gpqa") else "math"
-            answers, verdicts = fn(r["summaries"], r.get("gold") or "", kind, cache=cache)
+            answers, verdicts = grading.grade_rounds(r["summaries"], r.get("gold") or "", kind, cache=cache)
             r = {**r, "round_answers": answers, "round_correct": verdicts}
         out.append(r)
     return out
@@ -419,7 +438,7 @@ def transitions_table(run: Run) -> Table:
     rows = []
     for p, b in _point_bench(run):
         table = run.metric(p, b, "round_transitions") or {}
-        for r in sorted(table, key=_sort_key):
+        for r in sorted(table, key=sort_key):
             rows.append(_label(run, p, b) + [Cell(str(r))] + [
                 ungraded_cell(run, (p, b, "round_transitions", r)) if k == "ungraded"
                 else num(run, (p, b, "round_transitions", r, k), "int") for k, _ in columns])
@@ -452,7 +471,7 @@ def problem_table(run: Run) -> Table:
     rows = []
     for b in run.benchmarks:
         pids = sorted({pid for p in run.order for pid in (run.metric(p, b, "per_problem") or {})},
-                      key=_sort_key)
+                      key=sort_key)
         for pid in pids:
             row = [Cell(b), Cell(pid, kind="head")]
             for p in run.order:
@@ -600,10 +619,25 @@ def run_info_table(run: Run) -> Table:
     return Table("run_info", "All of run_info.json", ["key", "value"], rows)
 
 
+def build_tables(run: Run) -> dict[str, Table]:
+    """Every table of the report, by key (the key is also each `Table.key`'s section)."""
+    return {
+        "facts": facts_table(run),
+        "replicas": replica_table(run),
+        "run_info": run_info_table(run),
+        "main": main_table(run),
+        "tokens": efficiency_table(run),
+        "transitions": transitions_table(run),
+        "pass_at_k": pass_at_k_table(run),
+        "problems": problem_table(run),
+    }
+
+
 __all__ = [
     "Cell",
     "Run",
     "Table",
+    "build_tables",
     "efficiency_table",
     "facts_table",
     "fmt",
@@ -613,8 +647,10 @@ __all__ = [
     "main_table",
     "pass_at_k_table",
     "problem_table",
+    "read_rows",
     "replica_table",
     "run_info_table",
+    "sort_key",
     "transitions_table",
     "ungraded_cell",
     "ungraded_note",

@@ -15,10 +15,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from ..core.metrics import comm_round_list
+from ..core.prompts import load_prompts
 from . import data as D
 from .markdown import md_code, md_fence, md_text
 from .plots import Figure, figures, write_figures
+from .text import console_text
 from .transcript import Block, split_path
 
 log = logging.getLogger(__name__)
@@ -70,8 +74,7 @@ def _prompts(run: D.Run):
     if not spec:
         return None
     try:
-        from ..config import prompt_file
-        from ..core.prompts import load_prompts
+        from ..config import prompt_file  # hydra and omegaconf: only when a transcript is written
 
         return load_prompts(prompt_file(spec))
     except Exception as exc:  # wording unknown: the cut falls back to the tags alone
@@ -88,8 +91,6 @@ def load_transcript(run: D.Run, point: str | None = None, problem: str | None = 
         point = point or chosen[0]
         problem = problem if problem is not None else chosen[1]
         path = path if path is not None else (chosen[2] if (point, problem) == chosen[:2] else 0)
-    import pyarrow.parquet as pq
-
     file = run.root / "paths.parquet"
     names = set(pq.read_schema(file).names)
     columns = [c for c in ("sweep_point", "benchmark", "problem_id", "path", "text", "spans", "gold",
@@ -349,82 +350,26 @@ def render_md(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
     return "\n".join(out).rstrip() + "\n"
 
 
-# --------------------------------------------------------------------------- console text
-
-
-def table_text(t: D.Table, drop: tuple[str, ...] = ()) -> str:
-    """A fixed-width text rendering of a table (columns whose header is in `drop` left out)."""
-    from .tables import _fmt_table
-
-    headers = list(t.headers)
-    if sum(1 for label, _ in t.groups if label) > 1:  # several benchmarks: name them in the header
-        i = 0
-        for label, span in t.groups:
-            for j in range(i, i + span):
-                headers[j] = f"{label} {headers[j]}" if label else headers[j]
-            i += span
-    keep = [j for j, h in enumerate(t.headers) if h not in drop]
-    left = sum(1 for j in keep if t.rows and t.rows[0][j].kind not in ("num", "delta"))
-    order = sorted(keep, key=lambda j: t.rows[0][j].kind in ("num", "delta")) if t.rows else keep
-    return _fmt_table([headers[j] for j in order], [[r[j].text for j in order] for r in t.rows], left=left)
-
-
-def console_text(run: D.Run, tables: dict[str, D.Table]) -> str:
-    """What the console shows at the end of a run: the per-problem table for a single
-    configuration (when short), and the accuracy table of every configuration."""
-    parts = []
-    if len(run.order) == 1 and 0 < len(tables["problems"].rows) <= 40:
-        parts.append(_problems_text(run))
-    main = tables["main"]
-    parts.append(table_text(main, drop=("mode", "T", "top-k", "router")))  # the name says them
-    parts.append(D.ungraded_note(run))
-    return "\n\n".join(p for p in parts if p)
-
-
-def _problems_text(run: D.Run) -> str:
-    from .tables import _fmt_table, _sort_key
-
-    point = run.order[0]
-    apart = D.has_ungraded(run)
-    rows = []
-    for b in run.benchmarks:
-        per = run.metric(point, b, "per_problem") or {}
-        for pid in sorted(per, key=_sort_key):
-            m = per[pid]
-            rows.append([b, pid, D.fmt(m.get("paths"), "int"), D.fmt(m.get("pass@1")),
-                         D.fmt(m.get("cons@N"), "int"), str(m.get("majority_answer") or "-")[:16]]
-                        + ([str(m.get("ungraded") or 0)] if apart else []))
-    headers = ["benchmark", "problem", "N", "Pass@1", "Cons@N", "majority"] + (["ungraded"] if apart else [])
-    return _fmt_table(headers, rows, left=2)
-
-
 # --------------------------------------------------------------------------- entry point
 
 
-def build_tables(run: D.Run) -> dict[str, D.Table]:
-    return {
-        "facts": D.facts_table(run),
-        "replicas": D.replica_table(run),
-        "run_info": D.run_info_table(run),
-        "main": D.main_table(run),
-        "tokens": D.efficiency_table(run),
-        "transitions": D.transitions_table(run),
-        "pass_at_k": D.pass_at_k_table(run),
-        "problems": D.problem_table(run),
-    }
-
-
 def write_report(output_dir: str | Path, point: str | None = None, problem: str | None = None,
-                 path: int | None = None, plots: bool = True) -> dict[str, Path | list[Path]]:
-    """Write OUTPUT_DIR/report.html, OUTPUT_DIR/report.md and OUTPUT_DIR/plots/*.png; returns
-    {"html": ..., "md": ..., "plots": [...], "text": the console's tables}. `point`, `problem`, `path` choose the transcript
-    (default: a path that received peer notes and changed its answer); `plots=False` leaves the
-    figures out (the tables and transcript only)."""
-    root = Path(output_dir)
-    run = D.load_run(root)
+                 path: int | None = None, plots: bool = True) -> dict[str, Path | list[Path] | str]:
+    """Load OUTPUT_DIR and write its report (see `write_run_report`)."""
+    return write_run_report(D.load_run(output_dir), point, problem, path, plots)
+
+
+def write_run_report(run: D.Run, point: str | None = None, problem: str | None = None,
+                     path: int | None = None, plots: bool = True) -> dict[str, Path | list[Path] | str]:
+    """Write the run's report.html, report.md and plots/*.png into its directory; returns
+    {"html": ..., "md": ..., "plots": [...], "text": `text.console_text`, the tables a run prints
+    when it ends}. `point`, `problem`, `path` choose the transcript (default: a path that received
+    peer notes and changed its answer); `plots=False` leaves the figures out (the tables and
+    transcript only)."""
+    root = run.root
     if not run.summary:
         raise ValueError(f"{root} has no summary.json (or it is empty): nothing to report")
-    tables = build_tables(run)
+    tables = D.build_tables(run)
     figs = figures(run) if plots else {}
     chosen = point is not None or problem is not None or path is not None
     try:
@@ -443,5 +388,5 @@ def write_report(output_dir: str | Path, point: str | None = None, problem: str 
     return {"html": html_path, "md": md_path, "plots": pngs, "text": console_text(run, tables)}
 
 
-__all__ = ["Transcript", "build_tables", "choose_path", "load_transcript", "render_html",
-           "render_md", "write_report"]
+__all__ = ["PLOT_DIR", "Transcript", "choose_path", "load_transcript", "render_html", "render_md",
+           "write_report", "write_run_report"]

@@ -10,8 +10,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import Run, is_leap
-from .tables import _sort_key
+from .data import Run, is_leap, sort_key
 
 TRANSITION_COLORS = {"wrong_to_right": "#2e7d32", "right_to_wrong": "#c62828",
                      "wrong_to_wrong": "#ef6c00", "right_to_right": "#757575",
@@ -89,10 +88,10 @@ def sweep_lines(run: Run, x: str, panel: str) -> Figure | None:
     """Accuracy against `x` (T or top_k), one line per router, one panel per value of `panel`;
     the independent baseline as a dashed line."""
     leap = [p for p in run.order if is_leap(run, p)]
-    xs = sorted({run.settings[p].get(x) for p in leap} - {None}, key=_sort_key)
+    xs = sorted({run.settings[p].get(x) for p in leap} - {None}, key=sort_key)
     if len(xs) < 2:
         return None
-    panels = sorted({run.settings[p].get(panel) for p in leap}, key=_sort_key)
+    panels = sorted({run.settings[p].get(panel) for p in leap}, key=sort_key)
     routers = sorted({str(run.settings[p].get("router")) for p in leap})
     independent = next((p for p in run.order if run.settings.get(p, {}).get("mode") == "independent"), None)
     rows = [(b, key) for b in run.benchmarks for key in ("pass@1", "cons@N")]
@@ -105,7 +104,7 @@ def sweep_lines(run: Run, x: str, panel: str) -> Figure | None:
                 pts = sorted(((run.settings[p][x], run.metric(p, bench, key)) for p in leap
                               if str(run.settings[p].get("router")) == router
                               and run.settings[p].get(panel) == pv and run.settings[p].get(x) is not None
-                              and run.metric(p, bench, key) is not None), key=lambda t: _sort_key(t[0]))
+                              and run.metric(p, bench, key) is not None), key=lambda t: sort_key(t[0]))
                 if pts:
                     ax.plot([xs.index(a) for a, _ in pts], [float(v) for _, v in pts], marker="o", label=router)
             if independent is not None and run.metric(independent, bench, key) is not None:
@@ -168,7 +167,7 @@ def transitions_plot(run: Run) -> Figure | None:
         ax.set_visible(False)
     for ax, (p, b) in zip(axes.flat, entries):
         table = run.metric(p, b, "round_transitions")
-        rounds = sorted(table, key=_sort_key)
+        rounds = sorted(table, key=sort_key)
         bottom = [0.0] * len(rounds)
         for kind, color in TRANSITION_COLORS.items():
             ys = [float(table[r].get(kind, 0)) for r in rounds]

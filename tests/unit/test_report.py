@@ -1,4 +1,4 @@
-"""Report tables and plots from a small synthetic results dir."""
+"""Report text tables, plots and the CLI from a small synthetic results dir."""
 
 from __future__ import annotations
 
@@ -6,12 +6,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from orchestrator import report
+from orchestrator.core import metrics
+from orchestrator.report.text import tokens_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -73,71 +76,116 @@ def _line(table: str, *starts: str) -> list[str]:
     raise AssertionError(f"no row starting {starts} in\n{table}")
 
 
+def _write_dir(root: Path, rows: list[dict], summary: dict | None = None) -> Path:
+    """A results dir of `rows`; summary.json as the run writes it (metrics.summarize) unless given."""
+    root.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), root / "paths.parquet")
+    summary = metrics.summarize(rows) if summary is None else summary
+    (root / "summary.json").write_text(json.dumps(summary, default=str))
+    return root
+
+
 def test_problem_table(results_dir):
-    table = report.problem_table(pq.read_table(results_dir / "paths.parquet"))
+    table = report.problem_table(report.load_results(results_dir))
     header = table.splitlines()[0]
-    assert "T=1024" in header and "T=2048" in header and "pass@1" in header and "cons@N" in header
+    for key in ("T=1024 Pass@1", "T=1024 Cons@N", "T=1024 majority", "T=2048 Pass@1", "T=2048 majority"):
+        assert key in header
     # p1: T=1024 3/4 correct, majority 7 (correct); T=2048 all correct
-    assert _line(table, "synthetic", "p1")[2:] == ["4", "0.750", "1", "1.000", "1"]
+    assert _line(table, "synthetic", "p1")[2:] == ["0.750", "1.000", "7", "1.000", "1.000", "7"]
     # p2: T=1024 1/4, majority "3" wrong; T=2048 2/4, majority "5" right (None ignored)
-    assert _line(table, "synthetic", "p2")[2:] == ["4", "0.250", "0", "0.500", "1"]
-    assert _line(table, "synthetic", "mean")[2:] == ["0.500", "0.500", "0.750", "1.000"]
-    # fixed width: every line of the body as wide as the rule or narrower
+    assert _line(table, "synthetic", "p2")[2:] == ["0.250", "0.000", "3", "0.500", "1.000", "5"]
     rule = table.splitlines()[1]
-    assert set(rule) <= {"-", " "}
+    assert set(rule) <= {"-", " "} and all(len(ln) <= len(rule) for ln in table.splitlines())
 
 
-def test_problem_table_single_sweep_shows_majority_and_tokens():
+def test_problem_table_of_one_point_names_no_point_and_cuts_long_answers(tmp_path):
     rows = [r for r in _path_rows() if r["sweep_point"] == "T=1024"]
-    table = report.problem_table(rows)
-    cells = _line(table, "synthetic", "p2")
-    assert cells[2:6] == ["4", "0.250", "0", "3"]
-    assert cells[6] == "135"  # mean of (100..130)+20
-    assert report.problem_table([]) == "(no paths)"
+    for r in rows:
+        if r["problem_id"] == "p1" and r["answer"] == "7":
+            r["answer"] = "123456789012345678901"
+    table = report.problem_table(report.load_results(_write_dir(tmp_path, rows)))
+    assert table.splitlines()[0].split() == ["benchmark", "problem", "Pass@1", "Cons@N", "majority"]
+    assert _line(table, "synthetic", "p1")[2:] == ["0.750", "1.000", "123456789012345~"]
+    assert _line(table, "synthetic", "p2")[2:] == ["0.250", "0.000", "3"]
 
 
-def test_sweep_table(results_dir):
-    summary = json.loads((results_dir / "summary.json").read_text())
-    table = report.sweep_table(summary)
+def test_sweep_and_tokens_tables(results_dir):
+    run = report.load_results(results_dir)
+    table = report.sweep_table(run)
     lines = table.splitlines()
     assert len(lines) == 2 + 2
-    for key in ("sweep_point", "benchmark", "pass@1", "cons@N", "pass@4", "sampled", "injected", "total"):
-        assert key in lines[0]
-    assert _line(table, "T=1024", "synthetic")[2:] == ["0.500", "0.500", "1.000", "115", "20", "135"]
-    assert _line(table, "T=2048", "synthetic")[2:] == ["0.750", "1.000", "1.000", "115", "20", "135"]
+    assert lines[0].split() == ["configuration", "N", "Pass@1", "Cons@4"]
+    assert _line(table, "T=1024") == ["T=1024", "4", "0.500", "0.500"]  # summary.json's values
+    assert _line(table, "T=2048") == ["T=2048", "4", "0.750", "1.000"]
+    tokens = tokens_table(run)
+    for key in ("sampled/path", "injected/path", "total/path"):
+        assert key in tokens.splitlines()[0]
+    assert _line(tokens, "T=1024")[1:4] == ["115", "20", "135"]
+    assert _line(tokens, "T=2048")[1:4] == ["115", "20", "135"]
 
 
-def test_sweep_table_numbered_cons_key_and_missing_total():
-    summary = {"a": {"aime24": {"pass@1": 0.1, "cons@32": 0.2, "cons@32_shortest": 0.9,
-                                "tokens_per_path": {"sampled": 1000, "injected": 50}}}}
-    table = report.sweep_table(summary)
-    assert "cons@32" in table.splitlines()[0]
-    assert _line(table, "a", "aime24")[2:] == ["0.100", "0.200", "1,000", "50", "1,050"]
-
-
-def test_text_tables_show_ungraded_paths_apart():
+def test_text_tables_show_ungraded_paths_apart(tmp_path):
     rows = [r for r in _path_rows() if r["sweep_point"] == "T=1024"]
     for r in rows:
         if r["problem_id"] == "p2" and r["path"] in (0, 1):  # the two wrong "3" paths: undecided
             r["correct"] = None
-    table = report.problem_table(rows)
-    assert "ungraded" in table.splitlines()[0]
-    # p2: 1 of the 2 graded paths right (not 1 of 4); the majority "3" has no graded path
-    assert _line(table, "synthetic", "p2")[2:6] == ["4", "0.500", "-", "2"]
-    assert _line(table, "synthetic", "p1")[2:6] == ["4", "0.750", "1", "0"]
-    assert _line(table, "synthetic", "mean")[2:5] == ["0.625", "1.000", "2"]
-    summary = {"a": {"aime24": {"pass@1": 0.5, "cons@N": 0.5, "ungraded": 3}},
-               "b": {"aime24": {"pass@1": 0.25, "cons@N": 0.5}}}
-    table = report.sweep_table(summary)
+    run = report.load_results(_write_dir(tmp_path, rows))
+    table = report.problem_table(run)
     assert table.splitlines()[0].split()[-1] == "ungraded"
-    assert _line(table, "a", "aime24")[-1] == "3" and _line(table, "b", "aime24")[-1] == "0"
-    assert "ungraded" not in report.problem_table(_path_rows()) + report.sweep_table(SUMMARY)
+    # p2: 1 of the 2 graded paths right (not 1 of 4); the majority "3" has no graded path
+    assert _line(table, "synthetic", "p2")[2:] == ["0.500", "-", "3", "2"]
+    assert _line(table, "synthetic", "p1")[2:] == ["0.750", "1.000", "7", "0"]
+    sweep = report.sweep_table(run)
+    assert sweep.splitlines()[0].split()[-1] == "ungraded"
+    assert _line(sweep, "T=1024") == ["T=1024", "4", "0.625", "1.000", "2"]
+    text = report.console_text(run)
+    assert "2 path(s) could not be graded" in text and "not counted wrong" in text
+    graded = report.load_results(_write_dir(tmp_path / "graded", _path_rows()))
+    assert "ungraded" not in report.console_text(graded)
+    assert "could not be graded" not in report.console_text(graded)
 
 
-def test_message_line(results_dir):
-    _, messages, _ = report.load_results(results_dir)
-    assert report.message_line(messages) == "messages: 2 delivered over 1 round(s), mean similarity 0.500"
-    assert report.message_line([]) == "messages: none delivered"
+def test_message_line(results_dir, tmp_path):
+    run = report.load_results(results_dir)
+    assert report.message_line(run) == "messages: 2 delivered over 1 round(s), mean similarity 0.500"
+    quiet = report.load_results(_write_dir(tmp_path / "quiet", _path_rows()))
+    assert report.message_line(quiet) == "messages: none delivered"
+
+
+def test_console_text(results_dir):
+    text = report.console_text(report.load_results(results_dir))
+    blocks = text.split("\n\n")
+    # summary.json here lacks per-problem results: the report computes them and says so first
+    assert blocks[0].startswith("summary.json lacks ") and "per_problem" in blocks[0]
+    assert [b.splitlines()[0] for b in blocks[1:4]] == ["Per problem", "Accuracy by configuration",
+                                                         "Tokens and efficiency"]
+    assert blocks[4] == "messages: 2 delivered over 1 round(s), mean similarity 0.500"
+
+
+def test_the_end_of_a_run_prints_what_the_cli_prints(results_dir, monkeypatch, capsys):
+    """What `runner._report` hands to the console is what `python -m orchestrator.report` prints,
+    whether the report files are written or fail to be."""
+    from orchestrator.driver import console, runner
+
+    shown: list[str] = []
+    monkeypatch.setattr(console, "tables", shown.append)
+    monkeypatch.setattr(console, "finish", lambda *a, **k: None)
+    cfg, store = SimpleNamespace(plots=False), SimpleNamespace(root=results_dir)
+    runner._report(cfg, store, pq.read_table(results_dir / "paths.parquet"), SUMMARY)
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(report, "write_report", broken)
+        runner._report(cfg, store, pq.read_table(results_dir / "paths.parquet"), SUMMARY)
+    capsys.readouterr()
+    assert report.main([str(results_dir), "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert shown == [printed.removesuffix("\n")] * 2
+    assert "Accuracy by configuration" in printed and "messages: 2 delivered" in printed
+    assert report.main([str(results_dir)]) == 0
+    assert capsys.readouterr().out.startswith(printed + "wrote ")
 
 
 def test_plot_writes_pngs(results_dir):
@@ -164,7 +212,7 @@ def test_cli(results_dir):
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "per problem" in out and "sweep" in out
+    assert "Per problem" in out and "Accuracy by configuration" in out and "Tokens and efficiency" in out
     assert "p1" in out and "T=2048" in out and "messages: 2 delivered" in out
     assert (results_dir / "plots" / "pass1.png").is_file()
     for name in ("report.html", "report.md"):

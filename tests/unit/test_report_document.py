@@ -368,15 +368,48 @@ def test_run_facts_come_from_run_info_and_config(tmp_path, run_dir):
     assert "coordinator.barriers" in rest and "coordinator.moved_paths" not in rest and "replicas" not in rest
 
 
-def test_console_table_shows_the_summary_values(run_dir):
+def text_tables(text: str) -> dict[str, list[dict[str, str]]]:
+    """The titled fixed-width tables of the console text: {title: rows as {header: cell}},
+    columns cut where the rule under the header has its dashes."""
+    out = {}
+    for block in text.split("\n\n"):
+        lines = block.splitlines()
+        if len(lines) < 3 or set(lines[2]) - {"-", " "}:
+            continue
+        spans = [m.span() for m in re.finditer(r"-+", lines[2])]
+
+        def cells(line: str) -> list[str]:
+            return [line[a:b if k < len(spans) - 1 else None].strip() for k, (a, b) in enumerate(spans)]
+
+        headers = cells(lines[1])
+        out[lines[0]] = [dict(zip(headers, cells(ln))) for ln in lines[3:]]
+    return out
+
+
+def test_console_tables_show_the_summary_values(run_dir):
     summary = json.loads((run_dir / "summary.json").read_text())
-    lines = (run_dir / "console.txt").read_text().splitlines()
-    header = lines[0].split()
-    assert header[:2] == ["configuration", "N"] and "Pass@1" in header
+    text = (run_dir / "console.txt").read_text()
+    tables = text_tables(text)
+    accuracy = {r["configuration"]: r for r in tables["Accuracy by configuration"]}
+    tokens = {r["configuration"]: r for r in tables["Tokens and efficiency"]}
+    assert set(accuracy) == set(tokens) == set(summary)
     for point, per_bench in summary.items():
-        row = next(ln for ln in lines if ln.split() and ln.split()[0] == point)
-        cells = row.split()
-        assert float(cells[2]) == pytest.approx(per_bench["synthetic"]["pass@1"], abs=5e-4)
+        m = per_bench["synthetic"]
+        assert accuracy[point]["N"] == str(m["paths_per_problem"])
+        assert float(accuracy[point]["Pass@1"]) == pytest.approx(m["pass@1"], abs=5e-4)
+        assert float(accuracy[point]["Cons@4"]) == pytest.approx(m["cons@N"], abs=5e-4)
+        for key in ("sampled", "injected", "total"):
+            shown = float(tokens[point][f"{key}/path"].replace(",", ""))
+            assert shown == pytest.approx(m["tokens_per_path"][key], abs=0.5)
+    # four configurations with long names: the per-problem table would not fit a terminal
+    assert "Per problem: 2 problem(s) x 4 configuration(s), too wide for the terminal" in text
+    assert text.endswith("messages: 48 delivered over 2 round(s), mean similarity "
+                         f"{_mean_similarity(run_dir):.3f}")
+
+
+def _mean_similarity(run_dir: Path) -> float:
+    sims = pq.read_table(run_dir / "messages.parquet", columns=["similarity"]).column(0).to_pylist()
+    return sum(sims) / len(sims)
 
 
 # --------------------------------------------------------------------------- untrusted text
