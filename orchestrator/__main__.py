@@ -1,6 +1,7 @@
 """`python -m orchestrator [+experiment=NAME] [key=value ...]` — the thin Hydra entry.
 
-Composes the config (schema defaults + conf/ YAML + overrides), then hands it to `runner.run`.
+Composes the config (schema defaults + conf/ YAML + overrides), then hands it to
+`orchestrator.driver.runner.run`; this module runs in the driver process.
 A failure ends as one paragraph on stderr and exit status 2 (user error: config, data, model
 path, cluster address or size, an engine that cannot load) or 1 (runtime failure); the
 traceback only with `HYDRA_FULL_ERROR=1` or `debug=true` (see `errors.py`).
@@ -11,12 +12,14 @@ from __future__ import annotations
 import io
 import re
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .config import register, to_config
+from .driver.runner import run
 from .errors import USER_ERROR, paragraph, report, want_traceback
 
 register()
@@ -50,18 +53,16 @@ def _point_from_overrides() -> str:
 def _debug_flag(dcfg) -> bool:
     try:
         return bool(dcfg.get("debug", False))
-    except Exception:
+    except Exception:  # a config too broken to read: the error report goes on without a traceback
         return False
 
 
 def _run_log(dcfg) -> str | None:
     """The run's own log (console.py writes OUTPUT_DIR/logs/run.log), when there is one."""
     try:
-        from pathlib import Path
-
         path = Path(str(dcfg.get("output_dir"))) / "logs" / "run.log"
         return str(path.resolve()) if path.is_file() else None
-    except Exception:
+    except Exception:  # no readable output_dir (the error being reported may be that): no log to name
         return None
 
 
@@ -74,8 +75,6 @@ def main(dcfg: DictConfig) -> None:
         sys.stderr.write(early)
     debug = _debug_flag(dcfg)
     try:
-        from .driver.runner import run
-
         cfg = to_config(dcfg)
         debug = cfg.debug
         if not cfg.point and not cfg.sweep:
@@ -85,7 +84,7 @@ def main(dcfg: DictConfig) -> None:
         print("interrupted: finished groups and the last barrier's checkpoints are saved; rerun the same "
               "command to continue", file=sys.stderr, flush=True)
         sys.exit(130)
-    except Exception as exc:
+    except Exception as exc:  # the one place every failure becomes a paragraph and an exit status
         sys.exit(report(exc, debug=debug, log_path=_run_log(dcfg)))
 
 

@@ -6,13 +6,17 @@ raises `ConfigError` naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from huggingface_hub import try_to_load_from_cache
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .core.group import MODES, LeapParams
 from .core.routing import POLICIES, SIMILARITIES
@@ -193,7 +197,7 @@ def to_config(cfg: DictConfig | dict) -> Config:
     base = OmegaConf.structured(Config)
     try:
         merged = OmegaConf.merge(base, cfg)
-    except Exception as exc:  # omegaconf names the key in its message
+    except OmegaConfBaseException as exc:  # omegaconf names the key in its message
         raise ConfigError(str(exc)) from exc
     return OmegaConf.to_object(merged)
 
@@ -437,8 +441,6 @@ def check_model_path(cfg: Config) -> None:
     does not exist or is no checkpoint, a hub id when the hub is off and nothing is cached."""
     if cfg.engine.kind == "fake":
         return
-    import os
-
     spec = (cfg.model.path or "").strip()
     if not spec:
         raise ConfigError("model.path must be set (builtin:smollm2, builtin:tiny, a checkpoint directory "
@@ -468,10 +470,6 @@ def check_model_path(cfg: Config) -> None:
     offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0") or \
         os.environ.get("TRANSFORMERS_OFFLINE", "") not in ("", "0")
     if offline:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            return
         if not isinstance(try_to_load_from_cache(spec, "config.json"), str):
             raise ConfigError(f"model.path={spec!r} reads as a hub id, but HF_HUB_OFFLINE is set and the hub "
                               f"cache has no copy of it; give a local checkpoint directory (./path or /path)")
@@ -481,8 +479,6 @@ _warned: set[str] = set()
 
 
 def _warn_once(message: str) -> None:
-    import logging
-
     if message not in _warned:
         _warned.add(message)
         logging.getLogger("orchestrator.config").warning("%s", message)

@@ -40,6 +40,9 @@ import threading
 import time
 from typing import Mapping
 
+import ray
+from ray.util import metrics as rm
+
 log = logging.getLogger(__name__)
 
 PREFIX = "leap_"
@@ -66,23 +69,13 @@ _registry_lock = threading.Lock()
 
 def ray_ready() -> bool:
     """True when this process is connected to Ray (a driver after ray.init, or any actor)."""
-    import sys
-
-    ray = sys.modules.get("ray")  # never import Ray just to find out
-    if ray is None:
-        return False
-    try:
-        return bool(ray.is_initialized())
-    except Exception:
-        return False
+    return bool(ray.is_initialized())
 
 
 def _metric(name: str):
     """The process-wide Ray metric object for `name` (created once)."""
     with _registry_lock:
         if name not in _registry:
-            from ray.util import metrics as rm
-
             kind, description, tags = METRICS[name]
             full = PREFIX + name
             if kind == "counter":

@@ -31,13 +31,18 @@ import time
 from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 
-from .assign import ReplicaPool
+import ray
+from ray.actor import ActorHandle
+from ray.exceptions import ActorUnavailableError, RayActorError
+
 from ..core.group import CheckpointError, Group, LeapParams
 from ..core.prompts import PromptSet
 from ..core.types import GenRequest, GenResult, PathStateMissing, Problem, ReplicaDead, SamplingSpec, StaleRequest
 from ..engines import node_id
 from ..engines.tokenizer import load_tokenizer, render_prompt
 from ..telemetry import Telemetry
+from .assign import ReplicaPool
+from .embedding import load_embedder
 
 log = logging.getLogger(__name__)
 DROP_TIMEOUT_S = 60.0  # a replica's `drop` (freeing a finished path's state) answers within this
@@ -111,8 +116,6 @@ class Coordinator:
         self.capacity = list(capacity) if capacity else None
         self.embed = None
         if any(p.similarity == "embedding" for p in params.values()):
-            from .embedding import load_embedder
-
             self.embed = load_embedder(embed_model)
         self.queue: deque[_Pending] = deque()
         self.live_paths = 0  # paths of admitted groups not yet done
@@ -390,7 +393,8 @@ class Coordinator:
         for pend in wave:
             try:
                 opened.append((pend, self._open(pend)))
-            except Exception as exc:
+            except Exception as exc:  # a group that cannot open (a damaged checkpoint, a prompt that
+                # does not render) fails alone, as in `_guarded`
                 self.live_paths -= pend.params.paths
                 self.progress[f"{pend.point}|{pend.problem.id}"].done = True
                 self.errors.append(f"{pend.point}|{pend.problem.id}: {type(exc).__name__}: {exc}")
@@ -419,7 +423,7 @@ class Coordinator:
                     continue
                 try:
                     self._apply(g, res, waiting)
-                except Exception as exc:
+                except Exception as exc:  # this group's failure, recorded for it alone
                     failed[g.key] = exc
             still = []
             for pend, g in live:
@@ -449,9 +453,8 @@ class Coordinator:
             if waiting:
                 self.tm.barrier_wait(now - min(waiting.values()))
             waiting.clear()
-            if hasattr(group, "snapshot"):
-                self.checkpoints.append((group.sweep_point, group.problem.id, group.snapshot()))
-                self.wake.set()
+            self.checkpoints.append((group.sweep_point, group.problem.id, group.snapshot()))
+            self.wake.set()
         else:
             phase = next(p.phase for p in group.paths if p.key == res.path_key)
             if phase == "barrier":
@@ -539,7 +542,7 @@ class Coordinator:
                                    f"replicas.request_timeout_factor): alive but stuck") from None
             except (PathStateMissing, StaleRequest):
                 raise
-            except Exception as exc:
+            except (ReplicaDead, RayActorError) as exc:  # anything else is the request's own failure
                 kind = _failure_kind(exc)
                 if kind == "unavailable" and waited < self.unavailable_retry_s and self.pool.alive[r]:
                     log.warning("replica %d unavailable (%s); retrying in %.2f s", r, type(exc).__name__, backoff)
@@ -547,8 +550,6 @@ class Coordinator:
                     waited += backoff
                     backoff = min(backoff * 2, 8.0)
                     continue
-                if kind is None:
-                    raise
                 raise _ReplicaLost(f"{type(exc).__name__}: {exc}") from None
             finally:
                 inflight[tokens] -= 1
@@ -614,10 +615,6 @@ def _failure_kind(exc: BaseException) -> str | None:
     'dead' for a replica that is gone, None for any other failure (the request's own)."""
     if isinstance(exc, ReplicaDead):
         return "dead"
-    try:
-        from ray.exceptions import ActorUnavailableError, RayActorError
-    except ImportError:  # in-process simulation
-        return None
     if isinstance(exc, ActorUnavailableError):  # a subclass of RayActorError: test it first
         return "unavailable"
     if isinstance(exc, RayActorError):
@@ -631,11 +628,6 @@ async def _awaitable(ref):
 
 def _kill(handle) -> None:
     """Kill a Ray actor (no restart); in-process handles have nothing to kill."""
-    try:
-        import ray
-        from ray.actor import ActorHandle
-    except ImportError:
-        return
     if isinstance(handle, ActorHandle):
         try:
             ray.kill(handle, no_restart=True)

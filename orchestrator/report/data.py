@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import pyarrow.parquet as pq
 
+from ..config import point_name, sweep_points, to_config
 from ..core import grading, metrics
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,6 @@ def settings_from_config(config: dict) -> dict[str, dict]:
     if not config:
         return {}
     try:
-        from ..config import sweep_points, to_config
-
         return {n: metrics.point_settings(p) for n, p in sweep_points(to_config(config)).items()}
     except Exception as exc:  # an older or hand-edited config.json: fall back to point names
         log.info("config.json: sweep points not rebuilt (%s); reading settings from point names", exc)
@@ -142,8 +141,6 @@ def _from_name(name: str, leap: dict) -> dict:
 
 
 def _point_order(summary: dict, settings: dict[str, dict], config: dict) -> list[str]:
-    from ..config import point_name
-
     listed = []
     for entry in config.get("sweep") or []:
         if isinstance(entry, dict):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from ..config import prompt_file
 from ..core.metrics import comm_round_list
 from ..core.prompts import load_prompts
 from . import data as D
@@ -74,8 +75,6 @@ def _prompts(run: D.Run):
     if not spec:
         return None
     try:
-        from ..config import prompt_file  # hydra and omegaconf: only when a transcript is written
-
         return load_prompts(prompt_file(spec))
     except Exception as exc:  # wording unknown: the cut falls back to the tags alone
         log.info("prompt file %r not loaded (%s); the transcript is cut by tags only", spec, exc)
