@@ -38,10 +38,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import sys
 from typing import Mapping
-
-import ray
-from ray.util import metrics as rm
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +67,16 @@ _registry_lock = threading.Lock()
 
 def ray_ready() -> bool:
     """True when this process is connected to Ray (a driver after ray.init, or any actor)."""
-    return bool(ray.is_initialized())
+    ray = sys.modules.get("ray")  # never import Ray just to find out (simulations run without it)
+    return ray is not None and bool(ray.is_initialized())
 
 
 def _metric(name: str):
     """The process-wide Ray metric object for `name` (created once)."""
     with _registry_lock:
         if name not in _registry:
+            from ray.util import metrics as rm  # Ray is loaded by now (`ray_ready`); see above
+
             kind, description, tags = METRICS[name]
             full = PREFIX + name
             if kind == "counter":
