@@ -1,7 +1,13 @@
-"""The engine seam: replicas implementing `orchestrator.core.types.Replica`.
+"""Engines: the replica actors, each in its own Ray worker process (on its GPUs, or CPUs).
 
-`vllm_replica.VLLMReplica` hosts a real vLLM engine; `fake.FakeReplica` is a deterministic stand-in
-with an optional latency model. Both run as async Ray actors; vLLM is imported lazily.
+`protocol.Replica` is the seam the coordinator calls; `vllm_replica.VLLMReplica` hosts a real
+vLLM engine (vLLM and torch are imported inside the replica's process when it starts) and
+`vllm_args` checks and builds its engine arguments; `fake.FakeReplica` is a deterministic
+stand-in with an optional latency model; `tokenizer` loads the model's tokenizer and renders
+prompts (used by the coordinator and the driver too); `local` runs replicas in-process for
+simulations.
+
+May import: `orchestrator.core`, `orchestrator.errors`, `orchestrator.telemetry`.
 """
 
 import socket

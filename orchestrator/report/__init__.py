@@ -14,6 +14,10 @@ Python API: `load_results(output_dir)` (the `Run`), `write_report(output_dir, po
 problem=None, path=None)`, `plot(output_dir)` (the PNGs only), the text of a `Run`:
 `console_text(run)` (everything printed), `problem_table(run)`, `sweep_table(run)`,
 `message_line(run)`; and `main(argv)`.
+
+Runs in the driver process at the end of a run, or in its own (`python -m orchestrator.report`)
+on any machine that has the results directory: no Ray, no engine.
+May import: `orchestrator.core`, `orchestrator.errors`, `orchestrator.config` (to read config.json).
 """
 
 from __future__ import annotations
