@@ -7,6 +7,9 @@ barriers; at a communication round the group waits until every active path has i
 routes and appends the peer blocks. `done` turns true when every path has finished, and
 `records()` returns the result rows.
 
+What a path receives at a barrier and when a path or the problem stops are decided by the
+method the parameters name (`core.methods`); the group only runs the rounds.
+
 Path phases:  segment -> [summary -> barrier ->] segment ... -> force -> done
               a segment that emits the end-of-thinking marker goes to `answer` (the final answer
               after thinking) and leaves the group; EOS or a full context ends the path at once.
@@ -20,127 +23,19 @@ import struct
 import sys
 import zlib
 from array import array
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 from . import routing
 from .grading import extract_answer
+from .methods import Barrier
+from .params import LeapParams
+from .paths import PathState, TokenIds
 from .prompts import SUMMARY_CLOSE, SUMMARY_OPEN, THINK_END, PromptSet
 from .rng import rng_for, stable_int
 from .text import extract_summary, paragraph_cut, repair_summary
 from .types import GenRequest, GenResult, Problem, SamplingSpec, Tokenizer
 
 log = logging.getLogger(__name__)
-
-MODES = ("leap", "leap_t", "independent", "compute_matched")
-INJECTED = ("summary_prompt", "summary_fix", "comment", "force")
-
-
-@dataclass(frozen=True)
-class LeapParams:
-    """Every knob of the method; defaults are the paper's (QwQ/R1-distill, 16K budget)."""
-
-    paths: int = 32
-    T: int = 4096
-    max_rounds: int = 4
-    comm_rounds: tuple[int, ...] | None = None  # None: every round but the last
-    top_k: int = 4
-    router: str = "dispersed"
-    similarity: str = "indel"
-    summary_tokens: int = 256
-    answer_tokens: int = 1024  # after the end-of-thinking marker: the written-out answer
-    mode: str = "leap"
-    token_budget: int | None = None  # compute_matched: sampled tokens per path
-    match_point: str | None = None  # compute_matched: the sweep point whose usage sets token_budget
-    force_answer: bool = True
-    segment_min_tokens: int = 0  # forbid EOS early in a segment (chat models without thinking)
-    seed: int = 0
-
-    def communicates(self, round_: int) -> bool:
-        if self.mode in ("independent", "compute_matched") or round_ >= self.max_rounds:
-            return False
-        return self.comm_rounds is None or round_ in self.comm_rounds
-
-    @property
-    def uses_leap_note(self) -> bool:
-        return self.mode == "leap"
-
-
-class TokenIds(array):
-    """A path's token ids as 32-bit ints: 4 bytes a token where a list of ints costs about 36.
-
-    It slices, `del`s, extends and compares like a list (a slice is a `TokenIds` again, and it
-    equals a list holding the same ids); call `.tolist()` where a plain list must go out (a
-    `GenRequest`, a tokenizer)."""
-
-    def __new__(cls, ids=()):
-        return super().__new__(cls, "i", ids)
-
-    def __getitem__(self, index):
-        got = super().__getitem__(index)
-        return TokenIds(got) if isinstance(index, slice) else got
-
-    def __eq__(self, other):
-        if isinstance(other, (list, tuple)):
-            return len(self) == len(other) and self.tolist() == list(other)
-        return super().__eq__(other)
-
-    def __ne__(self, other):
-        return not self == other
-
-    __hash__ = None  # mutable, like a list
-
-    def __reduce__(self):
-        return (_token_ids_from_bytes, (self.tobytes(),))
-
-    def __repr__(self) -> str:
-        return f"TokenIds({self.tolist()!r})"
-
-
-def _token_ids_from_bytes(raw: bytes) -> TokenIds:
-    ids = TokenIds()
-    ids.frombytes(raw)
-    return ids
-
-
-@dataclass
-class PathState:
-    index: int
-    key: str
-    tokens: TokenIds
-    prompt_len: int
-    synced: int = 0  # tokens[:synced] are on the replica exactly as here
-    computed: int = 0  # leading tokens whose KV the replica has computed (for reuse stats)
-    phase: str = "segment"
-    round: int = 1
-    in_flight: str | None = None  # kind of the request under way
-    finish: str | None = None
-    segment_start: int = 0
-    summary_start: int = 0
-    sampled_segments: int = 0
-    spans: list[tuple[str, int, int]] = field(default_factory=list)
-    summaries: list[str] = field(default_factory=list)
-    requests: list[dict] = field(default_factory=list)
-    replica: int = -1
-    node: str = ""
-
-    def cut(self, n: int) -> None:
-        """Keep the first n tokens; spans and sync state follow."""
-        del self.tokens[n:]
-        self.synced = min(self.synced, n)
-        self.computed = min(self.computed, n)
-        self.spans = [(k, s, min(e, n)) for k, s, e in self.spans if s < n]
-
-    def append(self, ids: list[int], kind: str) -> None:
-        if ids:
-            self.spans.append((kind, len(self.tokens), len(self.tokens) + len(ids)))
-            if isinstance(ids, list):
-                self.tokens.fromlist(ids)  # several times faster than extend() from a list
-            else:
-                self.tokens.extend(ids)
-
-    def count(self, injected: bool) -> int:
-        return sum(e - s for k, s, e in self.spans if (k in INJECTED) == injected)
-
 
 class Group:
     """One problem's N paths at one sweep point."""
@@ -157,8 +52,7 @@ class Group:
         embed=None,
         sweep_point: str = "default",
     ):
-        if params.mode not in MODES:
-            raise ValueError(f"leap.mode must be one of {MODES}, got {params.mode!r}")
+        self.method = params.method
         self.key = key
         self.problem = problem
         self.params = params
@@ -208,12 +102,8 @@ class Group:
         min_tokens = 0
         if p.phase == "segment":
             p.segment_start = len(p.tokens)
-            max_tokens = prm.T
-            if prm.token_budget is not None:
-                max_tokens = min(max_tokens, prm.token_budget - p.sampled_segments)
-            stop = [THINK_END]
-            if prm.mode == "leap_t" and prm.communicates(p.round):
-                stop.append(SUMMARY_OPEN)
+            max_tokens = self.method.stopping.segment_tokens(prm, p)
+            stop = [THINK_END, *self.method.communication.segment_stops(prm, p.round)]
             min_tokens = min(prm.segment_min_tokens, max_tokens)
         elif p.phase == "summary":
             max_tokens, stop = prm.summary_tokens, [SUMMARY_CLOSE, THINK_END]
@@ -275,25 +165,22 @@ class Group:
             self._maybe_release()
 
     def _after_segment(self, p: PathState, res: GenResult, new: list[int]) -> None:
-        prm = self.params
         p.append(new, "segment")
         p.sampled_segments += len(new)
         if res.finish_reason in ("eos", "context"):
             return self._finish(p, res.finish_reason)
         if res.stop_str == THINK_END:
-            if prm.answer_tokens > 0:
+            if self.params.answer_tokens > 0:
                 p.phase = "answer"
                 return None
             return self._finish(p, "think_end")
-        if res.stop_str == SUMMARY_OPEN:  # LeaP-T: the model opened its own summary
+        if res.stop_str == SUMMARY_OPEN:  # the model opened its own summary (a segment stop)
             p.summary_start = len(p.tokens)
             p.phase = "summary"
             return None
-        budget_left = prm.token_budget is None or p.sampled_segments < prm.token_budget
-        last_round = p.round >= prm.max_rounds if prm.token_budget is None else not budget_left
-        if last_round:
+        if self.method.stopping.last_segment(self.params, p):
             return self._force(p)
-        if prm.communicates(p.round):
+        if self.method.communication.communicates(self.params, p.round):
             return self._start_summary(p)
         p.round += 1
         p.phase = "segment"
@@ -401,15 +288,23 @@ class Group:
         if not waiting:
             return
         round_ = waiting[0].round
-        prm = self.params
         summaries = [q.summaries[-1] for q in waiting]
-        if len(waiting) == 1:
-            routes: list[list[tuple[int, float]]] = [[]]
+        barrier = Barrier(self.params, self.problem, round_, tuple(waiting), tuple(summaries),
+                          tuple(self.paths), embed=self.embed, similarity=self._matrix(waiting, summaries))
+        if self.method.stopping.stop_group(barrier):
+            for q in waiting:
+                self._force(q)
         else:
-            rng = rng_for(prm.seed, self.problem.id, -1, round_, "router")
-            routes = routing.route(summaries, prm.router, prm.top_k, rng=rng,
-                                   similarity=prm.similarity, embed=self.embed,
-                                   sim=self._matrix(waiting, summaries))
+            self._route(barrier)
+        self.barriers_released += 1
+        self._summary_ids.clear()
+        self._sim_row.clear()
+
+    def _route(self, barrier: Barrier) -> None:
+        waiting, summaries = list(barrier.waiting), list(barrier.summaries)
+        routes = self.method.communication.route(barrier)
+        if len(routes) != len(waiting):
+            raise ValueError(f"group {self.key}: method {self.method.name} routed {len(routes)} of {len(waiting)} paths")
         for q, peers in zip(waiting, routes):
             q.append(self._peer_ids(summaries, waiting, peers), "comment")
             for rank, (j, sim) in enumerate(peers, start=1):
@@ -417,7 +312,7 @@ class Group:
                     "sweep_point": self.sweep_point,
                     "benchmark": self.problem.benchmark,
                     "problem_id": self.problem.id,
-                    "round": round_,
+                    "round": barrier.round,
                     "recipient": q.index,
                     "sender": waiting[j].index,
                     "rank": rank,
@@ -426,9 +321,6 @@ class Group:
                 })
             q.round += 1
             q.phase = "segment"
-        self.barriers_released += 1
-        self._summary_ids.clear()
-        self._sim_row.clear()
 
     # -- results -------------------------------------------------------------------------------
     def records(self) -> list[dict]:
