@@ -32,8 +32,10 @@ from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 
 from .assign import ReplicaPool
-from .core.group import CheckpointError, Group, LeapParams
+from .core.group import Group
+from .core.params import LeapParams
 from .core.prompts import PromptSet
+from .core.snapshot import CheckpointError
 from .core.types import GenRequest, GenResult, PathStateMissing, Problem, ReplicaDead, SamplingSpec, StaleRequest
 from .engines import node_id
 from .engines.tokenizer import load_tokenizer, render_prompt
