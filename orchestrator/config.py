@@ -18,7 +18,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .core.group import MODES, LeapParams
+from .core.methods import find_method, method_names
+from .core.params import LeapParams
 from .core.routing import POLICIES, SIMILARITIES
 from .core.types import SamplingSpec
 from .engines.vllm_args import check_engine_config
@@ -232,7 +233,8 @@ def leap_params(leap: LeapConfig, overrides: dict | None = None, where: str = ""
     def key(name: str) -> str:
         return f"{where}.{name}" if name in overrides else f"leap.{name}"
 
-    _choice(key("mode"), values["mode"], MODES)
+    _choice(key("mode"), values["mode"], method_names())
+    budgeted = find_method(values["mode"]).stopping.uses_token_budget
     _choice(key("router"), values["router"], POLICIES)
     _choice(key("similarity"), values["similarity"], tuple(SIMILARITIES))
     for name in ("paths", "T", "max_rounds", "summary_tokens"):
@@ -249,18 +251,18 @@ def leap_params(leap: LeapConfig, overrides: dict | None = None, where: str = ""
         if bad:
             raise ConfigError(f"{key('comm_rounds')}={list(comm)}: rounds {bad} are outside 1..max_rounds-1 "
                               f"(the last round never communicates)")
-    if values["mode"] == "compute_matched":
+    if budgeted:
         budget = values["token_budget"]
         if (budget is None or budget < 1) and not values["match_point"]:
             raise ConfigError(f"{key('token_budget')} (sampled tokens per path) or {key('match_point')} "
-                              f"(a LeaP sweep point to match) must be set when mode=compute_matched")
+                              f"(a LeaP sweep point to match) must be set when mode={values['mode']}")
     return LeapParams(
         paths=values["paths"], T=values["T"], max_rounds=values["max_rounds"], comm_rounds=comm,
         top_k=top_k, router=values["router"], similarity=values["similarity"],
         summary_tokens=values["summary_tokens"], answer_tokens=values["answer_tokens"],
         mode=values["mode"], token_budget=values["token_budget"], force_answer=values["force_answer"],
         segment_min_tokens=values["segment_min_tokens"], seed=values["seed"],
-        match_point=values["match_point"] if values["mode"] == "compute_matched" else None,
+        match_point=values["match_point"] if budgeted else None,
     )
 
 
@@ -513,12 +515,12 @@ def path_budget(p: LeapParams) -> tuple[int, int, int] | None:
     """(sampled, injected, k): the tokens a path of `p` may add to its prompt, sampled and
     injected (summaries, k peer summaries per communication round, the answer), estimated
     generously; None for a compute-matched point whose budget comes at run time."""
-    if p.mode == "compute_matched" and p.token_budget is None:
+    sampled = p.method.stopping.sampled_cap(p)
+    if sampled is None:
         return None
     comm = 0
-    if p.mode in ("leap", "leap_t"):
+    if p.method.exchanges:
         comm = len(p.comm_rounds) if p.comm_rounds is not None else p.max_rounds - 1
-    sampled = p.token_budget if p.token_budget is not None else p.T * p.max_rounds
     k = p.paths - 1 if p.top_k == -1 else min(p.top_k, p.paths - 1)
     injected = comm * (p.summary_tokens * (1 + k) + _INJECT_FRAME) \
         + max(p.summary_tokens, p.answer_tokens) + _INJECT_FRAME
@@ -530,7 +532,7 @@ def _point_warnings(p: LeapParams, max_len: int) -> list[tuple[str, int, str]]:
     out = []
     peers = p.paths - 1
     comm = 0
-    if p.mode in ("leap", "leap_t"):
+    if p.method.exchanges:
         comm = len(p.comm_rounds) if p.comm_rounds is not None else p.max_rounds - 1
     if comm and p.top_k != -1 and p.top_k >= peers:
         out.append(("top_k", p.top_k - peers,
@@ -545,7 +547,7 @@ def _point_warnings(p: LeapParams, max_len: int) -> list[tuple[str, int, str]]:
     if budget is None:
         return out  # the budget comes from the matched point at run time
     sampled, injected, k = budget
-    what = "leap.token_budget" if p.token_budget is not None else "leap.T x leap.max_rounds"
+    what = p.method.stopping.budget_keys
     if sampled >= max_len:
         out.append(("context", sampled + injected - max_len,
                     f"{what} = {sampled} sampled tokens alone do not fit in engine.max_model_len={max_len}: "

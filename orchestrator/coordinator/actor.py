@@ -35,8 +35,10 @@ import ray
 from ray.actor import ActorHandle
 from ray.exceptions import ActorUnavailableError, RayActorError
 
-from ..core.group import CheckpointError, Group, LeapParams
+from ..core.group import Group
+from ..core.params import LeapParams
 from ..core.prompts import PromptSet
+from ..core.snapshot import CheckpointError
 from ..core.types import GenRequest, GenResult, PathStateMissing, Problem, ReplicaDead, SamplingSpec, StaleRequest
 from ..engines import node_id
 from ..engines.tokenizer import load_tokenizer, render_prompt

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .group import LeapParams
+from .params import LeapParams
+from .paths import PathState, TokenIds
 from .prompts import SUMMARY_CLOSE, SUMMARY_OPEN, PromptSet
 from .types import Tokenizer
 
@@ -40,8 +41,11 @@ class FirstRound:
 
 def first_round(params: LeapParams, prompts: PromptSet, tok: Tokenizer, kind: str = "math") -> FirstRound:
     """What the first round of a path at `params` can append to its prompt, in `tok`'s tokens."""
-    segment = params.T if params.token_budget is None else min(params.T, params.token_budget)
-    last = params.max_rounds == 1 or (params.token_budget is not None and params.token_budget <= params.T)
+    rule = params.method.stopping
+    path = PathState(index=0, key="", tokens=TokenIds(), prompt_len=0)  # a path starting round 1
+    segment = rule.segment_tokens(params, path)
+    path.sampled_segments = segment  # ... that sampled the whole segment
+    last = rule.last_segment(params, path)
     ending = 0
     if last and params.force_answer:
         ending = _count(tok, prompts.forcing(kind)) + params.summary_tokens

@@ -7,6 +7,9 @@ barriers; at a communication round the group waits until every active path has i
 routes and appends the peer blocks. `done` turns true when every path has finished, and
 `records()` returns the result rows.
 
+What a path receives at a barrier and when a path or the problem stops are decided by the
+method the parameters name (`core.methods`); the group only runs the rounds.
+
 Path phases:  segment -> [summary -> barrier ->] segment ... -> force -> done
               a segment that emits the end-of-thinking marker goes to `answer` (the final answer
               after thinking) and leaves the group; EOS or a full context ends the path at once.
@@ -14,132 +17,20 @@ Path phases:  segment -> [summary -> barrier ->] segment ... -> force -> done
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
-import sys
-import zlib
-from array import array
-from dataclasses import asdict, dataclass, field
 
-from . import routing
-from .grading import extract_answer
+from . import snapshot as snapshots
+from .methods import Barrier
+from .params import LeapParams
+from .paths import PathState, TokenIds
+from .peers import PeerBlocks
 from .prompts import SUMMARY_CLOSE, SUMMARY_OPEN, THINK_END, PromptSet
 from .rng import rng_for, stable_int
+from .rows import path_rows
 from .text import extract_summary, paragraph_cut, repair_summary
 from .types import GenRequest, GenResult, Problem, SamplingSpec, Tokenizer
 
 log = logging.getLogger(__name__)
-
-MODES = ("leap", "leap_t", "independent", "compute_matched")
-INJECTED = ("summary_prompt", "summary_fix", "comment", "force")
-
-
-@dataclass(frozen=True)
-class LeapParams:
-    """Every knob of the method; defaults are the paper's (QwQ/R1-distill, 16K budget)."""
-
-    paths: int = 32
-    T: int = 4096
-    max_rounds: int = 4
-    comm_rounds: tuple[int, ...] | None = None  # None: every round but the last
-    top_k: int = 4
-    router: str = "dispersed"
-    similarity: str = "indel"
-    summary_tokens: int = 256
-    answer_tokens: int = 1024  # after the end-of-thinking marker: the written-out answer
-    mode: str = "leap"
-    token_budget: int | None = None  # compute_matched: sampled tokens per path
-    match_point: str | None = None  # compute_matched: the sweep point whose usage sets token_budget
-    force_answer: bool = True
-    segment_min_tokens: int = 0  # forbid EOS early in a segment (chat models without thinking)
-    seed: int = 0
-
-    def communicates(self, round_: int) -> bool:
-        if self.mode in ("independent", "compute_matched") or round_ >= self.max_rounds:
-            return False
-        return self.comm_rounds is None or round_ in self.comm_rounds
-
-    @property
-    def uses_leap_note(self) -> bool:
-        return self.mode == "leap"
-
-
-class TokenIds(array):
-    """A path's token ids as 32-bit ints: 4 bytes a token where a list of ints costs about 36.
-
-    It slices, `del`s, extends and compares like a list (a slice is a `TokenIds` again, and it
-    equals a list holding the same ids); call `.tolist()` where a plain list must go out (a
-    `GenRequest`, a tokenizer)."""
-
-    def __new__(cls, ids=()):
-        return super().__new__(cls, "i", ids)
-
-    def __getitem__(self, index):
-        got = super().__getitem__(index)
-        return TokenIds(got) if isinstance(index, slice) else got
-
-    def __eq__(self, other):
-        if isinstance(other, (list, tuple)):
-            return len(self) == len(other) and self.tolist() == list(other)
-        return super().__eq__(other)
-
-    def __ne__(self, other):
-        return not self == other
-
-    __hash__ = None  # mutable, like a list
-
-    def __reduce__(self):
-        return (_token_ids_from_bytes, (self.tobytes(),))
-
-    def __repr__(self) -> str:
-        return f"TokenIds({self.tolist()!r})"
-
-
-def _token_ids_from_bytes(raw: bytes) -> TokenIds:
-    ids = TokenIds()
-    ids.frombytes(raw)
-    return ids
-
-
-@dataclass
-class PathState:
-    index: int
-    key: str
-    tokens: TokenIds
-    prompt_len: int
-    synced: int = 0  # tokens[:synced] are on the replica exactly as here
-    computed: int = 0  # leading tokens whose KV the replica has computed (for reuse stats)
-    phase: str = "segment"
-    round: int = 1
-    in_flight: str | None = None  # kind of the request under way
-    finish: str | None = None
-    segment_start: int = 0
-    summary_start: int = 0
-    sampled_segments: int = 0
-    spans: list[tuple[str, int, int]] = field(default_factory=list)
-    summaries: list[str] = field(default_factory=list)
-    requests: list[dict] = field(default_factory=list)
-    replica: int = -1
-    node: str = ""
-
-    def cut(self, n: int) -> None:
-        """Keep the first n tokens; spans and sync state follow."""
-        del self.tokens[n:]
-        self.synced = min(self.synced, n)
-        self.computed = min(self.computed, n)
-        self.spans = [(k, s, min(e, n)) for k, s, e in self.spans if s < n]
-
-    def append(self, ids: list[int], kind: str) -> None:
-        if ids:
-            self.spans.append((kind, len(self.tokens), len(self.tokens) + len(ids)))
-            if isinstance(ids, list):
-                self.tokens.fromlist(ids)  # several times faster than extend() from a list
-            else:
-                self.tokens.extend(ids)
-
-    def count(self, injected: bool) -> int:
-        return sum(e - s for k, s, e in self.spans if (k in INJECTED) == injected)
 
 
 class Group:
@@ -157,8 +48,7 @@ class Group:
         embed=None,
         sweep_point: str = "default",
     ):
-        if params.mode not in MODES:
-            raise ValueError(f"leap.mode must be one of {MODES}, got {params.mode!r}")
+        self.method = params.method
         self.key = key
         self.problem = problem
         self.params = params
@@ -181,12 +71,7 @@ class Group:
             for i in range(params.paths)
         ]
         self._by_key = {p.key: p for p in self.paths}
-        self._by_index = {p.index: p for p in self.paths}
-        # barrier work done as summaries arrive (see `_arrive`); cleared at every release
-        self._parts = prompts.peer_block_parts()
-        self._pieces: dict[str, TokenIds] = {}
-        self._summary_ids: dict[int, TokenIds] = {}  # a summary's ids and the line suffix's
-        self._sim_row: dict[int, dict[int, float]] = {}
+        self.peers = PeerBlocks(prompts, tokenizer, params.similarity)  # barrier work as summaries arrive
 
     # -- the plan ------------------------------------------------------------------------------
     @property
@@ -208,12 +93,8 @@ class Group:
         min_tokens = 0
         if p.phase == "segment":
             p.segment_start = len(p.tokens)
-            max_tokens = prm.T
-            if prm.token_budget is not None:
-                max_tokens = min(max_tokens, prm.token_budget - p.sampled_segments)
-            stop = [THINK_END]
-            if prm.mode == "leap_t" and prm.communicates(p.round):
-                stop.append(SUMMARY_OPEN)
+            max_tokens = self.method.stopping.segment_tokens(prm, p)
+            stop = [THINK_END, *self.method.communication.segment_stops(prm, p.round)]
             min_tokens = min(prm.segment_min_tokens, max_tokens)
         elif p.phase == "summary":
             max_tokens, stop = prm.summary_tokens, [SUMMARY_CLOSE, THINK_END]
@@ -275,25 +156,22 @@ class Group:
             self._maybe_release()
 
     def _after_segment(self, p: PathState, res: GenResult, new: list[int]) -> None:
-        prm = self.params
         p.append(new, "segment")
         p.sampled_segments += len(new)
         if res.finish_reason in ("eos", "context"):
             return self._finish(p, res.finish_reason)
         if res.stop_str == THINK_END:
-            if prm.answer_tokens > 0:
+            if self.params.answer_tokens > 0:
                 p.phase = "answer"
                 return None
             return self._finish(p, "think_end")
-        if res.stop_str == SUMMARY_OPEN:  # LeaP-T: the model opened its own summary
+        if res.stop_str == SUMMARY_OPEN:  # the model opened its own summary (a segment stop)
             p.summary_start = len(p.tokens)
             p.phase = "summary"
             return None
-        budget_left = prm.token_budget is None or p.sampled_segments < prm.token_budget
-        last_round = p.round >= prm.max_rounds if prm.token_budget is None else not budget_left
-        if last_round:
+        if self.method.stopping.last_segment(self.params, p):
             return self._force(p)
-        if prm.communicates(p.round):
+        if self.method.communication.communicates(self.params, p.round):
             return self._start_summary(p)
         p.round += 1
         p.phase = "segment"
@@ -323,57 +201,8 @@ class Group:
             p.append(self.tok.encode(fix), "summary_fix")
         p.summaries.append(extract_summary(self.tok.decode(p.tokens[p.summary_start:].tolist())))
         p.phase = "barrier"
-        self._arrive(p)
+        self.peers.arrive(p)
         return None
-
-    # -- barrier work, done as summaries arrive ------------------------------------------------
-    def _arrive(self, p: PathState) -> None:
-        """Encode the path's summary and compare it with the summaries already waiting, now:
-        releasing the barrier then only sorts and concatenates token ids."""
-        text = p.summaries[-1]
-        if self._parts is not None:
-            entry = TokenIds(self.tok.encode(text))
-            entry.extend(self._piece(self._parts[2]))
-            self._summary_ids[p.index] = entry
-        if self.params.similarity in routing.STRING_SIMILARITIES:
-            row = self._sim_row.setdefault(p.index, {})
-            others = [q for q in self._sim_row if q != p.index]
-            values = routing.similarities_to(text, [self._by_index[q].summaries[-1] for q in others],
-                                             self.params.similarity)
-            for q, v in zip(others, values):
-                row[q] = v
-                self._sim_row[q][p.index] = v
-
-    def _matrix(self, waiting: list[PathState], summaries: list[str]):
-        """The waiting paths' similarity matrix from the rows built on arrival (None: compute)."""
-        if self.params.similarity not in routing.STRING_SIMILARITIES:
-            return None
-        rows = self._sim_row
-        if any(q.index not in rows for q in waiting):  # e.g. restored from a checkpoint
-            return None
-        return [[1.0 if a is b else rows[a.index][b.index] for b in waiting] for a in waiting]
-
-    def _peer_ids(self, summaries: list[str], waiting: list[PathState], peers) -> list[int] | TokenIds:
-        """The peer block's token ids: cached pieces around each summary's ids (array copies
-        only), or an encode of the whole block when the prompt file's templates cannot be split."""
-        texts = [summaries[j] for j, _ in peers]
-        if self._parts is None or not peers or any(waiting[j].index not in self._summary_ids for j, _ in peers):
-            return self.tok.encode(self.prompts.peer_block(texts))
-        head, prefix, _, tail = self._parts
-        ids = TokenIds(self._piece(head))
-        for rank, (j, _) in enumerate(peers, start=1):
-            if rank > 1:
-                ids.extend(self._piece("\n"))
-            ids.extend(self._piece(prefix.format(index=rank)))
-            ids.extend(self._summary_ids[waiting[j].index])
-        ids.extend(self._piece(tail))
-        return ids
-
-    def _piece(self, text: str) -> TokenIds:
-        ids = self._pieces.get(text)
-        if ids is None:
-            ids = self._pieces[text] = TokenIds(self.tok.encode(text) if text else ())
-        return ids
 
     def _after_answer(self, p: PathState, res: GenResult, new: list[int]) -> None:
         p.append(new, "answer")
@@ -401,23 +230,30 @@ class Group:
         if not waiting:
             return
         round_ = waiting[0].round
-        prm = self.params
         summaries = [q.summaries[-1] for q in waiting]
-        if len(waiting) == 1:
-            routes: list[list[tuple[int, float]]] = [[]]
+        barrier = Barrier(self.params, self.problem, round_, tuple(waiting), tuple(summaries),
+                          tuple(self.paths), embed=self.embed, similarity=self.peers.matrix(waiting))
+        if self.method.stopping.stop_group(barrier):
+            for q in waiting:
+                self._force(q)
         else:
-            rng = rng_for(prm.seed, self.problem.id, -1, round_, "router")
-            routes = routing.route(summaries, prm.router, prm.top_k, rng=rng,
-                                   similarity=prm.similarity, embed=self.embed,
-                                   sim=self._matrix(waiting, summaries))
+            self._route(barrier)
+        self.barriers_released += 1
+        self.peers.clear()
+
+    def _route(self, barrier: Barrier) -> None:
+        waiting, summaries = list(barrier.waiting), list(barrier.summaries)
+        routes = self.method.communication.route(barrier)
+        if len(routes) != len(waiting):
+            raise ValueError(f"group {self.key}: method {self.method.name} routed {len(routes)} of {len(waiting)} paths")
         for q, peers in zip(waiting, routes):
-            q.append(self._peer_ids(summaries, waiting, peers), "comment")
+            q.append(self.peers.block(summaries, waiting, peers), "comment")
             for rank, (j, sim) in enumerate(peers, start=1):
                 self.messages.append({
                     "sweep_point": self.sweep_point,
                     "benchmark": self.problem.benchmark,
                     "problem_id": self.problem.id,
-                    "round": round_,
+                    "round": barrier.round,
                     "recipient": q.index,
                     "sender": waiting[j].index,
                     "rank": rank,
@@ -426,97 +262,16 @@ class Group:
                 })
             q.round += 1
             q.phase = "segment"
-        self.barriers_released += 1
-        self._summary_ids.clear()
-        self._sim_row.clear()
 
-    # -- results -------------------------------------------------------------------------------
+    # -- results and checkpoints ---------------------------------------------------------------
     def records(self) -> list[dict]:
         """One row per path (the paths.parquet schema, minus the run's sweep columns)."""
-        rows = []
-        for p in self.paths:
-            text = self.tok.decode(p.tokens[p.prompt_len:].tolist())
-            first = extract_answer(p.summaries[0]) if p.summaries and self.problem.kind == "math" else None
-            reqs = p.requests
-            rows.append({
-                "sweep_point": self.sweep_point,
-                "benchmark": self.problem.benchmark,
-                "problem_id": self.problem.id,
-                "path": p.index,
-                "gold": self.problem.gold,
-                "answer": None,  # filled by grading.grade_record, off the coordinator
-                "correct": None,
-                "correct_compat": None,
-                "finish_reason": p.finish or "unfinished",
-                "rounds": p.round,
-                "prompt_tokens": p.prompt_len,
-                "sampled_tokens": p.count(injected=False),
-                "injected_tokens": p.count(injected=True),
-                "cached_tokens": sum(r["cached_tokens"] for r in reqs),
-                "uncached_tokens": sum(r["prompt_tokens"] - r["cached_tokens"] for r in reqs),
-                "summaries": list(p.summaries),
-                "answer_first_summary": first,
-                "answer_changed": None,
-                "replica": p.replica,
-                "node": p.node,
-                "text": text,
-                "spans": self._span_rows(p, text),
-                "requests": [dict(r) for r in reqs],
-                "resumed_from_round": self.resumed_from_round,
-            })
-        return rows
+        return path_rows(self.paths, self.problem, self.tok, self.sweep_point, self.resumed_from_round)
 
-    def _span_rows(self, p: PathState, text: str) -> list[dict]:
-        """Spans in token offsets of the generated text, with character offsets into `text` when
-        decoding span by span gives `text` back exactly (else null: a seam split a character,
-        or the tokenizer does not decode piecewise)."""
-        body_start = p.prompt_len
-        rows, pieces = [], []
-        pos = body_start
-        for k, s, e in p.spans:
-            if s > pos:  # not covered by a span (never, today): decode it to keep offsets right
-                pieces.append(self.tok.decode(p.tokens[pos:s].tolist()))
-            piece = self.tok.decode(p.tokens[s:e].tolist())
-            pieces.append(piece)
-            rows.append({"kind": k, "start": s - body_start, "end": e - body_start, "piece": len(pieces) - 1})
-            pos = max(pos, e)
-        if pos < len(p.tokens):
-            pieces.append(self.tok.decode(p.tokens[pos:].tolist()))
-        exact = "".join(pieces) == text
-        offsets, acc = [], 0
-        for piece in pieces:
-            offsets.append(acc)
-            acc += len(piece)
-        for r in rows:
-            i = r.pop("piece")
-            r["char_start"] = offsets[i] if exact else None
-            r["char_end"] = offsets[i] + len(pieces[i]) if exact else None
-        return rows
-
-    # -- checkpoints ---------------------------------------------------------------------------
     def snapshot(self) -> bytes:
         """The group's whole state as compact bytes (see `restore`). Taken after a barrier
         release, it loses nothing but requests under way, which `restore` sends again."""
-        meta = []
-        chunks = []
-        for p in self.paths:
-            meta.append({
-                "index": p.index, "key": p.key, "n": len(p.tokens), "prompt_len": p.prompt_len,
-                "phase": p.phase, "round": p.round, "in_flight": p.in_flight, "finish": p.finish,
-                "segment_start": p.segment_start, "summary_start": p.summary_start,
-                "sampled_segments": p.sampled_segments, "spans": [list(s) for s in p.spans],
-                "summaries": p.summaries, "requests": p.requests, "replica": p.replica, "node": p.node,
-            })
-            chunks.append(_le_bytes(p.tokens))
-        header = {
-            "version": SNAPSHOT_VERSION, "key": self.key, "problem_id": self.problem.id,
-            "sweep_point": self.sweep_point, "params": _params_record(self.params),
-            "barriers_released": self.barriers_released, "resumed_from_round": self.resumed_from_round,
-            "messages": self.messages, "paths": meta,
-        }
-        head = zlib.compress(json.dumps(header, separators=(",", ":")).encode("utf-8"), 1)
-        body = b"".join([SNAPSHOT_MAGIC, struct.pack("<I", len(head)), head, *chunks])
-        return body + struct.pack("<I", zlib.crc32(body))
+        return snapshots.pack(self)
 
     @classmethod
     def restore(
@@ -537,109 +292,12 @@ class Group:
         carries its whole token list), and a request that was under way is asked again. Raises
         `CheckpointError` when the bytes are damaged or were made for another problem, sweep
         point, prompt or parameters (the caller then starts the group afresh)."""
-        header, tokens = read_snapshot(blob)
-        point = header["sweep_point"] if sweep_point is None else sweep_point
-        if header["problem_id"] != problem.id or header["sweep_point"] != point:
-            raise CheckpointError(f"checkpoint of {header['key']!r} does not belong to {point}|{problem.id}")
-        if header["params"] != _params_record(params):
-            changed = sorted(k for k, v in _params_record(params).items() if header["params"].get(k) != v)
-            raise CheckpointError(f"checkpoint of {header['key']!r} was made with other leap settings "
-                                  f"({', '.join(changed)})")
-        metas = header["paths"]
-        if len(metas) != params.paths:
-            raise CheckpointError(f"checkpoint of {header['key']!r} has {len(metas)} paths, not {params.paths}")
-        group = cls(header["key"], problem, prompt_ids, params, prompts, tokenizer, sampling,
-                    embed=embed, sweep_point=point)
-        prompt = list(prompt_ids)
-        for p, meta, ids in zip(group.paths, metas, tokens):
-            if ids[: meta["prompt_len"]] != prompt:
-                raise CheckpointError(f"checkpoint of {header['key']!r}: path {meta['index']} starts with "
-                                      f"another prompt (prompt file or chat template changed)")
-            p.tokens = ids
-            p.prompt_len = meta["prompt_len"]
-            p.phase, p.round, p.finish = meta["phase"], meta["round"], meta["finish"]
-            p.segment_start, p.summary_start = meta["segment_start"], meta["summary_start"]
-            p.sampled_segments = meta["sampled_segments"]
-            p.spans = [(k, s, e) for k, s, e in meta["spans"]]
-            p.summaries = list(meta["summaries"])
-            p.requests = [dict(r) for r in meta["requests"]]
-            p.replica, p.node = meta["replica"], meta["node"]
-            # no replica is assumed to hold anything; work under way is asked for again
-            p.synced = p.computed = 0
-            p.in_flight = None
-        group.messages = list(header["messages"])
-        group.barriers_released = header["barriers_released"]
-        group.resumed_from_round = _resume_round(metas)
+
+        def make(key: str, point: str) -> Group:
+            return cls(key, problem, prompt_ids, params, prompts, tokenizer, sampling, embed=embed,
+                       sweep_point=point)
+
+        group = snapshots.restore(blob, problem, prompt_ids, params, sweep_point, make)
         if any(p.phase == "barrier" for p in group.paths):
             group._maybe_release()
         return group
-
-
-SNAPSHOT_MAGIC = b"LEAPGRP\x01"
-SNAPSHOT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """Snapshot bytes that are damaged or belong to another group or configuration."""
-
-
-def _params_record(params: LeapParams) -> dict:
-    """The parameters as JSON would give them back (tuples become lists)."""
-    return json.loads(json.dumps(asdict(params)))
-
-
-def _le_bytes(ids: array) -> bytes:
-    if sys.byteorder == "little":
-        return ids.tobytes()
-    swapped = array("i", ids)
-    swapped.byteswap()
-    return swapped.tobytes()
-
-
-def read_snapshot(blob: bytes) -> tuple[dict, list[TokenIds]]:
-    """Parse and check `Group.snapshot()` bytes: (header, each path's token ids)."""
-    view = memoryview(blob)
-    fixed = len(SNAPSHOT_MAGIC) + 4
-    if len(view) < fixed + 4 or bytes(view[: len(SNAPSHOT_MAGIC)]) != SNAPSHOT_MAGIC:
-        raise CheckpointError("not a group checkpoint (bad magic bytes)")
-    (crc,) = struct.unpack("<I", view[-4:])
-    if zlib.crc32(view[:-4]) != crc:
-        raise CheckpointError("group checkpoint is damaged (checksum mismatch)")
-    (head_len,) = struct.unpack("<I", view[len(SNAPSHOT_MAGIC):fixed])
-    try:
-        header = json.loads(zlib.decompress(view[fixed: fixed + head_len]))
-    except (zlib.error, ValueError) as exc:
-        raise CheckpointError(f"group checkpoint header is unreadable: {exc}") from exc
-    if header.get("version") != SNAPSHOT_VERSION:
-        raise CheckpointError(f"group checkpoint version {header.get('version')} is not {SNAPSHOT_VERSION}")
-    pos, end = fixed + head_len, len(view) - 4
-    tokens = []
-    for meta in header["paths"]:
-        n = meta["n"] * 4
-        if pos + n > end:
-            raise CheckpointError("group checkpoint is truncated")
-        ids = TokenIds()
-        ids.frombytes(view[pos: pos + n])
-        if sys.byteorder != "little":
-            ids.byteswap()
-        tokens.append(ids)
-        pos += n
-    if pos != end:
-        raise CheckpointError("group checkpoint has trailing bytes")
-    return header, tokens
-
-
-def snapshot_info(blob: bytes) -> dict:
-    """What a checkpoint holds, without a tokenizer: key, sweep point, problem id, params, the
-    barriers released so far and the round the group would resume with."""
-    header, _ = read_snapshot(blob)
-    return {"key": header["key"], "sweep_point": header["sweep_point"], "problem_id": header["problem_id"],
-            "params": header["params"], "barriers_released": header["barriers_released"],
-            "round": _resume_round(header["paths"])}
-
-
-def _resume_round(metas: list[dict]) -> int:
-    """The round the group goes on with: after a barrier, the round its released paths start
-    (paths still writing an earlier round's answer are behind it)."""
-    active = [m["round"] for m in metas if m["phase"] != "done"]
-    return max(active) if active else max((m["round"] for m in metas), default=1)

@@ -43,6 +43,7 @@ from collections import defaultdict
 from typing import Iterable, Sequence
 
 from orchestrator.core.grading import canonical_answer
+from orchestrator.core.methods import find_method
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +307,19 @@ def round_transitions(paths: Iterable[dict], comm_rounds: Sequence[int] | None =
 
 SETTING_KEYS = ("mode", "paths", "T", "max_rounds", "top_k", "router", "similarity",
                 "comm_rounds", "token_budget", "match_point")
-LEAP_MODES = ("leap", "leap_t")
+BASELINES = ("independent", "compute_matched")  # the baselines a method can be, in report order
+
+
+def is_leap_mode(mode) -> bool:
+    """Whether `mode` is a LeaP point in the tables: a registered method whose paths hear from peers."""
+    found = find_method(mode)
+    return found is not None and found.exchanges
+
+
+def baseline_of(mode) -> str | None:
+    """The baseline (one of `BASELINES`) that `mode` is, or None."""
+    found = find_method(mode)
+    return found.baseline if found is not None else None
 
 
 def _get(obj, key: str):
@@ -324,7 +337,7 @@ def point_settings(params) -> dict:
 
 def comm_round_list(settings: dict) -> list[int]:
     """The rounds in which paths of this point exchange summaries (DESIGN.md section 1)."""
-    if settings.get("mode") not in LEAP_MODES or not settings.get("max_rounds"):
+    if not is_leap_mode(settings.get("mode")) or not settings.get("max_rounds"):
         return []
     last = int(settings["max_rounds"])
     chosen = settings.get("comm_rounds")
@@ -334,12 +347,12 @@ def comm_round_list(settings: dict) -> list[int]:
 def _baselines(settings: dict[str, dict]) -> tuple[str | None, dict[str, str]]:
     """(the independent point, {LeaP point: its compute-matched point})."""
     names = sorted(settings)
-    independent = next((n for n in names if settings[n].get("mode") == "independent"), None)
-    matched = [n for n in names if settings[n].get("mode") == "compute_matched"]
+    independent = next((n for n in names if baseline_of(settings[n].get("mode")) == "independent"), None)
+    matched = [n for n in names if baseline_of(settings[n].get("mode")) == "compute_matched"]
     unlinked = [n for n in matched if not settings[n].get("match_point")]
     pairs = {}
     for n in names:
-        if settings[n].get("mode") not in LEAP_MODES:
+        if not is_leap_mode(settings[n].get("mode")):
             continue
         linked = [m for m in matched if settings[m].get("match_point") == n]
         if linked:

@@ -7,7 +7,7 @@ group's result part is written its checkpoint is removed. A rerun reads what is 
 coordinator continues those groups from their last barrier (`Group.restore`).
 
 File layout: magic, a small JSON header naming the group, then the snapshot bytes (whose own
-format, with its checksum, belongs to `core/group.py`).
+format, with its checksum, belongs to `core/snapshot.py`).
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ class Recovery:
     def _usable(self, point: str, problem_id: str, overrides: dict, blob: bytes) -> bytes | None:
         from dataclasses import replace
 
-        from ..core.group import CheckpointError, _params_record
+        from ..core.snapshot import CheckpointError, params_record
 
         if self.fingerprint is not None and self.store.stamps.get((point, problem_id)) != self._stamp(point, problem_id):
             return self._ignore(point, problem_id, "it was made with another config (fingerprint)")
@@ -158,7 +158,7 @@ class Recovery:
         if (info["sweep_point"], info["problem_id"]) != (point, problem_id):
             return self._ignore(point, problem_id, f"it holds {info['key']}")
         params = self.points.get(point)
-        if params is not None and info["params"] != _params_record(replace(params, **(overrides or {}))):
+        if params is not None and info["params"] != params_record(replace(params, **(overrides or {}))):
             return self._ignore(point, problem_id, "it was made with other leap settings")
         return blob
 
@@ -225,6 +225,6 @@ class Recovery:
 
 
 def _info(blob: bytes) -> dict:
-    from ..core.group import snapshot_info
+    from ..core.snapshot import snapshot_info
 
     return snapshot_info(blob)

@@ -16,7 +16,7 @@ import logging
 
 from ..config import Config, path_budget
 from ..core.budget import FirstRound, first_round
-from ..core.group import LeapParams
+from ..core.params import LeapParams
 from ..core.prompts import PromptSet
 from ..core.types import Problem
 from .data import DatasetError
@@ -127,7 +127,7 @@ def _budget_warnings(cfg: Config, points: dict[str, LeapParams], longest: dict, 
         return []
     _, point, count, tokens, problem, sampled, injected = worst
     at = f" (sweep point {point})" if len(points) > 1 else ""
-    what = "leap.token_budget" if points[point].token_budget is not None else "leap.T x leap.max_rounds"
+    what = points[point].method.stopping.budget_keys
     return [f"engine.max_model_len={max_len} may be too short for {count} of {n_problems} problem(s){at}: "
             f"{sampled} sampled tokens ({what}) plus up to {injected} injected plus the prompt "
             f"(up to {tokens} tokens: row {rows.get(problem.id, '?')}, problem {problem.id}) can exceed it; a path "

@@ -35,7 +35,7 @@ ROW_COLUMNS = (
     "uncached_tokens", "summaries", "answer_first_summary", "answer_changed", "round_answers",
     "round_correct", "replica", "node",
 )
-BASELINE_MODES = ("independent", "compute_matched")
+BASELINE_MODES = metrics.BASELINES
 
 
 @dataclass
@@ -149,8 +149,8 @@ def _point_order(summary: dict, settings: dict[str, dict], config: dict) -> list
         (p for p in summary if p not in listed), key=sort_key)
 
     def rank(p: str) -> int:
-        mode = (settings.get(p) or {}).get("mode")
-        return BASELINE_MODES.index(mode) if mode in BASELINE_MODES else len(BASELINE_MODES)
+        role = metrics.baseline_of((settings.get(p) or {}).get("mode"))
+        return BASELINE_MODES.index(role) if role in BASELINE_MODES else len(BASELINE_MODES)
 
     return sorted(points, key=rank)  # stable: config order within each rank
 
@@ -306,7 +306,7 @@ def _setting_text(key: str, value: Any) -> str | None:
 
 
 def is_leap(run: Run, point: str) -> bool:
-    return (run.settings.get(point) or {}).get("mode") in metrics.LEAP_MODES
+    return metrics.is_leap_mode((run.settings.get(point) or {}).get("mode"))
 
 
 def main_table(run: Run) -> Table:

@@ -10,6 +10,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.metrics import baseline_of
 from .data import Run, is_leap, sort_key
 
 TRANSITION_COLORS = {"wrong_to_right": "#2e7d32", "right_to_wrong": "#c62828",
@@ -93,7 +94,7 @@ def sweep_lines(run: Run, x: str, panel: str) -> Figure | None:
         return None
     panels = sorted({run.settings[p].get(panel) for p in leap}, key=sort_key)
     routers = sorted({str(run.settings[p].get("router")) for p in leap})
-    independent = next((p for p in run.order if run.settings.get(p, {}).get("mode") == "independent"), None)
+    independent = next((p for p in run.order if baseline_of(run.settings.get(p, {}).get("mode")) == "independent"), None)
     rows = [(b, key) for b in run.benchmarks for key in ("pass@1", "cons@N")]
     fig = _figure(3.6 * len(panels) + 1.5, 2.7 * len(rows) + 0.6)
     axes = fig.subplots(len(rows), len(panels), squeeze=False)

@@ -10,7 +10,9 @@ import pytest
 
 from orchestrator.driver.checkpoint import CheckpointStore
 from orchestrator.config import prompt_file
-from orchestrator.core.group import CheckpointError, Group, LeapParams, TokenIds, snapshot_info
+from orchestrator.core.group import Group, LeapParams
+from orchestrator.core.paths import TokenIds
+from orchestrator.core.snapshot import CheckpointError, snapshot_info
 from orchestrator.core.prompts import load_prompts
 from orchestrator.core.types import Problem
 from orchestrator.engines.fake import FakeReplica

@@ -286,10 +286,10 @@ def test_peer_block_from_cached_pieces_decodes_to_the_rendered_block():
         waiting = g.paths
         for p, s in zip(waiting, summaries):
             p.summaries.append(s)
-            g._arrive(p)
+            g.peers.arrive(p)
         peers = [(2, 0.1), (0, 0.5)]
-        ids = g._peer_ids(summaries, waiting, peers)
+        ids = g.peers.block(summaries, waiting, peers)
         assert tok.decode(ids.tolist()) == PROMPTS.peer_block([summaries[2], summaries[0]])
-        sim = g._matrix(waiting, summaries)
+        sim = g.peers.matrix(waiting)
         from orchestrator.core.routing import similarity_matrix
         assert sim == similarity_matrix(summaries, "indel")

@@ -1,0 +1,73 @@
+"""The result rows of a finished group: one per path (the paths.parquet schema, minus the run's
+sweep columns), with each path's spans in token and character offsets."""
+
+from __future__ import annotations
+
+from .grading import extract_answer
+from .paths import PathState
+from .types import Problem, Tokenizer
+
+
+def path_rows(paths: list[PathState], problem: Problem, tok: Tokenizer, sweep_point: str,
+              resumed_from_round: int | None) -> list[dict]:
+    """One row per path; answers and verdicts are filled later by `grading.grade_record`."""
+    rows = []
+    for p in paths:
+        text = tok.decode(p.tokens[p.prompt_len:].tolist())
+        first = extract_answer(p.summaries[0]) if p.summaries and problem.kind == "math" else None
+        reqs = p.requests
+        rows.append({
+            "sweep_point": sweep_point,
+            "benchmark": problem.benchmark,
+            "problem_id": problem.id,
+            "path": p.index,
+            "gold": problem.gold,
+            "answer": None,  # filled by grading.grade_record, off the coordinator
+            "correct": None,
+            "correct_compat": None,
+            "finish_reason": p.finish or "unfinished",
+            "rounds": p.round,
+            "prompt_tokens": p.prompt_len,
+            "sampled_tokens": p.count(injected=False),
+            "injected_tokens": p.count(injected=True),
+            "cached_tokens": sum(r["cached_tokens"] for r in reqs),
+            "uncached_tokens": sum(r["prompt_tokens"] - r["cached_tokens"] for r in reqs),
+            "summaries": list(p.summaries),
+            "answer_first_summary": first,
+            "answer_changed": None,
+            "replica": p.replica,
+            "node": p.node,
+            "text": text,
+            "spans": span_rows(tok, p, text),
+            "requests": [dict(r) for r in reqs],
+            "resumed_from_round": resumed_from_round,
+        })
+    return rows
+
+
+def span_rows(tok: Tokenizer, p: PathState, text: str) -> list[dict]:
+    """Spans in token offsets of the generated text, with character offsets into `text` when
+    decoding span by span gives `text` back exactly (else null: a seam split a character,
+    or the tokenizer does not decode piecewise)."""
+    body_start = p.prompt_len
+    rows, pieces = [], []
+    pos = body_start
+    for k, s, e in p.spans:
+        if s > pos:  # not covered by a span (never, today): decode it to keep offsets right
+            pieces.append(tok.decode(p.tokens[pos:s].tolist()))
+        piece = tok.decode(p.tokens[s:e].tolist())
+        pieces.append(piece)
+        rows.append({"kind": k, "start": s - body_start, "end": e - body_start, "piece": len(pieces) - 1})
+        pos = max(pos, e)
+    if pos < len(p.tokens):
+        pieces.append(tok.decode(p.tokens[pos:].tolist()))
+    exact = "".join(pieces) == text
+    offsets, acc = [], 0
+    for piece in pieces:
+        offsets.append(acc)
+        acc += len(piece)
+    for r in rows:
+        i = r.pop("piece")
+        r["char_start"] = offsets[i] if exact else None
+        r["char_end"] = offsets[i] + len(pieces[i]) if exact else None
+    return rows
