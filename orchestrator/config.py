@@ -251,6 +251,11 @@ def leap_params(leap: LeapConfig, overrides: dict | None = None, where: str = ""
         if bad:
             raise ConfigError(f"{key('comm_rounds')}={list(comm)}: rounds {bad} are outside 1..max_rounds-1 "
                               f"(the last round never communicates)")
+    if not budgeted and values["token_budget"] is not None:
+        raise ConfigError(f"{key('token_budget')}={values['token_budget']} has no effect with {key('mode')}="
+                          f"{values['mode']} (it stops by leap.max_rounds); a sampled-token budget belongs "
+                          f"to a point whose mode stops by tokens: "
+                          f"{[n for n in method_names() if find_method(n).stopping.uses_token_budget]}")
     if budgeted:
         budget = values["token_budget"]
         if (budget is None or budget < 1) and not values["match_point"]:

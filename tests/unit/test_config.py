@@ -65,6 +65,7 @@ def test_gpqa_uses_eight_paths():
     ("leap.top_k=0", "leap.top_k"),
     ("leap.similarity=cosine", "leap.similarity"),
     ("leap.mode=compute_matched", "token_budget"),
+    ("leap.token_budget=5000", "leap.token_budget=5000 has no effect with leap.mode=leap"),
     ("leap.comm_rounds=[4]", "comm_rounds"),
     ("replicas.count=0", "replicas.count"),
     ("replicas.cpus_per_replica=0 replicas.gpus_per_replica=0", "replicas.cpus_per_replica"),
