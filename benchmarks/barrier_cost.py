@@ -13,11 +13,7 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> int:
@@ -32,7 +28,8 @@ def main(argv=None) -> int:
         ap.error("--paths must be at least 2: a barrier of one path has no peers to route")
 
     from orchestrator.config import CONF_DIR
-    from orchestrator.core.group import Group, LeapParams
+    from orchestrator.core.group import Group
+    from orchestrator.core.params import LeapParams
     from orchestrator.core.prompts import load_prompts
     from orchestrator.core.types import GenResult, Problem
     from orchestrator.engines.tokenizer import load_tokenizer, render_prompt

@@ -13,19 +13,18 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from orchestrator.driver.checkpoint import CheckpointStore  # noqa: E402
-from orchestrator.core.group import Group, LeapParams, TokenIds  # noqa: E402
-from orchestrator.core.prompts import load_prompts  # noqa: E402
-from orchestrator.core.types import Problem  # noqa: E402
-from orchestrator.config import prompt_file  # noqa: E402
-from orchestrator.engines.tokenizer import FakeTokenizer  # noqa: E402
+from orchestrator.driver.checkpoint import CheckpointStore
+from orchestrator.core.group import Group
+from orchestrator.core.params import LeapParams
+from orchestrator.core.paths import TokenIds
+from orchestrator.core.prompts import load_prompts
+from orchestrator.core.types import Problem
+from orchestrator.config import prompt_file
+from orchestrator.engines.tokenizer import FakeTokenizer
 
 VOCAB = 152_064
 PROMPT = 200

@@ -10,7 +10,8 @@ import pytest
 
 from orchestrator.driver.checkpoint import CheckpointStore
 from orchestrator.config import prompt_file
-from orchestrator.core.group import Group, LeapParams
+from orchestrator.core.group import Group
+from orchestrator.core.params import LeapParams
 from orchestrator.core.paths import TokenIds
 from orchestrator.core.snapshot import CheckpointError, snapshot_info
 from orchestrator.core.prompts import load_prompts

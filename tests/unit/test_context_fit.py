@@ -10,7 +10,8 @@ from orchestrator.driver import cluster
 from orchestrator.config import prompt_file, sweep_points
 from orchestrator.driver.context_fit import check_context
 from orchestrator.core.budget import first_round
-from orchestrator.core.group import Group, LeapParams
+from orchestrator.core.group import Group
+from orchestrator.core.params import LeapParams
 from orchestrator.core.prompts import load_prompts
 from orchestrator.core.types import GenResult, Problem
 from orchestrator.driver.data import DatasetError, load_problems

@@ -9,7 +9,8 @@ import random
 import pytest
 
 from orchestrator.core.grading import grade_record
-from orchestrator.core.group import Group, LeapParams
+from orchestrator.core.group import Group
+from orchestrator.core.params import LeapParams
 from orchestrator.core.prompts import load_prompts
 from orchestrator.core.text import paragraph_cut, repair_summary
 from orchestrator.core.types import GenResult, Problem

@@ -5,7 +5,7 @@ import yaml
 
 from orchestrator.config import prompt_file
 from orchestrator.engines.tokenizer import render_prompt
-from orchestrator.core.group import LeapParams
+from orchestrator.core.params import LeapParams
 from orchestrator.core.prompts import PromptError, load_prompts
 from orchestrator.core.types import Problem
 from orchestrator.engines.tokenizer import FakeTokenizer

@@ -11,7 +11,7 @@ from aiotools import VirtualClock
 from orchestrator.coordinator.assign import ReplicaPool
 from orchestrator.config import CONF_DIR
 from orchestrator.coordinator.actor import Coordinator, RequestDeadline
-from orchestrator.core.group import LeapParams
+from orchestrator.core.params import LeapParams
 from orchestrator.core.prompts import load_prompts
 from orchestrator.core.types import GenRequest, PathStateMissing, Problem, ReplicaDead, SamplingSpec, StaleRequest
 from orchestrator.engines.fake import FakeReplica

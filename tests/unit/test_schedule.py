@@ -6,7 +6,7 @@ from aiotools import VirtualClock
 
 from orchestrator.config import CONF_DIR
 from orchestrator.coordinator.actor import Coordinator
-from orchestrator.core.group import LeapParams
+from orchestrator.core.params import LeapParams
 from orchestrator.core.prompts import load_prompts
 from orchestrator.core.types import Problem, SamplingSpec
 from orchestrator.engines.fake import FakeReplica
