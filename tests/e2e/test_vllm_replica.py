@@ -1,9 +1,9 @@
 """VLLMReplica on the real vLLM CPU engine with the tiny model (no Ray).
 
 One engine serves the whole module (engine start takes 16-36 s). AsyncLLM binds its output
-handler to the event loop it first runs on, so every test runs on one shared loop
-(`asyncio.Runner`) instead of a fresh `asyncio.run` each. The engine starts the way the driver
-starts it: `start()` in the background while `startup_status()` is polled, with a log file
+handler to the event loop it first runs on, so every test runs on one shared loop (the `runner`
+fixture, an `asyncio.Runner`) instead of a fresh `asyncio.run` each. The engine starts the way
+the driver starts it: `start()` in the background while `startup_status()` is polled, with a log file
 (phases read from the engine's own lines) and a `vllm_args` key that must reach the engine.
 """
 
@@ -18,12 +18,11 @@ pytestmark = pytest.mark.e2e
 
 pytest.importorskip("vllm")
 
-from orchestrator.core.types import (  # noqa: E402
-    EngineStartError, GenRequest, PathStateMissing, SamplingSpec,
-)
+from orchestrator.core.types import EngineStartError, GenRequest, PathStateMissing  # noqa: E402
 from orchestrator.engines.vllm_args import names_from_source  # noqa: E402
 from orchestrator.engines.vllm_replica import PHASES, VLLMReplica  # noqa: E402
 from orchestrator.models import resolve_model  # noqa: E402
+from tests.seam import SAMPLING, check_prefix_cache, gen, long_prompt, prompt_ids, start_replica  # noqa: E402
 
 MAX_MODEL_LEN = 2048
 ENGINE = dict(
@@ -34,13 +33,6 @@ ENGINE = dict(
     block_size=32,  # the smallest the CPU attention accepts (it needs a multiple of 32)
     vllm_args={"max_num_batched_tokens": 384},  # vLLM's own default here is 2048 or more
 )
-SAMPLING = SamplingSpec(temperature=0.6, top_p=0.95, top_k=40, min_p=0.05)
-
-
-@pytest.fixture(scope="module")
-def runner():
-    with asyncio.Runner() as r:
-        yield r
 
 
 @pytest.fixture(scope="module")
@@ -49,27 +41,10 @@ def model_dir() -> str:
 
 
 @pytest.fixture(scope="module")
-def tok(model_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(model_dir)
-
-
-@pytest.fixture(scope="module")
 def started(runner, model_dir, tmp_path_factory):
     """(replica, what start() returned, the startup_status() answers seen while it ran)."""
     log_file = str(tmp_path_factory.mktemp("logs") / "replica-{index}.log")
-
-    async def start():
-        rep = VLLMReplica(0, model_dir, dict(ENGINE, log_file=log_file), seed=1234)
-        task = asyncio.create_task(rep.start())
-        polls = []
-        while not task.done():
-            polls.append(await rep.startup_status())
-            await asyncio.wait([task], timeout=0.5)
-        return rep, task.result(), polls
-
-    rep, info, polls = runner.run(start())
+    rep, info, polls = runner.run(start_replica(model_dir, ENGINE, 1234, log_file))
     yield rep, info, polls
     runner.run(rep.shutdown())
 
@@ -82,27 +57,6 @@ def replica(started):
 @pytest.fixture(scope="module")
 def block(runner, replica) -> int:
     return runner.run(replica.info())["block_size"]
-
-
-def prompt_ids(tok, question: str) -> list[int]:
-    text = tok.apply_chat_template(
-        [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True
-    )
-    return tok.encode(text + "<think>\n", add_special_tokens=False)
-
-
-def long_prompt(tok, min_tokens: int) -> list[int]:
-    q = "Compute 12 + 35, then check the result by subtraction. "
-    ids = prompt_ids(tok, q)
-    while len(ids) < min_tokens:
-        q += "Let me check: 47 - 35 = 12. "
-        ids = prompt_ids(tok, q)
-    return ids
-
-
-def gen(runner, replica, **kw):
-    kw.setdefault("sampling", SAMPLING)
-    return runner.run(replica.generate(GenRequest(**kw)))
 
 
 def test_info(runner, replica, model_dir, block):
@@ -178,33 +132,7 @@ def test_concurrent_paths(runner, replica, tok):
 
 
 def test_continuation_hits_prefix_cache_and_truncation(runner, replica, tok, block):
-    ids = long_prompt(tok, 3 * block + 5)
-    first = gen(runner, replica, path_key="p", keep=len(ids), append=[], max_tokens=40, full=ids)
-    total = len(ids) + len(first.token_ids)
-
-    # continue the stored path: keep everything, append a few injected tokens
-    append = tok.encode(" <comment> ok </comment>\n\n", add_special_tokens=False)
-    second = gen(runner, replica, path_key="p", keep=total, append=append, max_tokens=8)
-    assert second.prompt_tokens == total + len(append)
-    # every whole block of the previous sequence whose KV was computed (all but its last
-    # sampled token) comes from the prefix cache
-    assert second.cached_tokens >= ((total - 1) // block) * block
-    assert second.cached_tokens >= 3 * block
-
-    # truncate back into the prompt (like the paragraph cut) and append a trigger
-    keep = 2 * block + 7
-    trigger = tok.encode(" <summarize>", add_special_tokens=False)
-    third = gen(runner, replica, path_key="p", keep=keep, append=trigger, max_tokens=8)
-    assert third.prompt_tokens == keep + len(trigger)
-    assert third.cached_tokens >= (keep // block) * block
-
-    # the stored state is exactly the edited prompt plus the new tokens: a later keep of that
-    # length with `full` given must see the same prompt length
-    state = ids[:keep] + trigger + third.token_ids
-    fourth = gen(runner, replica, path_key="p2", keep=len(state), append=[], max_tokens=4,
-                 full=state)
-    assert fourth.prompt_tokens == len(state)
-    assert fourth.cached_tokens >= (keep // block) * block  # same prefix, another path key
+    check_prefix_cache(runner, replica, tok, block)
 
 
 def test_keep_beyond_state_is_rejected(runner, replica, tok):

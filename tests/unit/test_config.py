@@ -155,8 +155,8 @@ def test_validate_logs_each_warning_once(caplog):
 
 
 @pytest.mark.parametrize("spec, kind", [
-    ("builtin:tiny", "builtin"), ("/abs/model", "local"), ("./rel", "local"), ("../up/m", "local"),
-    ("~/m", "local"), (".", "local"), ("Qwen/QwQ-32B", "hub"), ("gpt2", "hub"),
+    ("builtin:tiny", "builtin"), ("random:qwen2.5-1.5b", "builtin"), ("/abs/model", "local"),
+    ("./rel", "local"), ("../up/m", "local"), ("~/m", "local"), (".", "local"), ("Qwen/QwQ-32B", "hub"), ("gpt2", "hub"),
     ("deepseek-ai/DeepSeek-R1-Distill-Qwen-7B", "hub"), ("a/b/c", "local"), ("org/name/", "local"),
 ])
 def test_model_path_kinds(spec, kind):
@@ -173,6 +173,7 @@ def test_existing_relative_dir_is_local(tmp_path, monkeypatch):
     ("/no/such/model", "no such directory"),
     ("./no/such/model", "no such directory"),
     ("builtin:huge", "unknown builtin"),
+    ("random:huge", r"unknown model shape random:huge: choose one of random:qwen2\.5-1\.5b, random:qwen2\.5-7b"),
     ("org/name/extra", "no such directory"),
 ])
 def test_missing_model_paths_are_refused_before_ray(path, match):
@@ -180,6 +181,13 @@ def test_missing_model_paths_are_refused_before_ray(path, match):
     with pytest.raises(ConfigError, match=match) as info:
         validate(cfg)
     assert "model.path" in str(info.value)
+
+
+def test_model_specs_the_project_builds_pass_without_building(tmp_path, monkeypatch):
+    monkeypatch.setenv("LEAP_CACHE_DIR", str(tmp_path))
+    for spec in ("builtin:tiny", "random:qwen2.5-1.5b", "random:qwen2.5-7b", "random:tiny"):
+        check_model_path(compose(["engine=vllm", f"model.path={spec}"]))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_model_dir_must_be_a_checkpoint(tmp_path):

@@ -1,5 +1,6 @@
-"""The built-in models: the tiny checkpoint builds, its tokenizer and chat template behave, and
-resolve_model caches builds (also when two builders race)."""
+"""The built-in models: the tiny checkpoint builds, its tokenizer and chat template behave,
+resolve_model caches builds (also when two builders race), and `random:SHAPE` builds a Qwen2 of
+that shape with the tiny tokenizer (here the tiny shape, on the CPU)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from orchestrator.models import _cached_build, resolve_model  # noqa: E402
+from orchestrator.models import SHAPES, _cached_build, resolve_model  # noqa: E402
+from orchestrator.models.__main__ import main as models_main  # noqa: E402
 from orchestrator.models.tiny import LEAP_TAGS  # noqa: E402
 
 TAGS_TEXT = (
@@ -139,3 +141,71 @@ def test_plain_specs_pass_through(tmp_path):
     assert resolve_model("Qwen/QwQ-32B") == "Qwen/QwQ-32B"
     with pytest.raises(ValueError, match="unknown builtin"):
         resolve_model("builtin:nope", str(tmp_path))
+
+
+# ---------------------------------------------------------------- random:SHAPE
+
+
+@pytest.fixture(scope="module")
+def random_tiny(cache) -> str:
+    return resolve_model("random:tiny", str(cache))
+
+
+def test_random_shape_is_a_qwen2_checkpoint_of_that_shape(random_tiny, tok):
+    cfg = json.loads((Path(random_tiny) / "config.json").read_text())
+    shape = SHAPES["tiny"]
+    assert cfg["architectures"] == ["Qwen2ForCausalLM"] and cfg["model_type"] == "qwen2"
+    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "tie_word_embeddings", "max_position_embeddings"):
+        assert cfg[key] == getattr(shape, key), key
+    assert cfg["vocab_size"] % 128 == 0 and len(tok) <= cfg["vocab_size"] < len(tok) + 128
+    assert cfg["eos_token_id"] == tok.eos_token_id and cfg["dtype"] == "bfloat16"
+    info = json.loads((Path(random_tiny) / "leap_model.json").read_text())
+    import torch
+
+    assert info["spec"] == "random:tiny"
+    assert info["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_random_shape_uses_the_tiny_tokenizer(random_tiny, tok):
+    from transformers import AutoTokenizer
+
+    rtok = AutoTokenizer.from_pretrained(random_tiny)
+    assert rtok.get_vocab() == tok.get_vocab()
+    assert rtok.chat_template == tok.chat_template
+    assert rtok.encode(TAGS_TEXT, add_special_tokens=False) == tok.encode(TAGS_TEXT, add_special_tokens=False)
+
+
+def test_random_shape_loads_and_generates(random_tiny, tok):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(random_tiny)
+    ids = tok.apply_chat_template([{"role": "user", "content": "2+2?"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+    assert out.shape == (1, ids.shape[1] + 1)
+    assert 0 <= int(out[0, -1]) < model.config.vocab_size
+
+
+def test_random_spec_is_cached_and_unknown_shapes_are_named(cache, random_tiny, tmp_path):
+    assert resolve_model("random:tiny", str(cache)) == random_tiny
+    with pytest.raises(ValueError) as err:
+        resolve_model("random:qwen9-1t", str(tmp_path))
+    assert all(f"random:{name}" in str(err.value) for name in ("qwen2.5-1.5b", "qwen2.5-7b", "tiny"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_builds_into_a_directory(random_tiny, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert models_main(["random:tiny", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"random:tiny: {out.resolve()}"
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        assert (out / name).read_bytes() == (Path(random_tiny) / name).read_bytes(), name
+    with pytest.raises(SystemExit):  # not empty now
+        models_main(["random:tiny", "--out", str(out)])
+    with pytest.raises(SystemExit):
+        models_main(["random:nope", "--out", str(tmp_path / "n")])
+    assert "random:qwen2.5-1.5b" in capsys.readouterr().err
