@@ -14,6 +14,10 @@
 
 Builds go into a temporary directory beside the target and are renamed into place, so two
 processes that race both end up using one complete directory.
+
+Runs in the driver process (before any replica starts) or on its own (`python -m
+orchestrator.models SPEC`); torch and transformers are imported only while a model is built.
+May import: nothing else of the project.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ Use `orchestrator.models.resolve_model("builtin:smollm2")`, which caches the res
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -160,8 +161,6 @@ def prepare_smollm2(out_dir: str) -> str:
 def _portable_tokenizer_config(out: Path, max_len: int) -> None:
     """Name a tokenizer class transformers 4.x knows too, give the real context length, keep
     the chat template inside tokenizer_config.json, and drop loader-only keys."""
-    import json
-
     cfg_path = out / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"

@@ -6,7 +6,8 @@ Each room runs in one kind of process and may import only the rooms below it:
     errors, telemetry   shared leaves                    core
     models        builds the demo and test models        nothing else of ours
     engines       replica actors                         core, errors, telemetry
-    config        the schema, checked in the driver      core, errors, engines (vLLM argument checks)
+    config        the schema, checked in the driver      core, errors, engines (vLLM argument checks),
+                                                         models (the names model.path accepts)
     coordinator   the coordinator actor                  core, errors, telemetry, engines
     report        report files and tables                core, errors, config
     driver        the driver process                     everything above
@@ -34,7 +35,7 @@ MAY_IMPORT = {
     "telemetry": {"core"},
     "models": set(),
     "engines": {"core", "errors", "telemetry"},
-    "config": {"core", "errors", "engines"},
+    "config": {"core", "errors", "engines", "models"},
     "coordinator": {"core", "errors", "telemetry", "engines"},
     "report": {"core", "errors", "config"},
     "driver": {"core", "errors", "telemetry", "engines", "config", "coordinator", "report", "models"},
