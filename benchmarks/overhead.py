@@ -108,12 +108,12 @@ async def run_schedule(make_coordinator, replicas, problems, params, schedule: s
     rows, messages = [], 0
     while True:
         update = await call(coord, "poll", 5.0)
-        for g in update["groups"]:
+        for g in update.groups:
             rows.extend(g["paths"])
             messages += len(g["messages"])
-        if update["errors"]:
-            raise RuntimeError(f"{schedule}: groups failed: {update['errors'][:3]}")
-        if update["all_done"]:
+        if update.errors:
+            raise RuntimeError(f"{schedule}: groups failed: {update.errors[:3]}")
+        if update.all_done:
             break
     wall = clock() - t0
     stats = [await call(r, "stats") for r in replicas]

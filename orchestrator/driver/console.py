@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+from ..coordinator.messages import Progress
+
 log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -375,7 +377,7 @@ def progress_bar(cfg, total: int):
     return bar
 
 
-def show(bar, progress: dict, finished: int) -> None:
+def show(bar, progress: Progress, finished: int) -> None:
     """Groups done (the bar), groups per current round, active paths, tokens/s, cache hit rate."""
     text = status_text(progress)
     if bar is None:
@@ -385,18 +387,18 @@ def show(bar, progress: dict, finished: int) -> None:
     bar.set_postfix_str(text, refresh=True)
 
 
-def status_text(progress: dict) -> str:
+def status_text(progress: Progress) -> str:
     """`r1:3 r2:5 | paths 96 | 1234 tok/s | cache 93% | failovers 2`: groups per current round,
     active paths, sampled tokens per second, prefix-cache hit rate, paths moved off dead replicas."""
     per_round: dict[int, int] = {}
-    for r in (progress.get("rounds") or {}).values():
+    for r in progress.rounds.values():
         per_round[r] = per_round.get(r, 0) + 1
     parts = [" ".join(f"r{r}:{n}" for r, n in sorted(per_round.items())) or "r-",
-             f"paths {progress.get('active_paths', 0)}", f"{progress.get('tokens_per_s') or 0:.0f} tok/s"]
-    if progress.get("cache_hit_rate") is not None:
-        parts.append(f"cache {progress['cache_hit_rate']:.0%}")
-    if progress.get("failovers"):
-        parts.append(f"failovers {progress['failovers']}")
+             f"paths {progress.active_paths}", f"{progress.tokens_per_s or 0:.0f} tok/s"]
+    if progress.cache_hit_rate is not None:
+        parts.append(f"cache {progress.cache_hit_rate:.0%}")
+    if progress.failovers:
+        parts.append(f"failovers {progress.failovers}")
     return " | ".join(parts)
 
 

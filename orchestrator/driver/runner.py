@@ -22,6 +22,7 @@ from .checkpoint import Recovery
 from .cluster import engine_options  # noqa: F401
 from .cluster import model_path as _model_path  # noqa: F401
 from ..config import Config, oversubscription, prompt_file, sampling_spec, validate
+from ..coordinator.messages import Progress
 from .context_fit import check_context
 from ..core import metrics
 from ..core.prompts import load_prompts
@@ -229,13 +230,13 @@ def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore
     bar = None
     capacity: list[int] = []
     moved_before = 0  # paths moved by coordinators that have since died
-    progress: dict = {}
+    progress: Progress | None = None
     interrupted = False
 
     def replace_coordinator(exc: BaseException):
         nonlocal coordinator, moved_before, progress
-        moved_before += progress.get("failovers", 0)
-        progress = {}
+        moved_before += progress.failovers if progress is not None else 0
+        progress = None
         coordinator = cluster.restart_coordinator(cfg, replicas, model, points, prompts, sampling, capacity,
                                                   recovery, exc, old=coordinator, dead=replaced.dead())
 
@@ -281,22 +282,22 @@ def _groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore
                 update = ask("poll", 1.0)
                 if update is None:  # a new coordinator took over: poll it
                     continue
-                progress = update["progress"]
-                replaced.saw(progress.get("replica_deaths", []))
+                progress = update.progress
+                replaced.saw(progress.replica_deaths)
                 replaced.step(coordinator)
-                for point, problem_id, blob in update.get("checkpoints", []):
+                for point, problem_id, blob in update.checkpoints:
                     recovery.checkpoint(point, problem_id, blob)
-                for g in update["groups"]:
+                for g in update.groups:
                     recovery.returned(g["point"], g["problem_id"])
                     grader.submit(g)
                 for g in grader.ready():
                     _write(store, recovery, g, fp)
-                failed.extend(update["errors"])
-                for err in update["errors"]:
+                failed.extend(update.errors)
+                for err in update.errors:
                     recovery.failed(err)
                     log.error("group failed: %s", err)
-                show(bar, update["progress"], len(update["groups"]) + len(update["errors"]))
-                if update["all_done"]:
+                show(bar, update.progress, len(update.groups) + len(update.errors))
+                if update.all_done:
                     break
             # a later phase (compute-matched) reads this one's results: finish grading first
             for g in grader.drain():
