@@ -291,7 +291,8 @@ def real(w: Workload, model: str, engine_overrides: list[str]) -> dict:
     """Ray and real vLLM replicas, created once and kept warm for all three schedules."""
     import ray
 
-    from orchestrator.driver import cluster
+    from orchestrator.driver.cluster import Cluster
+    from orchestrator.driver.replicas import model_path
     from orchestrator.config import oversubscription, prompt_file, register, sampling_spec, to_config
     from orchestrator.core.prompts import load_prompts
     from orchestrator.engines.tokenizer import load_tokenizer
@@ -307,10 +308,10 @@ def real(w: Workload, model: str, engine_overrides: list[str]) -> dict:
     prompts = load_prompts(prompt_file(cfg.leap.prompts))
     w = replace(w, oversubscribe=oversubscription(cfg))  # the value the project would use
     params = leap_params(w)
-    path = cluster.model_path(cfg)
-    cluster.init_ray(cfg)
-    replicas, pg = cluster.create_replicas(cfg, path)
-    cluster.await_replicas(cfg, replicas)
+    path = model_path(cfg)
+    cluster = Cluster.start(cfg)
+    replicas = cluster.create_replicas(path)
+    cluster.await_replicas()
     tok = load_tokenizer(path)
     vocab = (1000, min(len(tok), 30000))
 
@@ -324,9 +325,7 @@ def real(w: Workload, model: str, engine_overrides: list[str]) -> dict:
     try:
         return asyncio.run(bench(w, replicas, make, tok, prompts, time.monotonic, vocab))
     finally:
-        for r in replicas:
-            ray.kill(r)
-        ray.shutdown()
+        cluster.teardown()
 
 
 def main(argv=None) -> int:
