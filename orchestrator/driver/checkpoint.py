@@ -16,9 +16,12 @@ import json
 import logging
 import struct
 import time
+from dataclasses import replace
 from pathlib import Path
 
+from .fingerprint import group_digest
 from .results import _slug, atomic_write_bytes
+from ..core.group import CheckpointError, _params_record, snapshot_info
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +98,7 @@ class Recovery:
 
         rec = Recovery(output_dir, points)          # reads the checkpoints a killed run left
         items = rec.attach(items)                   # (point, problem, overrides, blob | None)
-        rec.checkpoint(point, problem_id, blob)     # from poll()["checkpoints"]: write it
+        rec.checkpoint(point, problem_id, blob)     # from poll().checkpoints: write it
         rec.returned(point, problem_id)             # poll() handed the group back (done or failed)
         rec.written(point, problem_id)              # its result part is on disk: drop the checkpoint
         rec.pending()                               # what a new coordinator must be given
@@ -145,10 +148,6 @@ class Recovery:
                              "barriers": info["barriers_released"], "after": after})
 
     def _usable(self, point: str, problem_id: str, overrides: dict, blob: bytes) -> bytes | None:
-        from dataclasses import replace
-
-        from ..core.group import CheckpointError, _params_record
-
         if self.fingerprint is not None and self.store.stamps.get((point, problem_id)) != self._stamp(point, problem_id):
             return self._ignore(point, problem_id, "it was made with another config (fingerprint)")
         try:
@@ -182,8 +181,6 @@ class Recovery:
     def _stamp(self, point: str, problem_id: str) -> str | None:
         if self.fingerprint is None:
             return None
-        from .fingerprint import group_digest
-
         return group_digest(self.fingerprint, point, problem_id)
 
     def returned(self, point: str, problem_id: str) -> None:
@@ -191,7 +188,7 @@ class Recovery:
         self.latest.pop((point, problem_id), None)
 
     def failed(self, error: str) -> None:
-        """poll()["errors"] names a failed group as 'point|problem: cause': it is back too (its
+        """poll().errors names a failed group as 'point|problem: cause': it is back too (its
         checkpoint stays on disk, so a rerun resumes it)."""
         for key in [k for k in self.out if error.startswith(f"{k[0]}|{k[1]}: ")]:
             self.returned(*key)
@@ -225,6 +222,4 @@ class Recovery:
 
 
 def _info(blob: bytes) -> dict:
-    from ..core.group import snapshot_info
-
     return snapshot_info(blob)

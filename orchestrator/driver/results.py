@@ -144,7 +144,7 @@ class ResultStore:
             try:
                 table = pq.read_table(part)
                 _unpack(table)
-            except Exception as exc:  # pyarrow raises several kinds for a damaged file
+            except (pa.ArrowException, OSError, ValueError, KeyError) as exc:  # damaged, or lacking its columns
                 aside = self.root / "corrupt" / f"{part.parent.name}-{part.name}.{int(time.time())}"
                 aside.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(part, aside)
