@@ -16,7 +16,9 @@ Three schedules of one workload:
 It prints a table and writes JSON with, per schedule: wall time, sampled and injected tokens,
 sampled tokens/s, prefix-cache hit rate, each replica's busy fraction and mean batch occupancy,
 path-seconds spent waiting at barriers, coordinator time per barrier and memory per path in
-flight; and `ratio_leap_vs_floor` (b/a) and `ratio_lockstep_vs_leap` (c/b).
+flight; and `ratio_leap_vs_floor` (b/a) and `ratio_lockstep_vs_leap` (c/b). (b) and (c) are
+submitted and polled by the driver's own loop (`orchestrator.driver.loop.drive`). The package must
+be importable: installed (`make install`), or with PYTHONPATH=. from the checkout.
 
 --simulate runs everything in this process on a virtual clock (aiotools.VirtualClock): 64 fake
 replicas with a continuous-batching latency model, 512 problems x 32 paths, T=4096, 4 rounds,
@@ -36,15 +38,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import numpy as np
 
+from orchestrator.config import (CONF_DIR, default_oversubscription, oversubscription, prompt_file, register,
+                                 sampling_spec, to_config)
+from orchestrator.coordinator.actor import Coordinator
+from orchestrator.coordinator.messages import Poll
+from orchestrator.core.group import LeapParams
+from orchestrator.core.prompts import load_prompts
+from orchestrator.core.rng import stable_int
+from orchestrator.core.types import GenRequest, SamplingSpec
+from orchestrator.driver.cluster import Cluster
+from orchestrator.driver.data import load_problems as load_benchmark
+from orchestrator.driver.loop import drive
+from orchestrator.driver.replicas import model_path
+from orchestrator.engines.fake import FakeReplica
+from orchestrator.engines.local import LocalHandle
+from orchestrator.engines.tokenizer import FakeTokenizer, load_tokenizer, render_prompt
+
+REPO = Path(__file__).resolve().parents[1]
 LEAP_EVAL = REPO.parent / "shared" / "data" / "leap_eval" / "aime.json"
 
 SIM_LATENCY = {"step_base_s": 6.0e-3, "step_per_seq_s": 8.76e-6, "prefill_s_per_token": 1.0e-5,
@@ -75,65 +93,99 @@ SIM = Workload(problems=512, paths=32, T=4096, rounds=4, summary=256, top_k=4, r
 
 # -- the workload --------------------------------------------------------------------------------
 def load_problems(n: int):
-    from orchestrator.driver.data import load_problems as load
-
-    base = load("aime24", path=str(LEAP_EVAL))
+    base = load_benchmark("aime24", path=str(LEAP_EVAL))
     if n <= len(base):
         return base[:n]
     return [replace(base[i % len(base)], id=f"{base[i % len(base)].id}#{i // len(base)}") for i in range(n)]
 
 
-def leap_params(w: Workload):
-    from orchestrator.core.group import LeapParams
-
+def leap_params(w: Workload) -> LeapParams:
     return LeapParams(paths=w.paths, T=w.T, max_rounds=w.rounds, top_k=w.top_k, router="dispersed",
                       summary_tokens=w.summary, answer_tokens=w.answer_tokens,
                       segment_min_tokens=w.segment_min_tokens)
 
 
-# -- running one schedule --------------------------------------------------------------------------
-async def call(handle, method: str, *args, **kwargs):
+# -- calling the actors -----------------------------------------------------------------------------
+class Calls:
+    """Actor calls from plain code, each run to its answer on one event loop: Ray actors (their
+    calls are awaited) or in-process `LocalHandle`s. With `virtual`, the loop's clock is
+    aiotools' VirtualClock: simulated time passes only while a call is waited for, as it would
+    while the driver waits for the coordinator."""
+
+    def __init__(self, virtual: bool = False):
+        self.loop = asyncio.new_event_loop()
+        self.patches = contextlib.ExitStack()
+        if virtual:
+            self.loop.run_until_complete(self._virtual_clock())
+
+    async def _virtual_clock(self) -> None:
+        from aiotools import VirtualClock  # only the simulation needs it
+
+        self.patches.enter_context(VirtualClock().patch_loop())  # patches the running loop, until close()
+
+    def __call__(self, handle, method: str, *args, **kwargs):
+        return self.loop.run_until_complete(_call(handle, method, *args, **kwargs))
+
+    def gather(self, calls: list[tuple]) -> list:
+        """(handle, method, *args) calls, all at once; their answers in order."""
+        return self.loop.run_until_complete(_gather(calls))
+
+    def time(self) -> float:
+        return self.loop.time()
+
+    def close(self) -> None:
+        tasks = asyncio.all_tasks(self.loop)
+        for task in tasks:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        self.patches.close()
+        self.loop.close()
+
+
+async def _call(handle, method: str, *args, **kwargs):
     return await getattr(handle, method).remote(*args, **kwargs)
 
 
-async def run_schedule(make_coordinator, replicas, problems, params, schedule: str, clock) -> dict:
+async def _gather(calls: list[tuple]) -> list:
+    return await asyncio.gather(*(_call(handle, method, *args) for handle, method, *args in calls))
+
+
+# -- running one schedule --------------------------------------------------------------------------
+def run_schedule(calls: Calls, make_coordinator, replicas, problems, schedule: str) -> dict:
+    """The groups through a fresh coordinator, submitted and polled by the driver's own loop
+    (`orchestrator.driver.loop.drive`)."""
     for r in replicas:
-        await call(r, "stats", reset=True)
+        calls(r, "stats", reset=True)
     coord = make_coordinator(schedule)
-    await call(coord, "ready")
-    infos = [await call(r, "info") for r in replicas]
-    await call(coord, "set_capacity", [int(i.get("capacity") or 256) for i in infos])
-    t0 = clock()
-    await call(coord, "submit", [("bench", p, {}) for p in problems])
+    calls(coord, "ready")
+    infos = [calls(r, "info") for r in replicas]
+    calls(coord, "set_capacity", [int(i.get("capacity") or 256) for i in infos])
     rows, messages = [], 0
-    while True:
-        update = await call(coord, "poll", 5.0)
-        for g in update["groups"]:
+
+    def collect(update: Poll) -> None:
+        nonlocal messages
+        for g in update.groups:
             rows.extend(g["paths"])
             messages += len(g["messages"])
-        if update["errors"]:
-            raise RuntimeError(f"{schedule}: groups failed: {update['errors'][:3]}")
-        if update["all_done"]:
-            break
-    wall = clock() - t0
-    stats = [await call(r, "stats") for r in replicas]
-    cstats = await call(coord, "stats")
+        if update.errors:
+            raise RuntimeError(f"{schedule}: groups failed: {update.errors[:3]}")
+
+    t0 = calls.time()
+    drive(lambda method, *args: calls(coord, method, *args), [("bench", p, {}) for p in problems], collect,
+          poll_s=5.0)
+    wall = calls.time() - t0
+    stats = [calls(r, "stats") for r in replicas]
+    cstats = calls(coord, "stats")
     return {"rows": rows, "wall_s": wall, "replica_stats": stats, "coordinator": cstats, "messages": messages}
 
 
-async def run_floor(replicas, tokenizer, problems, params, leap_rows: list[dict], prompts, clock,
-                    vocab: tuple[int, int], longest_first: bool = False) -> dict:
+def run_floor(calls: Calls, replicas, tokenizer, problems, params, leap_rows: list[dict], prompts,
+              vocab: tuple[int, int], longest_first: bool = False) -> dict:
     """One request per path: prompt + unique injected tokens, exactly the sampled tokens.
     `longest_first` submits the longest paths first (an ideal packing no online scheduler can
     know in advance: a path's length is known only when it ends)."""
-    import numpy as np
-
-    from orchestrator.core.rng import stable_int
-    from orchestrator.core.types import GenRequest, SamplingSpec
-    from orchestrator.engines.tokenizer import render_prompt
-
     for r in replicas:
-        await call(r, "stats", reset=True)
+        calls(r, "stats", reset=True)
     by_problem = {p.id: p for p in problems}
     # all at once, in the order the paths exist (problem, path), each onto the replica with the
     # least work so far: no orchestration, and no knowledge of which paths will run long
@@ -152,12 +204,12 @@ async def run_floor(replicas, tokenizer, problems, params, leap_rows: list[dict]
             path_key=f"floor|{row['problem_id']}/{row['path']}", keep=0, append=prompt + unique,
             max_tokens=max(1, int(row["sampled_tokens"])), sampling=SamplingSpec(),
             full=[], kind="floor", ignore_eos=True)))
-    t0 = clock()
-    results = await asyncio.gather(*(call(replicas[r], "generate", req) for r, req in reqs))
-    wall = clock() - t0
+    t0 = calls.time()
+    results = calls.gather([(replicas[r], "generate", req) for r, req in reqs])
+    wall = calls.time() - t0
     for r, req in reqs:
-        await call(replicas[r], "drop", [req.path_key])
-    stats = [await call(r, "stats") for r in replicas]
+        calls(replicas[r], "drop", [req.path_key])
+    stats = [calls(r, "stats") for r in replicas]
     sampled = sum(len(res.token_ids) for res in results)
     prompt = sum(res.prompt_tokens for res in results)
     cached = sum(res.cached_tokens for res in results)
@@ -225,21 +277,21 @@ def _progress(name: str, raw: dict) -> None:
     print(f"  {name} done: {raw['wall_s']:.1f} s", flush=True)
 
 
-async def bench(w: Workload, replicas, make_coordinator, tokenizer, prompts, clock, vocab,
-                lpt: bool = False) -> dict:
+def bench(w: Workload, calls: Calls, replicas, make_coordinator, tokenizer, prompts, vocab,
+          lpt: bool = False) -> dict:
     problems = load_problems(w.problems)
     params = leap_params(w)
-    raw_b = await run_schedule(make_coordinator, replicas, problems, params, "leap", clock)
+    raw_b = run_schedule(calls, make_coordinator, replicas, problems, "leap")
     _progress("leap", raw_b)
-    raw_a = await run_floor(replicas, tokenizer, problems, params, raw_b["rows"], prompts, clock, vocab)
+    raw_a = run_floor(calls, replicas, tokenizer, problems, params, raw_b["rows"], prompts, vocab)
     _progress("floor", raw_a)
-    raw_c = await run_schedule(make_coordinator, replicas, problems, params, "lockstep", clock)
+    raw_c = run_schedule(calls, make_coordinator, replicas, problems, "lockstep")
     _progress("lockstep", raw_c)
     res = {"floor": summarize("floor", raw_a), "leap": summarize("leap", raw_b),
            "lockstep": summarize("lockstep", raw_c)}
     if lpt:  # for reference: the same floor with perfect knowledge of every path's length
-        raw = await run_floor(replicas, tokenizer, problems, params, raw_b["rows"], prompts, clock, vocab,
-                              longest_first=True)
+        raw = run_floor(calls, replicas, tokenizer, problems, params, raw_b["rows"], prompts, vocab,
+                        longest_first=True)
         res["floor_longest_first"] = summarize("floor_longest_first", raw)
         res["ratio_leap_vs_floor_longest_first"] = round(res["leap"]["wall_s"] / raw["wall_s"], 4)
     res["ratio_leap_vs_floor"] = round(res["leap"]["wall_s"] / res["floor"]["wall_s"], 4)
@@ -249,16 +301,7 @@ async def bench(w: Workload, replicas, make_coordinator, tokenizer, prompts, clo
 
 
 def simulate(w: Workload) -> dict:
-    from aiotools import VirtualClock
-
-    from orchestrator.config import CONF_DIR, default_oversubscription
-    from orchestrator.coordinator.actor import Coordinator
-    from orchestrator.core.prompts import load_prompts
-    from orchestrator.core.types import SamplingSpec
-    from orchestrator.engines.fake import FakeReplica
-    from orchestrator.engines.local import LocalHandle
-    from orchestrator.engines.tokenizer import FakeTokenizer
-
+    """Everything in this process: fake replicas and the coordinator on a virtual clock."""
     if w.oversubscribe is None:  # what a run on fake replicas would use
         w = replace(w, oversubscribe=default_oversubscription("fake", 0))
     prompts = load_prompts(CONF_DIR / "prompts" / "default.yaml")
@@ -267,35 +310,26 @@ def simulate(w: Workload) -> dict:
               # paths end (end of thinking) at varied lengths, about a third use the whole budget;
               # summaries vary in length and some reach the cap, as a reasoning model's do
               "think_end_prob": 0.012, "summary_words": max(4, w.summary // 5)}
+    replicas = [LocalHandle(FakeReplica(i, "fake", engine, seed=i)) for i in range(w.replicas)]
 
-    async def main():
-        loop = asyncio.get_running_loop()
-        with VirtualClock().patch_loop():
-            replicas = [LocalHandle(FakeReplica(i, "fake", engine, seed=i)) for i in range(w.replicas)]
+    def make(schedule):
+        return LocalHandle(Coordinator(replicas, "fake", {"bench": params}, prompts, SamplingSpec(),
+                                       schedule=schedule, oversubscribe=w.oversubscribe))
 
-            def make(schedule):
-                return LocalHandle(Coordinator(replicas, "fake", {"bench": params}, prompts, SamplingSpec(),
-                                               schedule=schedule, oversubscribe=w.oversubscribe))
-
-            cpu0 = time.process_time()
-            res = await bench(w, replicas, make, FakeTokenizer(), prompts, loop.time, (32, 127), lpt=True)
-            res["cpu_s"] = round(time.process_time() - cpu0, 1)
-            return res
-
-    res = asyncio.run(main())
+    calls = Calls(virtual=True)
+    try:
+        cpu0 = time.process_time()
+        res = bench(w, calls, replicas, make, FakeTokenizer(), prompts, (32, 127), lpt=True)
+        res["cpu_s"] = round(time.process_time() - cpu0, 1)
+    finally:
+        calls.close()
     res["latency_model"] = SIM_LATENCY
     return res
 
 
 def real(w: Workload, model: str, engine_overrides: list[str]) -> dict:
     """Ray and real vLLM replicas, created once and kept warm for all three schedules."""
-    import ray
-
-    from orchestrator.driver import cluster
-    from orchestrator.config import oversubscription, prompt_file, register, sampling_spec, to_config
-    from orchestrator.core.prompts import load_prompts
-    from orchestrator.engines.tokenizer import load_tokenizer
-
+    import ray  # only the real-engine modes need these
     from hydra import compose, initialize_config_dir
 
     register()
@@ -307,26 +341,24 @@ def real(w: Workload, model: str, engine_overrides: list[str]) -> dict:
     prompts = load_prompts(prompt_file(cfg.leap.prompts))
     w = replace(w, oversubscribe=oversubscription(cfg))  # the value the project would use
     params = leap_params(w)
-    path = cluster.model_path(cfg)
-    cluster.init_ray(cfg)
-    replicas, pg = cluster.create_replicas(cfg, path)
-    cluster.await_replicas(cfg, replicas)
-    tok = load_tokenizer(path)
-    vocab = (1000, min(len(tok), 30000))
-
-    def make(schedule):
-        from orchestrator.coordinator.actor import Coordinator
-
-        return ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1000).remote(
-            replicas, path, {"bench": params}, prompts, sampling_spec(cfg), schedule=schedule,
-            oversubscribe=w.oversubscribe)
-
+    path = model_path(cfg)
+    cluster = Cluster.start(cfg)
+    calls = Calls()
     try:
-        return asyncio.run(bench(w, replicas, make, tok, prompts, time.monotonic, vocab))
+        replicas = cluster.create_replicas(path)
+        cluster.await_replicas()
+        tok = load_tokenizer(path)
+        vocab = (1000, min(len(tok), 30000))
+
+        def make(schedule):
+            return ray.remote(Coordinator).options(num_cpus=0, max_concurrency=1000).remote(
+                replicas, path, {"bench": params}, prompts, sampling_spec(cfg), schedule=schedule,
+                oversubscribe=w.oversubscribe)
+
+        return bench(w, calls, replicas, make, tok, prompts, vocab)
     finally:
-        for r in replicas:
-            ray.kill(r)
-        ray.shutdown()
+        calls.close()
+        cluster.teardown()
 
 
 def main(argv=None) -> int:

@@ -45,6 +45,7 @@ from ..engines.tokenizer import load_tokenizer, render_prompt
 from ..telemetry import Telemetry
 from .assign import ReplicaPool
 from .embedding import load_embedder
+from .messages import Poll, Progress
 
 log = logging.getLogger(__name__)
 DROP_TIMEOUT_S = 60.0  # a replica's `drop` (freeing a finished path's state) answers within this
@@ -183,7 +184,7 @@ class Coordinator:
         self._admit()
         return len(items)
 
-    async def poll(self, timeout: float = 1.0) -> dict:
+    async def poll(self, timeout: float = 1.0) -> Poll:
         """Finished groups and checkpoints since the last poll, plus a progress snapshot."""
         if not self.finished and not self.errors and not self.checkpoints and not self._all_done():
             self.wake.clear()
@@ -195,30 +196,29 @@ class Coordinator:
         errors, self.errors = self.errors, []
         ckpts, self.checkpoints = self.checkpoints, []
         snap = self.snapshot()
-        self.tm.active_paths(snap["active_paths"])
+        self.tm.active_paths(snap.active_paths)
         per_round: dict[int, int] = {}
-        for r in snap["rounds"].values():
+        for r in snap.rounds.values():
             per_round[r] = per_round.get(r, 0) + 1
         self.tm.groups_per_round(per_round)
-        return {"groups": done, "errors": errors, "checkpoints": ckpts,
-                "progress": snap, "all_done": self._all_done()}
+        return Poll(groups=done, errors=errors, checkpoints=ckpts, progress=snap, all_done=self._all_done())
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> Progress:
         groups = list(self.progress.values())
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        return {
-            "groups_total": len(groups),
-            "groups_done": sum(g.done for g in groups),
-            "active_paths": sum(g.active for g in groups if not g.done),
-            "rounds": {f"{g.point}|{g.problem}": g.round for g in groups if not g.done and g.active},
-            "tokens_per_s": self.sampled_tokens / elapsed,
-            "sampled_tokens": self.sampled_tokens,
-            "cache_hit_rate": self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None,
-            "replicas_alive": sum(self.pool.alive),
-            "failovers": self.pool.moved,
-            "replica_deaths": list(self.pool.deaths),
-            "node": self.node,
-        }
+        return Progress(
+            groups_total=len(groups),
+            groups_done=sum(g.done for g in groups),
+            active_paths=sum(g.active for g in groups if not g.done),
+            rounds={f"{g.point}|{g.problem}": g.round for g in groups if not g.done and g.active},
+            tokens_per_s=self.sampled_tokens / elapsed,
+            sampled_tokens=self.sampled_tokens,
+            cache_hit_rate=self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None,
+            replicas_alive=sum(self.pool.alive),
+            failovers=self.pool.moved,
+            replica_deaths=list(self.pool.deaths),
+            node=self.node,
+        )
 
     async def stats(self) -> dict:
         """What the benchmark and run_info.json report about the coordinator itself."""

@@ -16,9 +16,12 @@ import json
 import logging
 import struct
 import time
+from dataclasses import replace
 from pathlib import Path
 
-from .results import _slug, atomic_write_bytes
+from .fingerprint import group_digest
+from .results import slug, atomic_write_bytes
+from ..core.snapshot import CheckpointError, params_record, snapshot_info
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,7 @@ class CheckpointStore:
         self.stamps: dict[tuple[str, str], str | None] = {}  # from load_all: each file's fingerprint digest
 
     def path(self, point: str, problem_id: str) -> Path:
-        return self.root / _slug(point) / f"{_slug(problem_id)}.ckpt"
+        return self.root / slug(point) / f"{slug(problem_id)}.ckpt"
 
     def write(self, point: str, problem_id: str, blob: bytes, stamp: str | None = None) -> None:
         """Replace the group's checkpoint with `blob`, atomically and durably. `stamp`: the
@@ -95,7 +98,7 @@ class Recovery:
 
         rec = Recovery(output_dir, points)          # reads the checkpoints a killed run left
         items = rec.attach(items)                   # (point, problem, overrides, blob | None)
-        rec.checkpoint(point, problem_id, blob)     # from poll()["checkpoints"]: write it
+        rec.checkpoint(point, problem_id, blob)     # from poll().checkpoints: write it
         rec.returned(point, problem_id)             # poll() handed the group back (done or failed)
         rec.written(point, problem_id)              # its result part is on disk: drop the checkpoint
         rec.pending()                               # what a new coordinator must be given
@@ -140,19 +143,15 @@ class Recovery:
         return out
 
     def _resumed(self, point: str, problem_id: str, blob: bytes, after: str) -> None:
-        info = _info(blob)
+        info = snapshot_info(blob)
         self.resumed.append({"sweep_point": point, "problem_id": problem_id, "round": info["round"],
                              "barriers": info["barriers_released"], "after": after})
 
     def _usable(self, point: str, problem_id: str, overrides: dict, blob: bytes) -> bytes | None:
-        from dataclasses import replace
-
-        from ..core.snapshot import CheckpointError, params_record
-
         if self.fingerprint is not None and self.store.stamps.get((point, problem_id)) != self._stamp(point, problem_id):
             return self._ignore(point, problem_id, "it was made with another config (fingerprint)")
         try:
-            info = _info(blob)
+            info = snapshot_info(blob)
         except CheckpointError as exc:
             return self._ignore(point, problem_id, str(exc))
         if (info["sweep_point"], info["problem_id"]) != (point, problem_id):
@@ -182,8 +181,6 @@ class Recovery:
     def _stamp(self, point: str, problem_id: str) -> str | None:
         if self.fingerprint is None:
             return None
-        from .fingerprint import group_digest
-
         return group_digest(self.fingerprint, point, problem_id)
 
     def returned(self, point: str, problem_id: str) -> None:
@@ -191,7 +188,7 @@ class Recovery:
         self.latest.pop((point, problem_id), None)
 
     def failed(self, error: str) -> None:
-        """poll()["errors"] names a failed group as 'point|problem: cause': it is back too (its
+        """poll().errors names a failed group as 'point|problem: cause': it is back too (its
         checkpoint stays on disk, so a rerun resumes it)."""
         for key in [k for k in self.out if error.startswith(f"{k[0]}|{k[1]}: ")]:
             self.returned(*key)
@@ -225,6 +222,4 @@ class Recovery:
 
 
 def _info(blob: bytes) -> dict:
-    from ..core.snapshot import snapshot_info
-
-    return snapshot_info(blob)
+    return snapshotsnapshot_info(blob)

@@ -29,7 +29,6 @@ Outside a session the same calls print plainly (stdout), so library use and test
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import logging
 import os
@@ -38,6 +37,11 @@ import sys
 import time
 from pathlib import Path
 from typing import Iterator
+
+import ray  # noqa: F401  (importing it installs the "ray" logger's own handler, which a session moves)
+from tqdm import tqdm
+
+from ..coordinator.messages import Progress
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +66,7 @@ class _ConsoleHandler(logging.Handler):
         try:
             text = self.format(record) if self.verbose else f"{record.levelname.lower()}: {record.getMessage()}"
             self.session.interject(text)
-        except Exception:  # a console that cannot be written must not break the run
+        except Exception:  # as every logging handler: a console that cannot be written must not break the run
             self.handleError(record)
 
 
@@ -151,10 +155,6 @@ class Session:
 
     def _route_ray_logger(self) -> None:
         """Ray gives its "ray" logger its own stderr handler; send its records to run.log."""
-        if importlib.util.find_spec("ray") is None:
-            return
-        import ray  # noqa: F401  (importing it is what installs that handler)
-
         ray_logger = logging.getLogger("ray")
         for h in list(ray_logger.handlers):
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
@@ -199,8 +199,6 @@ class Session:
     def interject(self, text: str, err: bool = True) -> None:
         """A line printed while a step line or the bar may be on screen."""
         if self.bar is not None and not getattr(self.bar, "disable", True):  # an open bar
-            from tqdm import tqdm
-
             tqdm.write(text, file=self.err)
             return
         if self.step is not None and not self.step.broken:
@@ -231,7 +229,7 @@ class _PlainHandler(logging.Handler):
         try:
             sys.stderr.write(f"{record.levelname.lower()}: {record.getMessage()}\n")
             sys.stderr.flush()
-        except Exception:
+        except Exception:  # as every logging handler: a failed write must not break the run
             self.handleError(record)
 
 
@@ -366,8 +364,6 @@ def progress_bar(cfg, total: int):
     """The live bar of finished groups (None when `progress=false`)."""
     if not getattr(cfg, "progress", True):
         return None
-    from tqdm import tqdm
-
     bar = tqdm(total=total, desc="groups", unit="group", dynamic_ncols=True,
                file=_session.err if _session is not None else sys.stderr)
     if _session is not None:
@@ -375,7 +371,7 @@ def progress_bar(cfg, total: int):
     return bar
 
 
-def show(bar, progress: dict, finished: int) -> None:
+def show(bar, progress: Progress, finished: int) -> None:
     """Groups done (the bar), groups per current round, active paths, tokens/s, cache hit rate."""
     text = status_text(progress)
     if bar is None:
@@ -385,18 +381,18 @@ def show(bar, progress: dict, finished: int) -> None:
     bar.set_postfix_str(text, refresh=True)
 
 
-def status_text(progress: dict) -> str:
+def status_text(progress: Progress) -> str:
     """`r1:3 r2:5 | paths 96 | 1234 tok/s | cache 93% | failovers 2`: groups per current round,
     active paths, sampled tokens per second, prefix-cache hit rate, paths moved off dead replicas."""
     per_round: dict[int, int] = {}
-    for r in (progress.get("rounds") or {}).values():
+    for r in progress.rounds.values():
         per_round[r] = per_round.get(r, 0) + 1
     parts = [" ".join(f"r{r}:{n}" for r, n in sorted(per_round.items())) or "r-",
-             f"paths {progress.get('active_paths', 0)}", f"{progress.get('tokens_per_s') or 0:.0f} tok/s"]
-    if progress.get("cache_hit_rate") is not None:
-        parts.append(f"cache {progress['cache_hit_rate']:.0%}")
-    if progress.get("failovers"):
-        parts.append(f"failovers {progress['failovers']}")
+             f"paths {progress.active_paths}", f"{progress.tokens_per_s or 0:.0f} tok/s"]
+    if progress.cache_hit_rate is not None:
+        parts.append(f"cache {progress.cache_hit_rate:.0%}")
+    if progress.failovers:
+        parts.append(f"failovers {progress.failovers}")
     return " | ".join(parts)
 
 

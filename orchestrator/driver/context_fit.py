@@ -19,6 +19,7 @@ from ..core.budget import FirstRound, first_round
 from ..core.params import LeapParams
 from ..core.prompts import PromptSet
 from ..core.types import Problem
+from ..engines import tokenizer
 from .data import DatasetError
 
 log = logging.getLogger(__name__)
@@ -32,11 +33,12 @@ def check_context(cfg: Config, points: dict[str, LeapParams], prompts: PromptSet
     max_len = cfg.engine.max_model_len
     if not max_len or not todo:
         return []
-    from ..engines.tokenizer import load_tokenizer, render_prompt
-
     try:
-        tok = load_tokenizer(model)
-    except Exception as exc:  # the coordinator loads it again, and reports what it finds
+        tok = tokenizer.load_tokenizer(model)
+    # a tokenizer that does not load here (no network, an odd checkpoint; transformers raises
+    # OSError, ValueError, ImportError and its own errors) only skips this check: the coordinator
+    # loads it again, and reports what it finds
+    except Exception as exc:
         message = (f"the problems' lengths were not checked against engine.max_model_len: the tokenizer of "
                    f"{model} does not load here ({type(exc).__name__}: {exc})")
         log.warning("%s", message)
@@ -51,7 +53,7 @@ def check_context(cfg: Config, points: dict[str, LeapParams], prompts: PromptSet
         params = points[point]
         key = (problem.id, params.uses_leap_note)
         if key not in prompt_len:
-            prompt_len[key] = len(render_prompt(tok, prompts, problem, params))
+            prompt_len[key] = len(tokenizer.render_prompt(tok, prompts, problem, params))
         tokens = prompt_len[key]
         if (point, problem.kind) not in rounds:
             rounds[point, problem.kind] = first_round(params, prompts, tok, problem.kind)

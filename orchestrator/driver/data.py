@@ -28,6 +28,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Iterable
 
+import huggingface_hub.constants as hub_constants
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
 from ..core.files import read_utf8
 from ..core.types import Problem
 from ..errors import UserError
@@ -167,18 +172,14 @@ def read_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
         raise DatasetError(f"{p}: no such file (dataset.path must name a json, jsonl or parquet file)")
     suffix = p.suffix.lower()
     if suffix in (".parquet", ".pq"):
-        import pyarrow.parquet as pq
-
         try:
             return pq.read_table(p).to_pylist()
-        except Exception as exc:  # pyarrow raises several types for a damaged file
+        except (pa.ArrowException, OSError, ValueError) as exc:  # the kinds pyarrow raises for a damaged file
             raise DatasetError(f"{p}: cannot read parquet: {exc}") from exc
     if suffix == ".csv":
-        import pyarrow.csv as pcsv
-
         try:
             return pcsv.read_csv(p).to_pylist()
-        except Exception as exc:
+        except (pa.ArrowException, OSError, ValueError) as exc:
             read_utf8(p, DatasetError)  # pyarrow's message for a non-UTF-8 file names no place
             raise DatasetError(f"{p}: cannot read csv: {exc}") from exc
     if suffix in (".jsonl", ".ndjson"):
@@ -235,11 +236,14 @@ def _hub_rows(spec: BenchmarkSpec, hub_id: str | None, split: str | None) -> tup
         raise ValueError(f"benchmark {spec.name!r} has no hub dataset; pass path=...")
     source = f"hub:{repo}" + (f"[{config}]" if config else "") + f"/{split}"
     try:
-        from datasets import load_dataset
+        from datasets import load_dataset  # heavy (pandas, fsspec, the hub client): only for a hub dataset
 
         with _offline_switch_from_env():
             ds = load_dataset(repo, config, split=split) if config else load_dataset(repo, split=split)
         rows = ds.to_list()
+    # every way the hub fails (no network, an unknown id or split, an offline cache without the
+    # set, datasets itself missing) raises another type; each becomes the same message naming
+    # the way around it (dataset.path)
     except Exception as exc:
         raise HubUnavailableError(_hub_error_message(spec, repo, config, split, exc)) from exc
     return rows, source
@@ -259,8 +263,7 @@ def _offline_switch_from_env():
     if not (_env_true("HF_HUB_OFFLINE") or _env_true("HF_DATASETS_OFFLINE")):
         yield
         return
-    import datasets.config as ds_config
-    import huggingface_hub.constants as hub_constants
+    import datasets.config as ds_config  # heavy, and only for a hub dataset
 
     saved = (hub_constants.HF_HUB_OFFLINE, ds_config.HF_HUB_OFFLINE, ds_config.HF_DATASETS_OFFLINE)
     hub_constants.HF_HUB_OFFLINE = ds_config.HF_HUB_OFFLINE = ds_config.HF_DATASETS_OFFLINE = True

@@ -195,7 +195,9 @@ class Grader:
             rows, seconds = fut.result()
         except (BrokenProcessPool, CancelledError):
             return True
-        except Exception as exc:  # a bug in grading itself: find the path(s), one at a time
+        # anything else a task raises is a bug in grading itself, on some path's text: it must
+        # not stop the run, so the path(s) are found, one at a time, and recorded ungraded
+        except Exception as exc:
             del self.tasks[fut]
             if len(task.indices) == 1:
                 log.error("grading %s raised %s: %s; recorded ungraded", _name(task), type(exc).__name__, exc)
@@ -287,7 +289,7 @@ class Grader:
             return
         try:
             self.probe.result()
-        except Exception as exc:
+        except (BrokenProcessPool, OSError) as exc:  # a worker died starting, or could not be spawned
             raise RunFailed(f"the grading workers cannot start ({type(exc).__name__}: {exc}); finished "
                             f"groups and checkpoints are saved, rerun to retry") from exc
         self.probe = None

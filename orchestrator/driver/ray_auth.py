@@ -52,7 +52,7 @@ def refused(host: str, port: int, token: str | None, timeout: float) -> bool | N
     """Ask the GCS at host:port one question. True: it refused for want of a (valid) token;
     False: it answered; None: no telling (not Ray's GCS, TLS, no grpc, no answer in time)."""
     try:
-        import grpc
+        import grpc  # optional (it comes with ray[default]); without it there is no asking
     except ImportError:
         return None
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -63,6 +63,8 @@ def refused(host: str, port: int, token: str | None, timeout: float) -> bool | N
         return False
     except grpc.RpcError as exc:
         return True if exc.code() == grpc.StatusCode.UNAUTHENTICATED else None
+    # a target grpc cannot even dial (an odd host name: ValueError, TypeError, its own errors)
+    # only means no telling; joining goes on and says what it finds
     except Exception:
         return None
 

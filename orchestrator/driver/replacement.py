@@ -6,9 +6,10 @@ node again once the cluster has room (a node that joins, an autoscaler), and a b
 was killed is free at once. While the new engine loads the run goes on with fewer replicas; once
 it is up the coordinator gets it (`Coordinator.add_replica`) and paths flow to it again.
 
-    rep = Replacements(cfg, replicas)       # the run's handle list, updated in place
-    rep.saw(progress["replica_deaths"])     # start replacements for deaths not seen before
-    rep.step(coordinator)                   # hand finished starts to the coordinator
+    rep = Replacements(cluster)             # replicas start in the cluster's bundles, and take
+                                            # their slot in `cluster.replicas` once up
+    rep.saw(progress.replica_deaths)        # start replacements for deaths not seen before
+    rep.step()                              # hand finished starts to the coordinator
     rep.dead()                              # slots with no live replica (for a new coordinator)
     rep.facts()                             # run_info.json's record
 
@@ -21,24 +22,26 @@ from __future__ import annotations
 import logging
 import time
 
-from . import cluster
-from ..config import Config
+import ray
+from ray.exceptions import RayError
+
+from .actors import answer, kill
+from .cluster import Cluster
 from ..errors import first_lines, remote_cause
 
 log = logging.getLogger(__name__)
 
 
 class Replacements:
-    def __init__(self, cfg: Config, replicas: list):
-        self.cfg = cfg
-        self.replicas = replicas  # shared with the driver: slot i is replaced in place
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.cfg = cluster.cfg
         self.seen: set[tuple[int, float]] = set()
         self.deaths: list[dict] = []
         self.pending: dict[int, tuple] = {}  # slot -> (handle, start ref, started at)
         self.down: set[int] = set()  # slots with no live replica
         self.started = 0
         self.record: list[dict] = []
-        self.retired: list = []  # handles of replaced or abandoned replicas, for teardown
 
     def saw(self, deaths: list[dict], replace: bool = True) -> None:
         """Record deaths not seen before and (unless the run is over) start their replacements."""
@@ -62,20 +65,17 @@ class Replacements:
                             i, limit)
             return
         self.started += 1
-        self.retired.append(self.replicas[i])
         try:
-            handle, ref = cluster.replace_replica(self.cfg, i)
-        except Exception as exc:  # e.g. the placement group is gone: the run goes on with fewer
+            handle, ref = self.cluster.replace_replica(i)
+        except (RayError, ValueError) as exc:  # e.g. the placement group is gone: the run goes on with fewer
             log.warning("replica %d could not be replaced: %s", i, first_lines(remote_cause(exc), 1))
             self.record.append({"replica": i, "ok": False, "error": first_lines(remote_cause(exc), 1)})
             return
         self.pending[i] = (handle, ref, time.monotonic())
         log.warning("replica %d died; starting a replacement in its placement bundle", i)
 
-    def step(self, coordinator) -> None:
-        """Give the coordinator every replacement whose engine is up; give up on late ones."""
-        import ray
-
+    def step(self) -> None:
+        """Give the cluster's coordinator every replacement whose engine is up; give up on late ones."""
         if not self.pending:
             return
         limit = self.cfg.replicas.placement_timeout_s + self.cfg.replicas.start_timeout_s
@@ -84,8 +84,7 @@ class Replacements:
             if not ready:
                 if time.monotonic() - t0 > limit:
                     del self.pending[i]
-                    self.retired.append(handle)
-                    cluster.kill(handle)
+                    kill(handle)
                     log.warning("replica %d's replacement did not start within %.0f s (no room in the cluster?); "
                                 "the run goes on without it", i, limit)
                     self.record.append({"replica": i, "ok": False, "error": f"not started within {limit:.0f} s"})
@@ -93,15 +92,14 @@ class Replacements:
             del self.pending[i]
             try:
                 info = ray.get(ref, timeout=0)
-            except Exception as exc:  # its engine failed to start
-                self.retired.append(handle)
+            except RayError as exc:  # its engine failed to start, or its actor died starting
                 self.record.append({"replica": i, "ok": False, "error": first_lines(remote_cause(exc), 1)})
                 log.warning("replica %d's replacement failed to start: %s", i, first_lines(remote_cause(exc), 1))
                 self._start(i)
                 continue
-            self.replicas[i] = handle
+            self.cluster.replicas[i] = handle
             capacity = int(info.get("capacity") or self.cfg.engine.max_num_seqs)
-            cluster.answer(coordinator.add_replica.remote(i, handle, capacity), "the coordinator (add_replica)")
+            answer(self.cluster.coordinator.add_replica.remote(i, handle, capacity), "the coordinator (add_replica)")
             self.down.discard(i)
             self.record.append({"replica": i, "ok": True, "node": info.get("node"),
                                 "start_s": round(time.monotonic() - t0, 3)})
@@ -110,10 +108,6 @@ class Replacements:
 
     def dead(self) -> list[int]:
         return sorted(self.down)
-
-    def handles(self) -> list:
-        """Every replica handle of the run, live, replaced or abandoned (teardown kills all)."""
-        return [*self.replicas, *self.retired, *(h for h, _, _ in self.pending.values())]
 
     def facts(self) -> dict:
         return {"replica_deaths": sorted(self.deaths, key=lambda d: (d.get("t", 0.0), d["replica"])),

@@ -68,7 +68,7 @@ MESSAGES_SCHEMA = pa.schema([
 ])
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -116,7 +116,7 @@ class ResultStore:
         self.parts = self.root / "parts"
 
     def part_path(self, point: str, problem_id: str) -> Path:
-        return self.parts / _slug(point) / f"{_slug(problem_id)}.parquet"
+        return self.parts / slug(point) / f"{slug(problem_id)}.parquet"
 
     def is_done(self, point: str, problem_id: str) -> bool:
         return self.part_path(point, problem_id).is_file()
@@ -144,7 +144,7 @@ class ResultStore:
             try:
                 table = pq.read_table(part)
                 _unpack(table)
-            except Exception as exc:  # pyarrow raises several kinds for a damaged file
+            except (pa.ArrowException, OSError, ValueError, KeyError) as exc:  # damaged, or lacking its columns
                 aside = self.root / "corrupt" / f"{part.parent.name}-{part.name}.{int(time.time())}"
                 aside.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(part, aside)

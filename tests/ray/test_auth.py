@@ -93,13 +93,14 @@ def test_the_right_token_joins(token_head, tmp_path):
     token_file = tmp_path / "cluster_token"
     token_file.write_text(token + "\n")
     code = (
-        "from orchestrator.driver.cluster import init_ray, teardown\n"
+        "from orchestrator.driver.cluster import Cluster\n"
         "from orchestrator.config import Config\n"
         "import ray\n"
         f"cfg = Config(); cfg.ray.address = {address!r}\n"
-        "how = init_ray(cfg)\n"
+        "cluster = Cluster.start(cfg)\n"
+        "how = cluster.ray\n"
         "print('JOINED', how['mode'], ray.cluster_resources().get('CPU'))\n"
-        "teardown([], [])\n"
+        "cluster.teardown()\n"
     )
     env = _client_env(tmp_path, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_file), RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)

@@ -20,7 +20,7 @@ import pytest
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from orchestrator.driver.cluster import find_actor  # noqa: E402
+from orchestrator.driver.actors import find_actor  # noqa: E402
 from tests.conftest import REPO, compose, run_in_thread  # noqa: E402
 
 pytestmark = pytest.mark.ray

@@ -16,7 +16,7 @@ import pytest
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from orchestrator.driver.cluster import find_actor  # noqa: E402
+from orchestrator.driver.actors import find_actor  # noqa: E402
 from orchestrator.driver.runner import run  # noqa: E402
 from tests.conftest import REPO, compose  # noqa: E402
 
@@ -166,11 +166,11 @@ def test_node_death_moves_paths_to_live_replicas(three_nodes, tmp_path):
         try:
             coord = find_actor("leap-coordinator", "orchestrator")
             snap = ray.get(coord.snapshot.remote())
-            if snap["sampled_tokens"] > 2000:
+            if snap.sampled_tokens > 2000:
                 # a replica whose node does not also hold the coordinator (it has its own bundle)
                 for i in range(3):
                     info = ray.get(find_actor(f"leap-replica-{i}", "orchestrator").info.remote())
-                    node = next((n for n in workers if n.node_id == info["node"] and n.node_id != snap["node"]), None)
+                    node = next((n for n in workers if n.node_id == info["node"] and n.node_id != snap.node), None)
                     if node is not None:
                         victim, dead = node, i
                         break

@@ -182,7 +182,8 @@ def test_bounded_waits_for_placement_and_engine_start(tmp_path):
     asked for; a late engine is reported with its phase; a failing one with its own cause."""
     import asyncio
 
-    from orchestrator.driver import cluster
+    from orchestrator.driver import actors, replicas
+    from orchestrator.driver.cluster import Cluster
     from orchestrator.core.types import EngineStartError
     from orchestrator.errors import DeadlineError, EngineError
 
@@ -208,7 +209,7 @@ def test_bounded_waits_for_placement_and_engine_start(tmp_path):
                                "ray.autoscaling=true"])
         t0 = time.monotonic()
         with pytest.raises(DeadlineError) as info:
-            cluster.create_replicas(cfg, "fake")
+            Cluster.start(cfg).create_replicas("fake")
         assert time.monotonic() - t0 < 10
         msg = str(info.value)
         assert "replicas.placement_timeout_s=2" in msg and "3 x {CPU: 1}" in msg and "coordinator" in msg
@@ -219,13 +220,13 @@ def test_bounded_waits_for_placement_and_engine_start(tmp_path):
         slow = [ray.remote(SlowStart).options(num_cpus=0).remote()]
         t0 = time.monotonic()
         with pytest.raises(DeadlineError) as info:
-            cluster.await_replicas(cfg, slow)
+            replicas.await_started(cfg, slow)
         assert time.monotonic() - t0 < 15
         assert "replicas.start_timeout_s=2" in str(info.value) and "loading_weights for 42 s" in str(info.value)
 
         failing = [ray.remote(FailStart).options(num_cpus=0).remote()]
         with pytest.raises(EngineError) as info:
-            cluster.await_replicas(cfg, failing)
+            replicas.await_started(cfg, failing)
         msg = str(info.value)
         assert "replica 0 could not start its engine" in msg and "2048 tokens do not fit" in msg
         assert "Traceback" not in msg and 'File "' not in msg
@@ -234,7 +235,7 @@ def test_bounded_waits_for_placement_and_engine_start(tmp_path):
         stuck = ray.remote(SlowStart).options(num_cpus=0).remote()
         t0 = time.monotonic()
         with pytest.raises(DeadlineError) as info:
-            cluster.answer(stuck.start.remote(), "the coordinator (poll)", timeout=1)
+            actors.answer(stuck.start.remote(), "the coordinator (poll)", timeout=1)
         assert time.monotonic() - t0 < 10
         assert "the coordinator (poll) did not answer within 1 s" in str(info.value)
     finally:
@@ -267,7 +268,7 @@ def test_coordinator_killed_by_name_mid_run_the_run_completes(tmp_path):
             time.sleep(0.1)
         assert list((tmp_path / "checkpoints").glob("*/*.ckpt")), "no barrier was reached"
         assert not list((tmp_path / "parts").glob("*/*.parquet")), "a group finished before the kill"
-        from orchestrator.driver.cluster import find_actor
+        from orchestrator.driver.actors import find_actor
 
         ray.kill(find_actor("leap-coordinator", "orchestrator"))
         thread.join(timeout=120)

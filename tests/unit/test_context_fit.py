@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from orchestrator.driver import cluster
+from orchestrator.driver.cluster import Cluster
 from orchestrator.config import prompt_file, sweep_points
 from orchestrator.driver.context_fit import check_context
 from orchestrator.core.budget import first_round
@@ -145,7 +145,7 @@ def test_the_run_refuses_a_too_long_problem_before_ray_starts(tmp_path, monkeypa
     from orchestrator.driver.runner import run
 
     started = []
-    monkeypatch.setattr(cluster, "init_ray", lambda cfg: started.append(cfg) or pytest.fail("Ray started"))
+    monkeypatch.setattr(Cluster, "start", lambda cfg: started.append(cfg) or pytest.fail("Ray started"))
     data = write_dataset(tmp_path, ["What is 1+1?", "Count the words. " + "word " * 2000])
     cfg = compose(BASE + [f"dataset.path={data}", f"output_dir={tmp_path / 'out'}", "engine.max_model_len=2048"])
     with pytest.raises(DatasetError, match=r"row 1 \(problem q1\) does not fit in engine.max_model_len=2048"):

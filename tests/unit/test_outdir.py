@@ -18,6 +18,7 @@ from orchestrator.core.prompts import load_prompts
 from orchestrator.core.types import Problem
 from orchestrator.errors import ConfigChanged, RunFailed
 from orchestrator.driver.lock import OutputDirBusy, RunLock
+from orchestrator.driver.loop import write_group
 from orchestrator.driver.results import ResultStore
 from tests.conftest import REPO, compose
 
@@ -49,8 +50,8 @@ def fake_groups(fail=()):
                 if problem.id in fail:
                     failed.append(f"{point}|{problem.id}: the engine said no")
                     continue
-                runner._write(store, recovery, {"point": point, "problem_id": problem.id, "messages": [],
-                                                "paths": [row(point, problem.id, i) for i in range(2)]}, fp)
+                write_group(store, recovery, {"point": point, "problem_id": problem.id, "messages": [],
+                                         "paths": [row(point, problem.id, i) for i in range(2)]}, fp)
         return {"failed_groups": failed}
     return run_groups
 
@@ -113,8 +114,8 @@ def test_partial_results_are_consolidated_and_marked_incomplete(monkeypatch, tmp
 def test_a_crash_mid_run_still_consolidates_what_finished(monkeypatch, tmp_path):
     def crash(cfg, points, prompts, phases, total, store, recovery, fp, model=None):
         point, problem, _ = phases[0]()[0]
-        runner._write(store, recovery, {"point": point, "problem_id": problem.id, "messages": [],
-                                        "paths": [row(point, problem.id, 0)]}, fp)
+        write_group(store, recovery, {"point": point, "problem_id": problem.id, "messages": [],
+                                      "paths": [row(point, problem.id, 0)]}, fp)
         raise RuntimeError("no live replica left")
     monkeypatch.setattr(runner, "_run_groups", crash)
     with pytest.raises(RuntimeError, match="no live replica"):

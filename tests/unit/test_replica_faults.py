@@ -84,10 +84,10 @@ def run(replicas, timeout=None, wait_s=None, revive_after=None, **kw):
             rows, errors = [], []
             while True:
                 update = await coord.poll(10.0)
-                errors.extend(update["errors"])
-                for g in update["groups"]:
+                errors.extend(update.errors)
+                for g in update.groups:
                     rows.extend(g["paths"])
-                if update["all_done"]:
+                if update.all_done:
                     break
             return rows, await coord.stats(), errors
 

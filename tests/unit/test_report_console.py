@@ -11,6 +11,7 @@ from orchestrator.driver import console
 
 SCRIPT = textwrap.dedent("""
     import logging, os, sys, types, warnings
+    from orchestrator.coordinator.messages import Progress
     from orchestrator.driver import console
     logging.basicConfig(level=logging.INFO)  # as Hydra does: a root handler on the terminal
     cfg = types.SimpleNamespace(output_dir=sys.argv[1], verbose=sys.argv[2] == "1", progress=False)
@@ -31,7 +32,7 @@ SCRIPT = textwrap.dedent("""
         logging.getLogger("orchestrator.driver.runner").error("group failed: G")
         console.line("running 6 groups")
         bar = console.progress_bar(cfg, 6)
-        console.show(bar, {"rounds": {}, "active_paths": 0, "tokens_per_s": 0.0}, 6)
+        console.show(bar, Progress(), 6)
         console.tables("TABLE")
         console.finish(sys.argv[1], sys.argv[1] + "/report.html")
     logging.getLogger("ray").info("SHUTTING DOWN")

@@ -33,10 +33,10 @@ def run(schedule: str, oversubscribe: float = 1.5, replicas: int = 2):
             rows = []
             while True:
                 update = await coord.poll(10.0)
-                assert not update["errors"]
-                for g in update["groups"]:
+                assert not update.errors
+                for g in update.groups:
                     rows.extend(g["paths"])
-                if update["all_done"]:
+                if update.all_done:
                     break
             return rows, loop.time() - t0, await coord.stats()
 
