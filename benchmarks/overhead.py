@@ -134,10 +134,12 @@ class Calls:
         return self.loop.time()
 
     def close(self) -> None:
+        """Cancel what is left on the loop (a simulated replica's idle work), then close it."""
         tasks = asyncio.all_tasks(self.loop)
         for task in tasks:
             task.cancel()
-        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        if tasks:
+            self.loop.run_until_complete(asyncio.wait(tasks))
         self.patches.close()
         self.loop.close()
 
