@@ -198,7 +198,8 @@ def can_grow(cfg: Config, mode: str) -> bool:
         v2 = _internal_kv_get("__autoscaler_v2_enabled")
         if v2 and v2.strip() in (b"1", b"true", b"True"):
             return _v2_can_grow()
-    except Exception as exc:
+    except Exception as exc:  # Ray's autoscaler internals differ between versions: when in doubt the
+        # cluster may grow, and placement waits out replicas.placement_timeout_s instead of refusing
         log.debug("could not tell whether the cluster autoscales: %s", exc)
         return True
     return False
@@ -210,6 +211,6 @@ def _v2_can_grow() -> bool:
         status = get_cluster_status(ray.get_runtime_context().gcs_address)
         nodes = list(status.active_nodes) + list(status.idle_nodes)
         return any(not str(n.ray_node_type_name).startswith("node_") for n in nodes) or bool(status.pending_launches)
-    except Exception as exc:
+    except Exception as exc:  # as above: an SDK that differs between Ray versions means "may grow"
         log.debug("autoscaler v2 status unavailable: %s", exc)
         return True
