@@ -78,6 +78,13 @@ class Group:
     def done(self) -> bool:
         return all(p.phase == "done" for p in self.paths)
 
+    def work(self) -> int:
+        """The group's work done, in segment tokens against `paths x params.segment_budget`: what
+        each path has sampled in its segments, and the whole budget of a path that has finished
+        (early or not), so the work of a group ends at its budget."""
+        cap = self.params.segment_budget
+        return sum(cap if p.phase == "done" else min(p.sampled_segments, cap) for p in self.paths)
+
     def requests(self) -> list[GenRequest]:
         """Requests for every path that can advance now and has none under way."""
         out = []

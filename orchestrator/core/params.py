@@ -35,6 +35,17 @@ class LeapParams:
         """The registered method `mode` names (`UnknownName` when none is)."""
         return method(self.mode)
 
+    @property
+    def segment_budget(self) -> int:
+        """The segment tokens one path may sample in all: its stopping rule's cap (leap.T x
+        leap.max_rounds, or leap.token_budget); T x max_rounds when the cap is only known at run
+        time (a compute-matched point before its budget is set). The unit of a run's work."""
+        try:
+            cap = self.method.stopping.sampled_cap(self)
+        except NotImplementedError:  # a registered rule that does not say
+            cap = None
+        return max(1, int(cap) if cap is not None else self.T * self.max_rounds)
+
     def communicates(self, round_: int) -> bool:
         return self.method.communication.communicates(self, round_)
 
