@@ -24,6 +24,7 @@ from .context_fit import check_context
 from .data import DatasetError, load_problems
 from .lock import RunLock
 from .loop import RunLoop
+from .progress import WorkMeter
 from .replicas import model_path
 from .results import ResultStore
 from ..config import Config, prompt_file, validate
@@ -114,9 +115,10 @@ def _run_locked(cfg: Config, points, prompts, problems, store: ResultStore, fp: 
     facts: dict = {"generation_s": 0.0}
     if todo:  # before Ray: the model, and every problem checked to fit the context (seconds)
         model, facts = _prepare(cfg, points, prompts, todo, problems)
+        meter = WorkMeter(points, [(pt, pb.id) for pt, pb in todo])
     try:
         if todo:
-            facts.update(_run_groups(cfg, points, prompts, phases, len(todo), store, recovery, fp, model))
+            facts.update(_run_groups(cfg, points, prompts, phases, meter, store, recovery, fp, model))
     except KeyboardInterrupt:
         raise  # out within seconds: the finished parts and checkpoints are on disk for a rerun
     # whatever stopped the run, what finished is still a result: it is consolidated below, and
@@ -194,13 +196,13 @@ def _prepare(cfg: Config, points, prompts, todo: list, problems: list[Problem]) 
     return model, facts
 
 
-def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore, recovery: Recovery,
-                fp: dict, model: str) -> dict:
-    """Run the phases' groups on fresh replicas (`model`: from `_prepare`); returns the run's
-    timing and fault record (`loop.py`). Ctrl-C (or SIGTERM) stops the run within seconds,
-    checkpoints kept; a second one exits at once."""
+def _run_groups(cfg: Config, points, prompts, phases, meter: WorkMeter, store: ResultStore,
+                recovery: Recovery, fp: dict, model: str) -> dict:
+    """Run the phases' groups on fresh replicas (`model`: from `_prepare`; `meter`: the bar's
+    count of their work); returns the run's timing and fault record (`loop.py`). Ctrl-C (or
+    SIGTERM) stops the run within seconds, checkpoints kept; a second one exits at once."""
     with _Interrupts():
-        return RunLoop(cfg, points, prompts, store, recovery, fp, model).run(phases, total)
+        return RunLoop(cfg, points, prompts, store, recovery, fp, model).run(phases, meter)
 
 
 class _Interrupts:
