@@ -3,7 +3,8 @@
 The driver only submits and waits. It loads the problems and checks the config before Ray
 starts (a bad config costs nothing), takes the output directory (a lock, and a fingerprint that
 refuses a rerun with other settings), skips groups already finished there (resume), runs the
-rest in phases (`loop.RunLoop`: compute-matched points after the points they match), and then
+rest in phases (`loop.RunLoop`: compute-matched points after the points they match; when an
+engine profile applies, after planning itself: `plan_check`), and then
 consolidates what finished into the result files and the report, even when the run failed.
 """
 
@@ -18,7 +19,7 @@ import time
 
 from omegaconf import OmegaConf
 
-from . import console, fingerprint
+from . import console, fingerprint, plan_check
 from .checkpoint import Recovery
 from .context_fit import check_context
 from .data import DatasetError, load_problems
@@ -113,9 +114,11 @@ def _run_locked(cfg: Config, points, prompts, problems, store: ResultStore, fp: 
     started = time.monotonic()
     failure: BaseException | None = None
     facts: dict = {"generation_s": 0.0}
-    if todo:  # before Ray: the model, and every problem checked to fit the context (seconds)
+    if todo:  # before Ray: the model, every problem checked to fit the context, the plan (seconds)
         model, facts = _prepare(cfg, points, prompts, todo, problems)
-        meter = WorkMeter(points, [(pt, pb.id) for pt, pb in todo])
+        facts.update(plan_check.check(cfg, points, prompts, problems, todo, model))
+        expected_s = (facts.get("predicted") or {}).get("generation_s")  # the bar's time left
+        meter = WorkMeter(points, [(pt, pb.id) for pt, pb in todo], expected_s)
     try:
         if todo:
             facts.update(_run_groups(cfg, points, prompts, phases, meter, store, recovery, fp, model))
