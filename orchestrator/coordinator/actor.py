@@ -66,11 +66,11 @@ class _GroupProgress:
     point: str
     problem: str
     paths: int
-    budget: int  # the group's work in all: paths x LeapParams.segment_budget
+    budget: int  # the group's work in all: paths x LeapParams.sampled_budget
     round: int = 1
     active: int = 0
     done: bool = False
-    work: int = 0  # segment tokens done (`Group.work`)
+    work: int = 0  # sampled tokens done (`Group.work`)
 
 
 @dataclass
@@ -182,7 +182,7 @@ class Coordinator:
             params = replace(self.params[point], **(overrides or {}))
             key = f"{point}|{problem.id}"
             self.progress[key] = _GroupProgress(point, problem.id, params.paths,
-                                                params.paths * params.segment_budget)
+                                                params.paths * params.sampled_budget)
             self.queue.append(_Pending(point, problem, params, checkpoint))
         self._admit()
         return len(items)
@@ -452,6 +452,7 @@ class Coordinator:
         """Feed one result to its group; time barrier work; hand out a checkpoint after each."""
         t0 = time.perf_counter()
         released = group.barriers_released
+        before = group.path_work(res.path_key)
         group.on_result(res)
         now = asyncio.get_running_loop().time()  # the event loop's clock: virtual in simulation
         if group.barriers_released != released:
@@ -477,7 +478,10 @@ class Coordinator:
         prog = self.progress[group.key]
         prog.round = min((p.round for p in group.paths if p.phase != "done"), default=prog.round)
         prog.active = sum(p.phase != "done" for p in group.paths)
-        prog.work = group.work()
+        if group.barriers_released != released:  # a barrier may end other paths too
+            prog.work = group.work()
+        else:  # only this path moved: cheap enough per result for a plan's millions of requests
+            prog.work += group.path_work(res.path_key) - before
         self._admit()
 
     async def _send(self, group: Group, req: GenRequest) -> GenResult:

@@ -362,7 +362,7 @@ def _ranges(ids: list[int]) -> str:
 
 
 def progress_bar(cfg, meter: WorkMeter):
-    """The live bar of the run's work (`progress.WorkMeter`: segment tokens against the budget);
+    """The live bar of the run's work (`progress.WorkMeter`: sampled tokens against the budget);
     None when `progress=false`. Starts the meter's clock."""
     meter.start()
     if not getattr(cfg, "progress", True):

@@ -1,13 +1,14 @@
-"""The run's work as the progress bar counts it: segment tokens sampled against the budget of
-every group this run runs, so the bar moves with every segment, not only when a whole group ends.
+"""The run's work as the progress bar counts it: tokens sampled against the budget of every group
+this run runs, so the bar moves with every request that ends, not only when a whole group does.
 
-A group's budget is its paths x the segment tokens a path may sample (`LeapParams.
-segment_budget`: leap.T x leap.max_rounds, or the compute-matched leap.token_budget). The
-coordinator reports, per running group, the tokens its paths have sampled, a finished path
-counting its whole budget (`Progress.work`); a group handed back counts its whole budget. So the
-bar ends at 100% however early paths stop, and it survives a coordinator replaced mid-run (the
-new one reports the same groups from their checkpoints). Compute-matched groups that wait for the
-point they match count T x max_rounds per path until their budget is known.
+A group's budget is its paths x the tokens a path may sample (`LeapParams.sampled_budget`: its
+segments, leap.T x leap.max_rounds or the compute-matched leap.token_budget, plus a summary per
+communicating round and the final answer). The coordinator reports, per running group, the
+tokens its paths have sampled, a finished path counting its whole budget (`Progress.work`); a
+group handed back counts its whole budget. So the bar ends at 100% however early paths stop,
+and it survives a coordinator replaced mid-run (the new one reports the same groups from their
+checkpoints). Compute-matched groups that wait for the point they match count T x max_rounds
+segment tokens per path until their budget is known.
 
     meter = WorkMeter(points, [(point, problem_id), ...], expected_s=plan's generation_s or None)
     meter.plan(items, final)     # a phase's items, their budgets as submitted
@@ -32,9 +33,9 @@ def group_key(point: str, problem_id: str) -> str:
 
 
 def group_budget(params: LeapParams, overrides: dict | None = None) -> int:
-    """Segment tokens a group of `params` (with a group's own overrides) may sample in all."""
+    """Tokens a group of `params` (with a group's own overrides) may sample in all."""
     prm = replace(params, **overrides) if overrides else params
-    return prm.paths * prm.segment_budget
+    return prm.paths * prm.sampled_budget
 
 
 class WorkMeter:
