@@ -66,9 +66,11 @@ class _GroupProgress:
     point: str
     problem: str
     paths: int
+    budget: int  # the group's work in all: paths x LeapParams.sampled_budget
     round: int = 1
     active: int = 0
     done: bool = False
+    work: int = 0  # sampled tokens done (`Group.work`)
 
 
 @dataclass
@@ -179,7 +181,8 @@ class Coordinator:
             checkpoint = item[3] if len(item) > 3 else None
             params = replace(self.params[point], **(overrides or {}))
             key = f"{point}|{problem.id}"
-            self.progress[key] = _GroupProgress(point, problem.id, params.paths)
+            self.progress[key] = _GroupProgress(point, problem.id, params.paths,
+                                                params.paths * params.sampled_budget)
             self.queue.append(_Pending(point, problem, params, checkpoint))
         self._admit()
         return len(items)
@@ -211,6 +214,9 @@ class Coordinator:
             groups_done=sum(g.done for g in groups),
             active_paths=sum(g.active for g in groups if not g.done),
             rounds={f"{g.point}|{g.problem}": g.round for g in groups if not g.done and g.active},
+            work={f"{g.point}|{g.problem}": g.work for g in groups if not g.done and g.work},
+            work_done=sum(g.budget if g.done else min(g.work, g.budget) for g in groups),
+            work_budget=sum(g.budget for g in groups),
             tokens_per_s=self.sampled_tokens / elapsed,
             sampled_tokens=self.sampled_tokens,
             cache_hit_rate=self.cached_tokens / self.prompt_tokens if self.prompt_tokens else None,
@@ -324,6 +330,7 @@ class Coordinator:
         self.live_paths -= pend.params.paths - len(live)  # a restored group may have fewer
         prog = self.progress[key]
         prog.active = len(live)
+        prog.work = group.work()  # a restored group's paths have done part of it
         return group
 
     def _close(self, group: Group, pend: _Pending, error: BaseException | None = None) -> None:
@@ -445,6 +452,7 @@ class Coordinator:
         """Feed one result to its group; time barrier work; hand out a checkpoint after each."""
         t0 = time.perf_counter()
         released = group.barriers_released
+        before = group.path_work(res.path_key)
         group.on_result(res)
         now = asyncio.get_running_loop().time()  # the event loop's clock: virtual in simulation
         if group.barriers_released != released:
@@ -470,6 +478,10 @@ class Coordinator:
         prog = self.progress[group.key]
         prog.round = min((p.round for p in group.paths if p.phase != "done"), default=prog.round)
         prog.active = sum(p.phase != "done" for p in group.paths)
+        if group.barriers_released != released:  # a barrier may end other paths too
+            prog.work = group.work()
+        else:  # only this path moved: cheap enough per result for a plan's millions of requests
+            prog.work += group.path_work(res.path_key) - before
         self._admit()
 
     async def _send(self, group: Group, req: GenRequest) -> GenResult:

@@ -19,6 +19,11 @@ class Progress:
     groups_done: int = 0
     active_paths: int = 0
     rounds: dict[str, int] = field(default_factory=dict)  # "point|problem" -> its round, groups running
+    # "point|problem" -> tokens sampled so far (a finished path: its whole budget), groups running
+    # with some done; the driver holds each group's budget (`driver.progress.WorkMeter`)
+    work: dict[str, int] = field(default_factory=dict)
+    work_done: int = 0  # the same summed over every group given to this coordinator, finished ones whole
+    work_budget: int = 0  # their budgets summed: paths x LeapParams.sampled_budget
     tokens_per_s: float = 0.0
     sampled_tokens: int = 0
     cache_hit_rate: float | None = None  # prefix-cache hits / prompt tokens; None before any prompt

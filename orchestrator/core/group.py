@@ -78,6 +78,18 @@ class Group:
     def done(self) -> bool:
         return all(p.phase == "done" for p in self.paths)
 
+    def work(self) -> int:
+        """The group's work done, in sampled tokens against `paths x params.sampled_budget`."""
+        return sum(self.path_work(p.key) for p in self.paths)
+
+    def path_work(self, path_key: str) -> int:
+        """A path's work done: the tokens it has sampled (every request's), at most its budget;
+        a path that has finished, early or not, counts its whole budget."""
+        p, budget = self._by_key.get(path_key), self.params.sampled_budget
+        if p is None:  # not this group's (`on_result` refuses it)
+            return 0
+        return budget if p.phase == "done" else min(sum(r["new_tokens"] for r in p.requests), budget)
+
     def requests(self) -> list[GenRequest]:
         """Requests for every path that can advance now and has none under way."""
         out = []

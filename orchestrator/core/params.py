@@ -35,6 +35,27 @@ class LeapParams:
         """The registered method `mode` names (`UnknownName` when none is)."""
         return method(self.mode)
 
+    @property
+    def segment_budget(self) -> int:
+        """The segment tokens one path may sample in all: its stopping rule's cap (leap.T x
+        leap.max_rounds, or leap.token_budget); T x max_rounds when the cap is only known at run
+        time (a compute-matched point before its budget is set)."""
+        try:
+            cap = self.method.stopping.sampled_cap(self)
+        except NotImplementedError:  # a registered rule that does not say
+            cap = None
+        return max(1, int(cap) if cap is not None else self.T * self.max_rounds)
+
+    @property
+    def sampled_budget(self) -> int:
+        """The tokens one path may sample in all, the unit of a run's work (the progress bar):
+        its segments (`segment_budget`), a summary of summary_tokens in each communicating round,
+        and the final answer (summary_tokens when forced, answer_tokens after end-of-thinking:
+        the larger)."""
+        summaries = sum(1 for r in range(1, self.max_rounds + 1) if self.communicates(r))
+        final = max(self.summary_tokens, self.answer_tokens) if self.force_answer else self.answer_tokens
+        return self.segment_budget + summaries * self.summary_tokens + final
+
     def communicates(self, round_: int) -> bool:
         return self.method.communication.communicates(self, round_)
 

@@ -20,7 +20,7 @@ The runner's calls:
         st = console.begin(f"starting {n} replicas")     # a phase that spans a try block
         ...; console.end(st, console.placement(infos))
         console.line(f"running {groups} groups ...")
-        bar = console.progress_bar(cfg, total); console.show(bar, progress, finished)
+        bar = console.progress_bar(cfg, meter); console.show(bar, meter)   # meter: progress.WorkMeter
         console.tables(text); console.finish(output_dir, report_html)   # the last lines
 
 Outside a session the same calls print plainly (stdout), so library use and tests need no setup.
@@ -42,6 +42,7 @@ import ray  # noqa: F401  (importing it installs the "ray" logger's own handler,
 from tqdm import tqdm
 
 from ..coordinator.messages import Progress
+from .progress import WorkMeter
 
 log = logging.getLogger(__name__)
 
@@ -360,25 +361,38 @@ def _ranges(ids: list[int]) -> str:
     return ", ".join(out)
 
 
-def progress_bar(cfg, total: int):
-    """The live bar of finished groups (None when `progress=false`)."""
+def progress_bar(cfg, meter: WorkMeter):
+    """The live bar of the run's work (`progress.WorkMeter`: sampled tokens against the budget);
+    None when `progress=false`. Starts the meter's clock."""
+    meter.start()
     if not getattr(cfg, "progress", True):
         return None
-    bar = tqdm(total=total, desc="groups", unit="group", dynamic_ncols=True,
+    bar = tqdm(total=max(meter.total, 1), dynamic_ncols=True, bar_format=BAR_FORMAT, postfix=[meter.text()],
                file=_session.err if _session is not None else sys.stderr)
     if _session is not None:
         _session.bar = bar
     return bar
 
 
-def show(bar, progress: Progress, finished: int) -> None:
-    """Groups done (the bar), groups per current round, active paths, tokens/s, cache hit rate."""
-    text = status_text(progress)
+# `work  42%|████▏     | groups 3/12 | 01:05 elapsed, ~01:30 left (plan) | r2:3 | paths 24 | 310 tok/s`
+# (the text is postfix[0], a list's item: tqdm would put ", " before a string postfix)
+BAR_FORMAT = "work {percentage:3.0f}%|{bar}| {postfix[0]}"
+
+
+def show(bar, meter: WorkMeter) -> None:
+    """The work done (the bar), groups done of all, time elapsed and left, then `status_text`."""
+    text = bar_text(meter)
     if bar is None:
-        log.debug("progress: %s", text)
+        log.debug("progress: %.1f%% %s", 100 * meter.fraction, text)
         return
-    bar.update(finished)
-    bar.set_postfix_str(text, refresh=True)
+    bar.total = max(meter.total, 1)
+    bar.n = min(meter.done, bar.total)
+    bar.postfix = [text]
+    bar.refresh()
+
+
+def bar_text(meter: WorkMeter) -> str:
+    return f"{meter.text()} | {status_text(meter.progress)}"
 
 
 def status_text(progress: Progress) -> str:

@@ -1,7 +1,8 @@
 """The run loop: one run's groups on the cluster, from start-up to teardown, in named phases.
 
     loop = RunLoop(cfg, points, prompts, store, recovery, fp, model)
-    facts = loop.run(phases, total)      # run_info.json's timing and fault record
+    facts = loop.run(phases, meter)      # run_info.json's timing and fault record (meter: the bar's
+                                         # `progress.WorkMeter` of the groups the phases hold)
 
 1. `start`: Ray, the replicas (their engines start loading) and the coordinator (it loads its
    tokenizer meanwhile).
@@ -9,8 +10,8 @@
    capacity.
 3. `run_phase`, for each phase of items (compute-matched points run after the points they
    match): submit, then poll until the coordinator hands every group back (`drive`); each poll
-   (`on_update`) writes checkpoints, grades and writes finished groups, records failed ones and
-   replaces dead replicas.
+   (`on_update`) writes checkpoints, grades and writes finished groups, records failed ones,
+   replaces dead replicas and moves the bar.
 4. `collect_figures`: generation time, each replica's and the coordinator's figures.
 5. `finish` (always): the last groups graded and written, the actors and Ray gone.
 
@@ -35,6 +36,7 @@ from .actors import answer, unavailable
 from .checkpoint import Recovery
 from .cluster import Cluster
 from .grader import Grader
+from .progress import WorkMeter
 from .replacement import Replacements
 from .results import ResultStore
 from ..config import Config, oversubscription, sampling_spec
@@ -70,20 +72,23 @@ class RunLoop:
         self.replaced: Replacements | None = None
         self.grader: Grader | None = None
         self.bar = None
+        self.meter: WorkMeter | None = None
         self.capacity: list[int] = []
         self.progress: Progress | None = None  # the current coordinator's latest
         self.moved_before = 0  # paths moved by coordinators that have since died
         self.t_coordinator = 0.0
 
-    def run(self, phases: list[Callable[[], list]], total: int) -> dict:
+    def run(self, phases: list[Callable[[], list]], meter: WorkMeter) -> dict:
         """Run every phase's groups; returns the run's timing and fault record. Ctrl-C stops it
         within seconds, the checkpoints kept; the caller consolidates what finished."""
         interrupted = False
+        self.meter = meter
         starting = self.start()
         try:
-            self.await_ready(starting, total)
-            for phase in phases:
+            self.await_ready(starting)
+            for i, phase in enumerate(phases):
                 items = phase()
+                meter.plan(items, final=i == len(phases) - 1)
                 if items:
                     self.run_phase(items)
             self.collect_figures()
@@ -115,7 +120,7 @@ class RunLoop:
         return starting
 
     # -- 2. ready ----------------------------------------------------------------------------------
-    def await_ready(self, starting: console.Step, total: int) -> None:
+    def await_ready(self, starting: console.Step) -> None:
         t0 = time.monotonic()
         infos = self.cluster.await_replicas()
         self.facts["replicas_start_s"] = round(time.monotonic() - t0, 3)
@@ -126,8 +131,9 @@ class RunLoop:
         self.capacity = [int(i.get("capacity") or self.cfg.engine.max_num_seqs) for i in infos]
         answer(self.cluster.coordinator.set_capacity.remote(self.capacity), "the coordinator (set_capacity)")
         replicas.reset_stats(self.cluster.replicas)
-        console.line(f"running {total} group(s) (problem x configuration) on {len(infos)} replica(s)")
-        self.bar = console.progress_bar(self.cfg, total)
+        console.line(f"running {self.meter.groups_total} group(s) (problem x configuration) on {len(infos)} "
+                     f"replica(s)")
+        self.bar = console.progress_bar(self.cfg, self.meter)
 
     # -- 3. the groups -----------------------------------------------------------------------------
     def run_phase(self, items: list) -> None:
@@ -175,7 +181,8 @@ class RunLoop:
         for err in update.errors:
             self.recovery.failed(err)
             log.error("group failed: %s", err)
-        console.show(self.bar, update.progress, len(update.groups) + len(update.errors))
+        self.meter.update(update)
+        console.show(self.bar, self.meter)
 
     def write(self, g: dict) -> None:
         write_group(self.store, self.recovery, g, self.fp)

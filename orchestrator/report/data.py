@@ -616,10 +616,71 @@ def run_info_table(run: Run) -> Table:
     return Table("run_info", "All of run_info.json", ["key", "value"], rows)
 
 
+# --------------------------------------------------------------------------- plan vs run
+
+# the rows of "Plan vs run": (label, run_info.json's predicted key, how the measured figure is found, style)
+PLAN_ROWS = (
+    ("generation time (s)", "generation_s", "generation_s", "seconds"),
+    ("wall time (s)", "wall_s", "wall_s", "seconds"),
+    ("sampled tokens", "sampled_tokens", "sampled_tokens", "tokens"),
+    ("injected tokens", "injected_tokens", "injected_tokens", "tokens"),
+    ("prefix-cache hit rate", "cache_hit_rate", "cache_hit_rate", "frac"),
+)
+
+
+def _measured(run: Run, key: str) -> Any:
+    """The run's own figure beside a predicted one: run_info.json's times, the tokens and cache
+    hit rate of paths.parquet."""
+    if key in ("generation_s", "wall_s"):
+        return run.run_info.get(key)
+    if key == "cache_hit_rate":
+        return metrics.cache_hit_rate(run.rows)
+    return sum(int(r.get(key) or 0) for r in run.rows) if run.rows else None
+
+
+def plan_error(predicted: Any, measured: Any, style: str) -> str:
+    """How far the plan was off: (predicted - measured) / measured in %, or for a rate the
+    difference in percentage points; "-" when either is missing (or the measure is 0)."""
+    if not isinstance(predicted, (int, float)) or not isinstance(measured, (int, float)):
+        return "-"
+    if style == "frac":
+        return f"{100 * (predicted - measured):+.1f} pt"
+    if not measured:
+        return "-"
+    return f"{100 * (predicted - measured) / measured:+.1f}%"
+
+
+def plan_table(run: Run) -> Table:
+    """What the run's plan predicted (run_info.json's `predicted`, written before the run started)
+    against what the run measured, with the error; no rows when the run made no plan, and a note
+    only when its plan failed."""
+    predicted = run.run_info.get("predicted")
+    headers = ["figure", "predicted", "measured", "error"]
+    if not isinstance(predicted, dict):
+        return Table("plan", "Plan vs run", headers, [])
+    if predicted.get("error"):
+        return Table("plan", "Plan vs run", headers, [],
+                     f"The run's plan failed ({predicted['error']}): nothing to compare.")
+    rows = []
+    for label, key, measured_key, style in PLAN_ROWS:
+        value, measured = predicted.get(key), _measured(run, measured_key)
+        if value is None:
+            continue
+        rows.append([Cell(label, kind="head"), Cell(fmt(value, style), kind="num"),
+                     Cell(fmt(measured, style), kind="num"), Cell(plan_error(value, measured, style), kind="num")])
+    note = (f"Predicted before the run by the plan ({predicted.get('profile') or 'profile not named'}), "
+            f"measured by the run. Error: (predicted - measured) / measured; for the hit rate, the "
+            f"difference in percentage points.")
+    if predicted.get("bound"):
+        note += f" Bound: {predicted['bound']}."
+    return Table("plan", "Plan vs run", headers, rows, note)
+
+
 def build_tables(run: Run) -> dict[str, Table]:
     """Every table of the report, by key (the key is also each `Table.key`'s section)."""
     return {
         "facts": facts_table(run),
+        "plan": plan_table(run),
         "replicas": replica_table(run),
         "run_info": run_info_table(run),
         "main": main_table(run),
@@ -643,6 +704,8 @@ __all__ = [
     "lookup",
     "main_table",
     "pass_at_k_table",
+    "plan_error",
+    "plan_table",
     "problem_table",
     "read_rows",
     "replica_table",

@@ -236,8 +236,13 @@ def render_html(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
         ("facts", "Run", [table_html(tables["facts"]), table_html(tables["replicas"], empty=False),
                           "<details><summary>all of run_info.json</summary>",
                           table_html(tables["run_info"]), "</details>"]),
-        ("main", "Accuracy by configuration", [table_html(tables["main"]), figure_html(figs.get("accuracy"))]),
     ]
+    if tables["plan"].rows or tables["plan"].note:  # the run planned itself
+        plan = tables["plan"]
+        body = table_html(plan) if plan.rows else f'<p class="note">{_e(plan.note)}</p>'  # a plan that failed
+        sections.append(("plan", "Plan vs run", [body]))
+    sections.append(("main", "Accuracy by configuration",
+                     [table_html(tables["main"]), figure_html(figs.get("accuracy"))]))
     if "sweep_T" in figs or "sweep_top_k" in figs:
         sections.append(("sweep", "Sweep: accuracy against T and top-k",
                          [figure_html(figs.get("sweep_T")), figure_html(figs.get("sweep_top_k"))]))
@@ -335,6 +340,10 @@ def render_md(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
     out += ["## Run", "", table_md(tables["facts"])]
     if tables["replicas"].rows:
         out += ["", table_md(tables["replicas"])]
+    if tables["plan"].rows:
+        out += ["## Plan vs run", "", table_md(tables["plan"])]
+    elif tables["plan"].note:
+        out += ["## Plan vs run", "", f"_{md_text(tables['plan'].note)}_", ""]
     out += [
             "## Accuracy by configuration", "", table_md(tables["main"]), figure_md(figs.get("accuracy"))]
     if "sweep_T" in figs or "sweep_top_k" in figs:

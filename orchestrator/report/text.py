@@ -9,6 +9,7 @@ terminal is the one report.html and report.md show, read from summary.json:
   terminal, else a line saying where it is;
 - accuracy by configuration (Pass@1, Cons@N, their differences to the baselines, ungraded paths);
 - tokens per path (sampled, injected, total), rounds and prefix-cache hit rate;
+- when the run planned itself, its plan against what it measured ("Plan vs run");
 - one line about the delivered peer messages, and one about ungraded paths when there are any.
 """
 
@@ -86,6 +87,16 @@ def tokens_table(run: Run, table: Table | None = None) -> str:
     return table_text(D.efficiency_table(run) if table is None else table, drop=TOKENS_DROP)
 
 
+def plan_text(run: Run, table: Table | None = None) -> str:
+    """Predicted against measured (generation and wall time, tokens, cache hit rate) with the
+    error, and the profile the plan used; empty when the run made no plan."""
+    t = D.plan_table(run) if table is None else table
+    if not t.rows:
+        return f"{t.title}: {t.note}" if t.note else ""
+    profile = (run.run_info.get("predicted") or {}).get("profile")
+    return _titled(t, table_text(t)) + (f"\nplanned with: {profile}" if profile else "")
+
+
 def message_line(run: Run) -> str:
     """One line about the delivered peer summaries: how many, over how many rounds, mean
     similarity of a recipient's summary to the peer summaries it received."""
@@ -118,9 +129,10 @@ def console_text(run: Run, tables: Mapping[str, Table] | None = None) -> str:
             parts.append(_titled(problems, body))
     parts.append(_titled(tables["main"], sweep_table(run, tables["main"])))
     parts.append(_titled(tables["tokens"], tokens_table(run, tables["tokens"])))
+    parts.append(plan_text(run, tables["plan"]))
     parts.append("\n".join(line for line in (message_line(run), D.ungraded_note(run)) if line))
     return "\n\n".join(p for p in parts if p)
 
 
-__all__ = ["console_text", "format_table", "message_line", "problem_table", "sweep_table", "table_text",
-           "tokens_table"]
+__all__ = ["console_text", "format_table", "message_line", "plan_text", "problem_table", "sweep_table",
+           "table_text", "tokens_table"]

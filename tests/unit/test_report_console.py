@@ -11,8 +11,9 @@ from orchestrator.driver import console
 
 SCRIPT = textwrap.dedent("""
     import logging, os, sys, types, warnings
-    from orchestrator.coordinator.messages import Progress
+    from orchestrator.core.params import LeapParams
     from orchestrator.driver import console
+    from orchestrator.driver.progress import WorkMeter
     logging.basicConfig(level=logging.INFO)  # as Hydra does: a root handler on the terminal
     cfg = types.SimpleNamespace(output_dir=sys.argv[1], verbose=sys.argv[2] == "1", progress=False)
     console.prelude(cfg)
@@ -31,8 +32,9 @@ SCRIPT = textwrap.dedent("""
                                       {"index": 1, "node": "n1aaaaaaaaaaaaa", "device": "cpu"}]))
         logging.getLogger("orchestrator.driver.runner").error("group failed: G")
         console.line("running 6 groups")
-        bar = console.progress_bar(cfg, 6)
-        console.show(bar, Progress(), 6)
+        meter = WorkMeter({"pt": LeapParams()}, [("pt", f"p{i}") for i in range(6)])
+        bar = console.progress_bar(cfg, meter)
+        console.show(bar, meter)
         console.tables("TABLE")
         console.finish(sys.argv[1], sys.argv[1] + "/report.html")
     logging.getLogger("ray").info("SHUTTING DOWN")

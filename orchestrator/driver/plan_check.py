@@ -1,0 +1,100 @@
+"""The run checks its plan: when an engine profile applies to the run's engines, the run predicts
+itself before any engine starts (`planner.predict`: the real coordinator over simulated replicas
+on a virtual clock, seconds) and records the prediction as `predicted` in run_info.json, beside
+the figures it then measures; the report shows one against the other (`report.data.plan_table`).
+
+    facts = plan_check.check(cfg, points, prompts, problems, todo, model)
+    # {} when no profile applies; else {"predicted": Prediction.to_dict() | {"error": ...}, "plan_s": s}
+
+A profile applies when `engine.profile` names one, or when the engine is a real one and
+`engines.profile.find_profile` finds one for its key (an exact profile, or the nearest one on the
+same kind of device, scaled by the model's bytes). A plan that fails never fails the run: a
+warning, and `predicted: {"error": ...}`. The console shows one line before the run starts:
+
+    plan: generation ~5:42, wall ~6:10 (exact profile ~/.cache/leap-orchestrator/profiles/...; planned in 0.8 s)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from . import console, planner
+from ..config import Config
+from ..core.types import Problem
+from ..engines import profile as profiles
+from ..engines.vllm_args import vllm_version
+
+log = logging.getLogger(__name__)
+
+
+def profile_key(cfg: Config) -> dict:
+    """The key of the profile that describes this run's engines: {"model", "engine", "dtype",
+    "device"} (device: "cpu" for replicas without GPUs, else "gpu": the driver does not see the
+    replicas' GPUs before they start, so the lookup takes the nearest profile of that kind)."""
+    engine = "fake" if cfg.engine.kind == "fake" else f"vllm {vllm_version() or '?'}"
+    return {"model": cfg.model.name or cfg.model.path, "engine": engine, "dtype": cfg.engine.dtype,
+            "device": "gpu" if cfg.replicas.gpus_per_replica > 0 else "cpu"}
+
+
+def model_config(model: str) -> dict | None:
+    """The prepared model's config.json (for scaling a profile by its bytes), when it is local."""
+    path = Path(model) / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError) as exc:
+        log.info("plan: %s not read (%s); a profile of another model cannot be scaled to this one", path, exc)
+        return None
+
+
+def check(cfg: Config, points: dict, prompts, problems: list[Problem], todo: list[tuple], model: str) -> dict:
+    """run_info.json's `predicted` and `plan_s` for the groups `todo` ((point, problem) pairs),
+    or {} when no profile applies. Never raises (but for Ctrl-C)."""
+    explicit = getattr(cfg.engine, "profile", None)  # engine.profile (issue 17's config key)
+    if cfg.engine.kind == "fake" and not explicit:
+        return {}  # the fake engine's time is its latency model, not an engine's: nothing to plan
+    t0 = time.monotonic()
+    try:
+        found = profiles.find_profile(profile_key(cfg), model_config(model), explicit)
+    except Exception as exc:  # an unreadable profile file, a lookup that broke: the run goes on
+        return _failed(exc, None, t0)
+    if found is None:
+        log.info("plan: no engine profile for %s (python -m orchestrator.calibrate writes one); the run "
+                 "goes on without a plan", profile_key(cfg))
+        return {}
+    profile, source = found
+    wanted = {pt for pt, _ in todo}
+    wanted |= {points[pt].match_point for pt in wanted if points[pt].match_point in points}
+    ids = {pb.id for _, pb in todo}
+    try:
+        predicted = planner.predict(cfg, {pt: p for pt, p in points.items() if pt in wanted}, prompts,
+                                    [pb for pb in problems if pb.id in ids], profile).to_dict()
+    except Exception as exc:  # the plan is advice: whatever breaks it is a warning
+        return _failed(exc, source, t0)
+    plan_s = round(time.monotonic() - t0, 3)
+    predicted["profile"] = predicted.get("profile") or source
+    predicted.setdefault("plan_s", plan_s)
+    console.line(line(predicted, plan_s))
+    return {"predicted": predicted, "plan_s": plan_s}
+
+
+def _failed(exc: BaseException, source: str | None, t0: float) -> dict:
+    log.warning("the run's plan failed (%s: %s); the run goes on without one", type(exc).__name__, exc)
+    predicted = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    if source:
+        predicted["profile"] = source
+    return {"predicted": predicted, "plan_s": round(time.monotonic() - t0, 3)}
+
+
+def line(predicted: dict, plan_s: float) -> str:
+    """`plan: generation ~5:42, wall ~6:10 (<profile>; planned in 0.8 s)`."""
+    def about(key: str) -> str:
+        value = predicted.get(key)
+        return f"~{tqdm.format_interval(value)}" if isinstance(value, (int, float)) else "?"
+
+    return (f"plan: generation {about('generation_s')}, wall {about('wall_s')} ({predicted.get('profile')}; "
+            f"planned in {plan_s:.1f} s)")
