@@ -10,7 +10,6 @@ traceback only with `HYDRA_FULL_ERROR=1` or `debug=true` (see `errors.py`).
 from __future__ import annotations
 
 import io
-import re
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .config import register, to_config
+from .config import compose_message, register, to_config
 from .driver.runner import run
 from .errors import USER_ERROR, paragraph, report, want_traceback
 
@@ -101,7 +100,7 @@ def entry() -> None:
     except SystemExit as exc:
         early = _release_stderr()
         if exc.code == 1 and not _composed:
-            print(paragraph(f"error: {_compose_message(early)}"), file=sys.stderr, flush=True)
+            print(paragraph(f"error: {compose_message(early)}"), file=sys.stderr, flush=True)
             sys.exit(USER_ERROR)
         if early:
             sys.stderr.write(early)
@@ -110,20 +109,6 @@ def entry() -> None:
         early = _release_stderr()
         if early:
             sys.stderr.write(early)
-
-
-_NOISE = re.compile(r"^\s*(full_key:|reference_type=|object_type=|Set the environment variable HYDRA_FULL_ERROR"
-                    r"|Traceback \(most recent call last\)|File \"|\^+$|~+$)")
-
-
-def _compose_message(text: str) -> str:
-    """Hydra's compose error without its stack frames and OmegaConf's key dump."""
-    lines = [ln for ln in text.splitlines() if ln.strip() and not _NOISE.match(ln)]
-    lines = [ln for ln in lines if not ln.startswith("    ")] or lines
-    msg = " ".join(ln.strip() for ln in lines) or "the command line could not be composed into a config"
-    msg = msg.split(" Config search path:")[0]
-    msg = re.sub(r" To append to your config use \+\S+", "", msg)  # the schema has no open sections
-    return msg + " (`python -m orchestrator --cfg job` prints the composed config; keys are in orchestrator/config.py)"
 
 
 if __name__ == "__main__":

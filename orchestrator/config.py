@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from huggingface_hub import try_to_load_from_cache
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -204,6 +207,35 @@ def to_config(cfg: DictConfig | dict) -> Config:
     except OmegaConfBaseException as exc:  # omegaconf names the key in its message
         raise ConfigError(str(exc)) from exc
     return OmegaConf.to_object(merged)
+
+
+def compose(overrides: list[str]) -> Config:
+    """The config `python -m orchestrator OVERRIDES` runs with (the schema, conf/ and the
+    overrides, composed by Hydra), for the other commands that take the run's overrides besides
+    options of their own (`python -m orchestrator.calibrate`, `python -m orchestrator.plan`).
+    An override Hydra cannot apply raises `ConfigError` naming it."""
+    register()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            dcfg = hydra_compose(config_name="config", overrides=list(overrides))
+    except HydraException as exc:  # the cause carries the detail (e.g. a value of the wrong type)
+        detail = f"{exc}\n{exc.__cause__}" if exc.__cause__ is not None else str(exc)
+        raise ConfigError(compose_message(detail)) from None
+    return to_config(dcfg)
+
+
+_NOISE = re.compile(r"^\s*(full_key:|reference_type=|object_type=|Set the environment variable HYDRA_FULL_ERROR"
+                    r"|Traceback \(most recent call last\)|File \"|\^+$|~+$)")
+
+
+def compose_message(text: str) -> str:
+    """Hydra's compose error without its stack frames and OmegaConf's key dump."""
+    lines = [ln for ln in text.splitlines() if ln.strip() and not _NOISE.match(ln)]
+    lines = [ln for ln in lines if not ln.startswith("    ")] or lines
+    msg = " ".join(ln.strip() for ln in lines) or "the command line could not be composed into a config"
+    msg = msg.split(" Config search path:")[0]
+    msg = re.sub(r" To append to your config use \+\S+", "", msg)  # the schema has no open sections
+    return msg + " (`python -m orchestrator --cfg job` prints the composed config; keys are in orchestrator/config.py)"
 
 
 def _choice(key: str, value: Any, allowed) -> None:

