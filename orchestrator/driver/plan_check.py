@@ -23,22 +23,18 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import console, planner
+from . import calibration, console, planner
 from ..config import Config
 from ..core.types import Problem
 from ..engines import profile as profiles
-from ..engines.vllm_args import vllm_version
 
 log = logging.getLogger(__name__)
 
 
-def profile_key(cfg: Config) -> dict:
-    """The key of the profile that describes this run's engines: {"model", "engine", "dtype",
-    "device"} (device: "cpu" for replicas without GPUs, else "gpu": the driver does not see the
-    replicas' GPUs before they start, so the lookup takes the nearest profile of that kind)."""
-    engine = "fake" if cfg.engine.kind == "fake" else f"vllm {vllm_version() or '?'}"
-    return {"model": cfg.model.name or cfg.model.path, "engine": engine, "dtype": cfg.engine.dtype,
-            "device": "gpu" if cfg.replicas.gpus_per_replica > 0 else "cpu"}
+def profile_key(cfg: Config, model: str) -> dict:
+    """The key of the profile that describes this run's engines: the one calibration writes for
+    the same config (`calibration.profile_key`), so a calibrated engine is found exactly."""
+    return calibration.profile_key(cfg, model)
 
 
 def model_config(model: str) -> dict | None:
@@ -59,12 +55,12 @@ def check(cfg: Config, points: dict, prompts, problems: list[Problem], todo: lis
         return {}  # the fake engine's time is its latency model, not an engine's: nothing to plan
     t0 = time.monotonic()
     try:
-        found = profiles.find_profile(profile_key(cfg), model_config(model), explicit)
+        found = profiles.find_profile(profile_key(cfg, model), model_config(model), explicit)
     except Exception as exc:  # an unreadable profile file, a lookup that broke: the run goes on
         return _failed(exc, None, t0)
     if found is None:
         log.info("plan: no engine profile for %s (python -m orchestrator.calibrate writes one); the run "
-                 "goes on without a plan", profile_key(cfg))
+                 "goes on without a plan", profile_key(cfg, model))
         return {}
     profile, source = found
     wanted = {pt for pt, _ in todo}

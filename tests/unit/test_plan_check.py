@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.config import validate
 from orchestrator.core.types import Problem
-from orchestrator.driver import plan_check, planner
+from orchestrator.driver import calibration, plan_check, planner
 from orchestrator.engines import profile as profiles
 from tests.conftest import compose
 
@@ -65,7 +65,8 @@ def test_no_profile_for_the_engines_no_plan(tmp_path, lookup, caplog):
     with caplog.at_level(logging.INFO):
         assert plan_check.check(cfg, points, None, PROBLEMS, todo, str(tmp_path)) == {}
     (key, _, explicit), = lookup["calls"]
-    assert key["model"] == "SmolLM2-135M-Instruct" and key["device"] == "cpu" and key["engine"].startswith("vllm")
+    assert key == calibration.profile_key(cfg, str(tmp_path))  # the key calibration writes for this config
+    assert key["model"] == cfg.model.path and key["device"].startswith("cpu") and key["engine"].startswith("vllm")
     assert explicit is None and "no engine profile" in caplog.text
 
 
