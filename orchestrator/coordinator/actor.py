@@ -516,7 +516,7 @@ class Coordinator:
             t0 = clock()
             while not self.pool.any_alive():
                 left = wait - (clock() - t0)
-                if left <= 0:
+                if _expired(left):
                     raise ReplicaDead(f"no live replica left, and none replaced the dead ones within {wait:g} s")
                 self.revived.clear()
                 try:
@@ -575,7 +575,7 @@ class Coordinator:
         try:
             while True:
                 left = t0 + self.deadline.seconds(r, tokens) - clock()
-                if left <= 0:
+                if _expired(left):
                     now = await self._progress_mark(r)
                     if now is None or now == mark:
                         raise asyncio.TimeoutError
@@ -622,6 +622,13 @@ def _failure_kind(exc: BaseException) -> str | None:
     if isinstance(exc, RayActorError):
         return "dead"
     return None
+
+
+def _expired(left: float) -> bool:
+    """Whether a deadline `left` seconds away has come. An event loop runs timers due within its
+    clock's resolution at once; under a virtual clock (simulations) time does not move on for
+    them, so a wait shorter than that would be asked again forever."""
+    return left <= getattr(asyncio.get_running_loop(), "_clock_resolution", 0.0)
 
 
 async def _awaitable(ref):
