@@ -103,6 +103,7 @@ class Coordinator:
         unavailable_retry_s: float = 30.0,
         replica_wait_s: float | None = None,
         dead: list[int] | None = None,
+        plan: bool = False,
     ):
         if schedule not in SCHEDULES:
             raise ValueError(f"replicas.schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -146,6 +147,9 @@ class Coordinator:
         self.unavailable_retry_s = float(unavailable_retry_s)
         self.replica_wait_s = replica_wait_s
         self.revived = asyncio.Event()
+        # a plan's coordinator (driver/planner.py) takes no checkpoints (a plan never resumes)
+        # and hands back rows of counts, no text
+        self.plan = plan
         for r in dead or []:  # known dead before this coordinator started (a restart)
             self.pool.alive[r] = False
         self.init_s = time.perf_counter() - t0
@@ -338,7 +342,8 @@ class Coordinator:
             return
         self.finished.append({"point": pend.point, "problem_id": pend.problem.id,
                               "benchmark": pend.problem.benchmark, "kind": pend.problem.kind,
-                              "paths": group.records(), "messages": list(group.messages)})
+                              "paths": group.counts() if self.plan else group.records(),
+                              "messages": list(group.messages)})
 
     def _path_done(self, group: Group, key: str) -> None:
         r = self.pool.release(key)
@@ -455,7 +460,8 @@ class Coordinator:
             if waiting:
                 self.tm.barrier_wait(now - min(waiting.values()))
             waiting.clear()
-            self.checkpoints.append((group.sweep_point, group.problem.id, group.snapshot()))
+            if not self.plan:
+                self.checkpoints.append((group.sweep_point, group.problem.id, group.snapshot()))
             self.wake.set()
         else:
             phase = next(p.phase for p in group.paths if p.key == res.path_key)

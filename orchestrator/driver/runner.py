@@ -39,14 +39,21 @@ log = logging.getLogger(__name__)
 def run(cfg: Config) -> dict:
     """Run (or resume) every sweep point x problem group; returns summary.json's content."""
     console.prelude(cfg)
+    points, prompts, problems = load_inputs(cfg)
+    with console.session(cfg):  # from here the terminal shows phases, progress and results only
+        return _run(cfg, points, prompts, problems)
+
+
+def load_inputs(cfg: Config) -> tuple[dict, object, list[Problem]]:
+    """The config checked, and what a run reads before Ray starts: the sweep points' params, the
+    prompts and the problems (also what `python -m orchestrator.plan` plans)."""
     points = validate(cfg)
     prompts = load_prompts(prompt_file(cfg.leap.prompts))
     problems = load_problems(cfg.dataset.name, path=cfg.dataset.path, limit=cfg.dataset.limit,
                              seed=cfg.leap.seed, hub_id=cfg.dataset.hub_id, split=cfg.dataset.split)
     if not problems:
         raise DatasetError(f"dataset {cfg.dataset.name} ({cfg.dataset.path or 'hub'}) has no problems")
-    with console.session(cfg):  # from here the terminal shows phases, progress and results only
-        return _run(cfg, points, prompts, problems)
+    return points, prompts, problems
 
 
 def _run(cfg: Config, points, prompts, problems) -> dict:
@@ -101,10 +108,7 @@ def _run_locked(cfg: Config, points, prompts, problems, store: ResultStore, fp: 
                      f"output_dir, or delete this one, to run again)")
     elif skipped:
         console.line(f"resume: {skipped} of {skipped + len(todo)} groups already complete in {store.root}")
-    # compute-matched points wait for the point they match: their budgets come from its usage
-    waits = {pt for pt, p in points.items() if p.match_point is not None and not p.token_budget}
-    first = [(pt, pb, {}) for pt, pb in todo if pt not in waits]
-    later = [(pt, pb) for pt, pb in todo if pt in waits]
+    first, later = split_phases(points, todo)
     phases = [lambda: first, lambda: _matched_items(store, points, later)]
     # groups a killed run left a checkpoint for continue from their last barrier
     recovery = Recovery(cfg.output_dir, points, fp)
@@ -147,6 +151,15 @@ def _run_locked(cfg: Config, points, prompts, problems, store: ResultStore, fp: 
     return summary
 
 
+def split_phases(points, todo: list[tuple[str, Problem]]) -> tuple[list, list]:
+    """The groups to run first, as submit items, and the (point, problem) pairs of compute-matched
+    points, which wait for the point they match: their budgets come from its usage."""
+    waits = {pt for pt, p in points.items() if p.match_point is not None and not p.token_budget}
+    first = [(pt, pb, {}) for pt, pb in todo if pt not in waits]
+    later = [(pt, pb) for pt, pb in todo if pt in waits]
+    return first, later
+
+
 def _incomplete(missing: list[tuple[str, str]], failure: BaseException | None, failed: list[str]) -> dict:
     """summary.json's mark of a partial run: every group without a result, and why."""
     groups = []
@@ -160,12 +173,19 @@ def _incomplete(missing: list[tuple[str, str]], failure: BaseException | None, f
 
 
 def _matched_items(store: ResultStore, points, later: list[tuple[str, Problem]]) -> list:
-    """Per problem, the budget is the mean tokens per path (sampled + injected) of the matched point."""
+    """The compute-matched groups, their budgets from the matched points' results on disk."""
     if not later:
         return []
     paths_t, _ = store.read_parts()
+    rows = paths_t.select(["sweep_point", "problem_id", "sampled_tokens", "injected_tokens"]).to_pylist()
+    return matched_items(rows, points, later)
+
+
+def matched_items(rows: list[dict], points, later: list[tuple[str, Problem]]) -> list:
+    """Per problem, the budget is the mean tokens per path (sampled + injected) of the matched
+    point, from its path rows; a problem it has no rows for is skipped (logged)."""
     used: dict[tuple[str, str], list[int]] = {}
-    for row in paths_t.select(["sweep_point", "problem_id", "sampled_tokens", "injected_tokens"]).to_pylist():
+    for row in rows:
         used.setdefault((row["sweep_point"], row["problem_id"]), []).append(
             row["sampled_tokens"] + row["injected_tokens"])
     items = []

@@ -12,6 +12,8 @@ Each room runs in one kind of process and may import only the rooms below it:
     report        report files and tables                core, errors, config
     driver        the driver process                     everything above
     __main__      the CLI                                driver, config, errors
+    plan, calibrate   CLI entries (python -m orchestrator.plan / .calibrate)
+                                                         driver, config, errors, engines, core
 
 No import circle, and imports sit at the top of modules except optional heavy dependencies that
 only some processes need (vLLM, torch, transformers, ...), imported where they are used.
@@ -40,6 +42,8 @@ MAY_IMPORT = {
     "report": {"core", "errors", "config"},
     "driver": {"core", "errors", "telemetry", "engines", "config", "coordinator", "report", "models"},
     "__main__": {"driver", "config", "errors"},
+    "plan": {"driver", "config", "errors", "engines", "core"},
+    "calibrate": {"driver", "config", "errors", "engines", "core"},
     "__init__": set(),
 }
 # heavy or optional third-party modules that only some processes need: imported where used
