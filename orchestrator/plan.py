@@ -49,7 +49,7 @@ def find(cfg, model_config: dict | None):
         return latency.profile, "engine.latency of the fake engine (" + ", ".join(
             f"{k}={v}" for k, v in sorted(cfg.engine.latency.items()) if k != "time_scale") + ")"
     try:
-        found = find_profile(run_key(cfg), model_config, cfg.engine.profile)
+        found = find_profile(run_key(cfg, model_config), model_config, cfg.engine.profile)
     except ProfileError as exc:
         raise PlanError(str(exc)) from None
     if found is None:

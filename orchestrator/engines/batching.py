@@ -57,8 +57,9 @@ _COSTS = ("step_base_s", "step_per_seq_s", "step_per_context_token_s", "prefill_
 
 @dataclass(frozen=True)
 class LatencyModel:
-    """What the simulated engine runs on: a `Profile` and `time_scale` (wall seconds per simulated
-    second; ignored under a virtual clock). `profile` None: no latency, requests return at once."""
+    """What the simulated engine runs on: a `Profile` and `time_scale` (every step's time is
+    multiplied by it: a fake run through Ray can go faster than the engine it stands for).
+    `profile` None: no latency, requests return at once."""
 
     profile: Profile | None = None
     time_scale: float = 1.0

@@ -128,7 +128,7 @@ class StartupPhases:
         return {"phases": phases, "ready": "ready" in marks, "error": error}
 
 
-def _cpu_has_bf16() -> bool:
+def cpu_has_bf16() -> bool:
     """Whether this x86 CPU computes bf16 natively (AVX-512 BF16 or AMX); True when unknown."""
     try:
         with open("/proc/cpuinfo") as fh:
@@ -352,7 +352,7 @@ class VLLMReplica:
                     # engine process, which inherits the environment).
                     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(cfg["kv_cache_space_gib"]))
             kwargs = engine_kwargs(self.model, cfg, self.engine_seed, self.on_cpu)
-            if self.on_cpu and kwargs.get("dtype") == "auto" and not _cpu_has_bf16():
+            if self.on_cpu and kwargs.get("dtype") == "auto" and not cpu_has_bf16():
                 # bf16 checkpoints run 3.5x slower than float32 on CPUs without native bf16
                 # (measured here: SmolLM2, 16 sequences, AVX2 only: 19 vs 70 tokens/s)
                 kwargs["dtype"] = "float32"

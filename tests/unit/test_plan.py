@@ -99,3 +99,28 @@ def test_lengths_from_an_earlier_run_end_the_thinking_there(tiny_run):
 def test_lengths_need_a_finished_run(tmp_path):
     with pytest.raises(PlanError, match="no paths.parquet"):
         load_lengths(tmp_path)
+
+
+def test_the_profile_key_resolves_dtype_auto_as_the_replica_does(monkeypatch):
+    from orchestrator.driver import planner
+
+    cfg = compose(["model.path=builtin:tiny", "replicas.gpus_per_replica=0"])
+    monkeypatch.setattr(planner, "cpu_has_bf16", lambda: False)
+    assert planner.run_key(cfg, {"torch_dtype": "bfloat16"})["dtype"] == "float32"
+    monkeypatch.setattr(planner, "cpu_has_bf16", lambda: True)
+    assert planner.run_key(cfg, {"torch_dtype": "bfloat16"}) == {
+        "model": "builtin:tiny", "engine": None, "dtype": "bfloat16", "device": "cpu"}
+    gpu = compose(["model.path=Qwen/Qwen2.5-7B", "replicas.gpus_per_replica=1", "engine.dtype=float16"])
+    assert planner.run_key(gpu) == {"model": "Qwen/Qwen2.5-7B", "engine": None, "dtype": "float16", "device": "gpu"}
+
+
+def test_a_cpu_plan_sizes_the_kv_cache_from_kv_cache_space_gib(tiny_run):
+    from dataclasses import replace
+
+    from orchestrator.engines.profile import ModelBytes
+
+    cfg, points, prompts, problems, tokenizer = tiny_run
+    prof = replace(placeholder(), model_bytes=ModelBytes(weights=10**7, kv_per_token=1000), block_size=32)
+    pred = predict(cfg, points, prompts, problems, prof, tokenizer=tokenizer)
+    cap = cfg.engine.kv_cache_space_gib * 2**30 // 1000
+    assert pred.kv_capacity_tokens == cap - cap % 32
