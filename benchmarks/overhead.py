@@ -21,24 +21,20 @@ submitted and polled by the driver's own loop (`orchestrator.driver.loop.drive`)
 be importable: installed (`make install`), or with PYTHONPATH=. from the checkout.
 
 --simulate runs everything in this process on a virtual clock (aiotools.VirtualClock): 64 fake
-replicas with a continuous-batching latency model, 512 problems x 32 paths, T=4096, 4 rounds,
-summaries of at most 256 tokens, top-4. Time is simulated exactly, so the figures do not depend
-on this machine's speed; the coordinator's own CPU time is measured separately (real time).
+replicas, 512 problems x 32 paths, T=4096, 4 rounds, summaries of at most 256 tokens, top-4. Time
+is simulated exactly, so the figures do not depend on this machine's speed; the coordinator's own
+CPU time is measured separately (real time).
 
-Latency model for --simulate (calibrated from the H100 figures in ../shared/gpu/README.md: a
-Qwen2.5-1.5B-shape model decoded 31,054 tokens/s at 256 sequences, i.e. 8.24 ms per step): a
-decode step takes 6.0 ms + 8.76 us x batch (8.24 ms at 256; nearly flat in batch size, as decode
-is memory-bound on a GPU; how the 8.24 ms splits into a fixed and a per-sequence part is our
-assumption), prefill costs 10 us per uncached token (about 100k tokens/s, an estimate for a
-1.5B model on an H100), and a replica runs at most 128 sequences at once: the KV cache of 128
-paths of ~17K tokens (28 KB per token for that shape) fills an 80 GB H100 at 0.9 utilization.
+The replicas take the time an engine profile says (`--profile FILE`; default: the shipped H100
+profile, orchestrator/engines/profiles/h100-*.json) with the simulator the planner uses
+(orchestrator/engines/batching.py): at most max_num_seqs sequences a replica, a KV cache of the
+profile's capacity with prefix caching and LRU eviction (evicted prefixes are recomputed),
+chunked prefill sharing steps with decode, decode steps that cost more with more context.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
 import time
 from dataclasses import dataclass, replace
@@ -50,7 +46,7 @@ from orchestrator.config import (CONF_DIR, default_oversubscription, oversubscri
                                  sampling_spec, to_config)
 from orchestrator.coordinator.actor import Coordinator
 from orchestrator.coordinator.messages import Poll
-from orchestrator.core.group import LeapParams
+from orchestrator.core.params import LeapParams
 from orchestrator.core.prompts import load_prompts
 from orchestrator.core.rng import stable_int
 from orchestrator.core.types import GenRequest, SamplingSpec
@@ -58,15 +54,15 @@ from orchestrator.driver.cluster import Cluster
 from orchestrator.driver.data import load_problems as load_benchmark
 from orchestrator.driver.loop import drive
 from orchestrator.driver.replicas import model_path
+from orchestrator.driver.simulation import Calls
 from orchestrator.engines.fake import FakeReplica
 from orchestrator.engines.local import LocalHandle
+from orchestrator.engines.profile import SHIPPED_DIR, Profile, load as load_profile
 from orchestrator.engines.tokenizer import FakeTokenizer, load_tokenizer, render_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 LEAP_EVAL = REPO.parent / "shared" / "data" / "leap_eval" / "aime.json"
 
-SIM_LATENCY = {"step_base_s": 6.0e-3, "step_per_seq_s": 8.76e-6, "prefill_s_per_token": 1.0e-5,
-               "max_num_seqs": 128}
 
 
 @dataclass
@@ -103,53 +99,6 @@ def leap_params(w: Workload) -> LeapParams:
     return LeapParams(paths=w.paths, T=w.T, max_rounds=w.rounds, top_k=w.top_k, router="dispersed",
                       summary_tokens=w.summary, answer_tokens=w.answer_tokens,
                       segment_min_tokens=w.segment_min_tokens)
-
-
-# -- calling the actors -----------------------------------------------------------------------------
-class Calls:
-    """Actor calls from plain code, each run to its answer on one event loop: Ray actors (their
-    calls are awaited) or in-process `LocalHandle`s. With `virtual`, the loop's clock is
-    aiotools' VirtualClock: simulated time passes only while a call is waited for, as it would
-    while the driver waits for the coordinator."""
-
-    def __init__(self, virtual: bool = False):
-        self.loop = asyncio.new_event_loop()
-        self.patches = contextlib.ExitStack()
-        if virtual:
-            self.loop.run_until_complete(self._virtual_clock())
-
-    async def _virtual_clock(self) -> None:
-        from aiotools import VirtualClock  # only the simulation needs it
-
-        self.patches.enter_context(VirtualClock().patch_loop())  # patches the running loop, until close()
-
-    def __call__(self, handle, method: str, *args, **kwargs):
-        return self.loop.run_until_complete(_call(handle, method, *args, **kwargs))
-
-    def gather(self, calls: list[tuple]) -> list:
-        """(handle, method, *args) calls, all at once; their answers in order."""
-        return self.loop.run_until_complete(_gather(calls))
-
-    def time(self) -> float:
-        return self.loop.time()
-
-    def close(self) -> None:
-        """Cancel what is left on the loop (a simulated replica's idle work), then close it."""
-        tasks = asyncio.all_tasks(self.loop)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            self.loop.run_until_complete(asyncio.wait(tasks))
-        self.patches.close()
-        self.loop.close()
-
-
-async def _call(handle, method: str, *args, **kwargs):
-    return await getattr(handle, method).remote(*args, **kwargs)
-
-
-async def _gather(calls: list[tuple]) -> list:
-    return await asyncio.gather(*(_call(handle, method, *args) for handle, method, *args in calls))
 
 
 # -- running one schedule --------------------------------------------------------------------------
@@ -244,6 +193,10 @@ def summarize(name: str, res: dict) -> dict:
             "mean_batch_occupancy": s.get("occupancy"),
         } for s in res["replica_stats"]],
     }
+    kv = [s for s in res["replica_stats"] if "evictions" in s]
+    if kv:  # the simulated KV cache (--simulate)
+        out["kv"] = {k: int(sum(s.get(k) or 0 for s in kv)) for k in ("evictions", "recomputed_tokens", "preemptions")}
+        out["kv"]["peak_kv_tokens"] = max(s.get("peak_kv_tokens") or 0 for s in kv)
     busy = [r["busy_fraction"] for r in out["replicas"] if r["busy_fraction"] is not None]
     occ = [r["mean_batch_occupancy"] for r in out["replicas"] if r["mean_batch_occupancy"] is not None]
     out["busy_fraction_mean"] = round(sum(busy) / len(busy), 4) if busy else None
@@ -302,13 +255,21 @@ def bench(w: Workload, calls: Calls, replicas, make_coordinator, tokenizer, prom
     return res
 
 
-def simulate(w: Workload) -> dict:
+def shipped_profile() -> Path:
+    """The shipped H100 profile --simulate runs on by default."""
+    found = sorted(SHIPPED_DIR.glob("h100-*.json"))
+    if not found:
+        raise SystemExit(f"no shipped H100 profile in {SHIPPED_DIR}: give one with --profile FILE")
+    return found[0]
+
+
+def simulate(w: Workload, profile: Profile, source: str) -> dict:
     """Everything in this process: fake replicas and the coordinator on a virtual clock."""
     if w.oversubscribe is None:  # what a run on fake replicas would use
         w = replace(w, oversubscribe=default_oversubscription("fake", 0))
     prompts = load_prompts(CONF_DIR / "prompts" / "default.yaml")
     params = leap_params(w)
-    engine = {"latency": SIM_LATENCY, "max_model_len": 10**6, "run_seed": 0,
+    engine = {"profile": profile, "max_model_len": 10**6, "run_seed": 0,
               # paths end (end of thinking) at varied lengths, about a third use the whole budget;
               # summaries vary in length and some reach the cap, as a reasoning model's do
               "think_end_prob": 0.012, "summary_words": max(4, w.summary // 5)}
@@ -325,7 +286,7 @@ def simulate(w: Workload) -> dict:
         res["cpu_s"] = round(time.process_time() - cpu0, 1)
     finally:
         calls.close()
-    res["latency_model"] = SIM_LATENCY
+    res["profile"] = {"file": source, **profile.to_dict()}
     return res
 
 
@@ -373,6 +334,7 @@ def main(argv=None) -> int:
     ap.add_argument("--problems", type=int)
     ap.add_argument("--paths", type=int)
     ap.add_argument("--replicas", type=int)
+    ap.add_argument("--profile", help="--simulate: the engine profile to simulate (default: the shipped H100 one)")
     ap.add_argument("--oversubscribe", type=float,
                     help="replicas.oversubscribe (default: the project's, 2.0 on vllm-cpu, else 1.5)")
     args = ap.parse_args(argv)
@@ -382,7 +344,8 @@ def main(argv=None) -> int:
                                         ("oversubscribe", args.oversubscribe)) if v})
     t0 = time.monotonic()
     if args.simulate:
-        res = simulate(w)
+        source = args.profile or str(shipped_profile())
+        res = simulate(w, load_profile(source), source)
     elif args.gpu_check:
         res = real(w, args.model, ["engine=vllm", "replicas.gpus_per_replica=1", "engine.max_model_len=8192",
                                    "engine.per_request_seed=true"])
@@ -400,6 +363,11 @@ def main(argv=None) -> int:
           f"{c.get('result_handling_ms_per_request')} ms per result; "
           f"RSS growth {c.get('rss_growth_per_path_bytes')} B per path in flight "
           f"(peak {c.get('peak_paths_in_flight')} paths)")
+    for name in ("floor", "leap", "lockstep"):
+        kv = res[name].get("kv")
+        if kv:
+            print(f"KV {name}: peak {kv['peak_kv_tokens']:,} tokens a replica, {kv['evictions']:,} evictions, "
+                  f"{kv['recomputed_tokens']:,} tokens recomputed, {kv['preemptions']:,} preemptions")
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
         print(f"wrote {args.out}")

@@ -61,9 +61,16 @@ class EngineConfig:
     # fake engine only
     think_end_prob: float = 0.1
     eos_prob: float = 0.0
-    # fake engine: a continuous-batching latency model: step_base_s, step_per_seq_s,
-    # prefill_s_per_token, max_num_seqs, time_scale (see engines/fake.py; empty: no latency)
+    # fake engine: a continuous-batching latency model (engines/batching.py): step_base_s,
+    # step_per_seq_s, step_per_context_token_s, prefill_s_per_token, s_per_cached_token,
+    # chunk_tokens, kv_capacity_tokens, block_size, max_num_seqs, time_scale; over engine.profile
+    # when one is given (empty, and no profile: no latency)
     latency: dict = field(default_factory=dict)
+    # An engine profile (JSON, `python -m orchestrator.calibrate --out FILE`): what the planner
+    # (`python -m orchestrator.plan`) and the run's own plan simulate the engines with; a fake
+    # engine takes its time. null: look one up (the cache of measured profiles, then the nearest
+    # shipped one scaled to the model; engines/profile.py `find_profile`).
+    profile: Optional[str] = None
 
 
 @dataclass
@@ -197,6 +204,15 @@ class Config:
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="schema", node=Config)
+
+
+def compose(overrides: list[str]) -> Config:
+    """The config `python -m orchestrator OVERRIDES` runs with (schema defaults + conf/ YAML +
+    overrides), composed with Hydra's API: for entry points that take options of their own
+    beside the overrides (`python -m orchestrator.plan`, the benchmarks)."""
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return to_config(hydra_compose(config_name="config", overrides=list(overrides)))
 
 
 def to_config(cfg: DictConfig | dict) -> Config:
@@ -387,6 +403,9 @@ def validate(cfg: Config) -> dict[str, LeapParams]:
     if cfg.replicas.oversubscribe is not None and not cfg.replicas.oversubscribe >= 1:
         raise ConfigError(f"replicas.oversubscribe={cfg.replicas.oversubscribe} must be >= 1 (or null)")
     _positive("engine.max_model_len", cfg.engine.max_model_len, minimum=16)
+    if cfg.engine.profile is not None and not Path(cfg.engine.profile).expanduser().is_file():
+        raise ConfigError(f"engine.profile={cfg.engine.profile!r}: no such file (a profile is written by "
+                          f"`python -m orchestrator.calibrate ... --out FILE`; null looks one up)")
     check_engine_config(cfg.engine)
     if cfg.dataset.limit is not None:
         _positive("dataset.limit", cfg.dataset.limit)

@@ -105,6 +105,7 @@ class Coordinator:
         unavailable_retry_s: float = 30.0,
         replica_wait_s: float | None = None,
         dead: list[int] | None = None,
+        plan: bool = False,
     ):
         if schedule not in SCHEDULES:
             raise ValueError(f"replicas.schedule must be one of {SCHEDULES}, got {schedule!r}")
@@ -148,6 +149,9 @@ class Coordinator:
         self.unavailable_retry_s = float(unavailable_retry_s)
         self.replica_wait_s = replica_wait_s
         self.revived = asyncio.Event()
+        # a plan's coordinator (driver/planner.py) takes no checkpoints (a plan never resumes)
+        # and hands back rows of counts, no text
+        self.plan = plan
         for r in dead or []:  # known dead before this coordinator started (a restart)
             self.pool.alive[r] = False
         self.init_s = time.perf_counter() - t0
@@ -345,7 +349,8 @@ class Coordinator:
             return
         self.finished.append({"point": pend.point, "problem_id": pend.problem.id,
                               "benchmark": pend.problem.benchmark, "kind": pend.problem.kind,
-                              "paths": group.records(), "messages": list(group.messages)})
+                              "paths": group.counts() if self.plan else group.records(),
+                              "messages": list(group.messages)})
 
     def _path_done(self, group: Group, key: str) -> None:
         r = self.pool.release(key)
@@ -463,7 +468,8 @@ class Coordinator:
             if waiting:
                 self.tm.barrier_wait(now - min(waiting.values()))
             waiting.clear()
-            self.checkpoints.append((group.sweep_point, group.problem.id, group.snapshot()))
+            if not self.plan:
+                self.checkpoints.append((group.sweep_point, group.problem.id, group.snapshot()))
             self.wake.set()
         else:
             phase = next(p.phase for p in group.paths if p.key == res.path_key)
@@ -528,7 +534,7 @@ class Coordinator:
             t0 = clock()
             while not self.pool.any_alive():
                 left = wait - (clock() - t0)
-                if left <= 0:
+                if _expired(left):
                     raise ReplicaDead(f"no live replica left, and none replaced the dead ones within {wait:g} s")
                 self.revived.clear()
                 try:
@@ -587,7 +593,7 @@ class Coordinator:
         try:
             while True:
                 left = t0 + self.deadline.seconds(r, tokens) - clock()
-                if left <= 0:
+                if _expired(left):
                     now = await self._progress_mark(r)
                     if now is None or now == mark:
                         raise asyncio.TimeoutError
@@ -634,6 +640,13 @@ def _failure_kind(exc: BaseException) -> str | None:
     if isinstance(exc, RayActorError):
         return "dead"
     return None
+
+
+def _expired(left: float) -> bool:
+    """Whether a deadline `left` seconds away has come. An event loop runs timers due within its
+    clock's resolution at once; under a virtual clock (simulations) time does not move on for
+    them, so a wait shorter than that would be asked again forever."""
+    return left <= getattr(asyncio.get_running_loop(), "_clock_resolution", 0.0)
 
 
 async def _awaitable(ref):

@@ -26,7 +26,7 @@ from .paths import PathState, TokenIds
 from .peers import PeerBlocks
 from .prompts import SUMMARY_CLOSE, SUMMARY_OPEN, THINK_END, PromptSet
 from .rng import rng_for, stable_int
-from .rows import path_rows
+from .rows import count_rows, path_rows
 from .text import extract_summary, paragraph_cut, repair_summary
 from .types import GenRequest, GenResult, Problem, SamplingSpec, Tokenizer
 
@@ -279,6 +279,10 @@ class Group:
     def records(self) -> list[dict]:
         """One row per path (the paths.parquet schema, minus the run's sweep columns)."""
         return path_rows(self.paths, self.problem, self.tok, self.sweep_point, self.resumed_from_round)
+
+    def counts(self) -> list[dict]:
+        """`records()` without text: each path's token counts (for a plan)."""
+        return count_rows(self.paths, self.problem, self.sweep_point)
 
     def snapshot(self) -> bytes:
         """The group's whole state as compact bytes (see `restore`). Taken after a barrier

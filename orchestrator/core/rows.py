@@ -1,5 +1,6 @@
 """The result rows of a finished group: one per path (the paths.parquet schema, minus the run's
-sweep columns), with each path's spans in token and character offsets."""
+sweep columns), with each path's spans in token and character offsets; or, for a plan, only the
+counts (`count_rows`)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,22 @@ def path_rows(paths: list[PathState], problem: Problem, tok: Tokenizer, sweep_po
             "spans": span_rows(tok, p, text),
             "requests": [dict(r) for r in reqs],
             "resumed_from_round": resumed_from_round,
+        })
+    return rows
+
+
+def count_rows(paths: list[PathState], problem: Problem, sweep_point: str) -> list[dict]:
+    """The token counts of `path_rows`, without decoding any text: what a plan reads."""
+    rows = []
+    for p in paths:
+        reqs = p.requests
+        cached = sum(r["cached_tokens"] for r in reqs)
+        rows.append({
+            "sweep_point": sweep_point, "problem_id": problem.id, "path": p.index,
+            "finish_reason": p.finish or "unfinished", "rounds": p.round, "prompt_tokens": p.prompt_len,
+            "sampled_tokens": p.count(injected=False), "injected_tokens": p.count(injected=True),
+            "cached_tokens": cached, "uncached_tokens": sum(r["prompt_tokens"] for r in reqs) - cached,
+            "requests": len(reqs),
         })
     return rows
 

@@ -13,8 +13,8 @@ metadata) and every checkpoint. A rerun may add sweep points or problems (a larg
 `dataset.limit`, a longer sweep); it may not change anything a finished or checkpointed group
 was made with: `compare` lists each difference, and the run is refused before Ray starts.
 Deliberately left out: speed and placement knobs (replica count, batch sizes, timeouts,
-`engine.latency` of the fake engine), labels (`model.name`), and the dataset's file path (its
-content counts, not where it lies).
+`engine.latency` and `engine.profile`, which only set how long the fake engine takes), labels
+(`model.name`), and the dataset's file path (its content counts, not where it lies).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ def model_config(model: str) -> dict | None:
 def check(cfg: Config, points: dict, prompts, problems: list[Problem], todo: list[tuple], model: str) -> dict:
     """run_info.json's `predicted` and `plan_s` for the groups `todo` ((point, problem) pairs),
     or {} when no profile applies. Never raises (but for Ctrl-C)."""
-    explicit = getattr(cfg.engine, "profile", None)  # engine.profile (issue 17's config key)
+    explicit = cfg.engine.profile
     if cfg.engine.kind == "fake" and not explicit:
         return {}  # the fake engine's time is its latency model, not an engine's: nothing to plan
     t0 = time.monotonic()

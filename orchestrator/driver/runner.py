@@ -22,15 +22,14 @@ from omegaconf import OmegaConf
 from . import console, fingerprint, plan_check
 from .checkpoint import Recovery
 from .context_fit import check_context
-from .data import DatasetError, load_problems
 from .lock import RunLock
+from .phases import load_inputs, matched_items, split_phases
 from .loop import RunLoop
 from .progress import WorkMeter
 from .replicas import model_path
 from .results import ResultStore
-from ..config import Config, prompt_file, validate
+from ..config import Config
 from ..core import metrics
-from ..core.prompts import load_prompts
 from ..core.types import Problem
 from ..errors import ConfigChanged, RunFailed
 from .. import report
@@ -41,12 +40,7 @@ log = logging.getLogger(__name__)
 def run(cfg: Config) -> dict:
     """Run (or resume) every sweep point x problem group; returns summary.json's content."""
     console.prelude(cfg)
-    points = validate(cfg)
-    prompts = load_prompts(prompt_file(cfg.leap.prompts))
-    problems = load_problems(cfg.dataset.name, path=cfg.dataset.path, limit=cfg.dataset.limit,
-                             seed=cfg.leap.seed, hub_id=cfg.dataset.hub_id, split=cfg.dataset.split)
-    if not problems:
-        raise DatasetError(f"dataset {cfg.dataset.name} ({cfg.dataset.path or 'hub'}) has no problems")
+    points, prompts, problems = load_inputs(cfg)
     with console.session(cfg):  # from here the terminal shows phases, progress and results only
         return _run(cfg, points, prompts, problems)
 
@@ -103,10 +97,7 @@ def _run_locked(cfg: Config, points, prompts, problems, store: ResultStore, fp: 
                      f"output_dir, or delete this one, to run again)")
     elif skipped:
         console.line(f"resume: {skipped} of {skipped + len(todo)} groups already complete in {store.root}")
-    # compute-matched points wait for the point they match: their budgets come from its usage
-    waits = {pt for pt, p in points.items() if p.match_point is not None and not p.token_budget}
-    first = [(pt, pb, {}) for pt, pb in todo if pt not in waits]
-    later = [(pt, pb) for pt, pb in todo if pt in waits]
+    first, later = split_phases(points, todo)
     phases = [lambda: first, lambda: _matched_items(store, points, later)]
     # groups a killed run left a checkpoint for continue from their last barrier
     recovery = Recovery(cfg.output_dir, points, fp)
@@ -165,23 +156,12 @@ def _incomplete(missing: list[tuple[str, str]], failure: BaseException | None, f
 
 
 def _matched_items(store: ResultStore, points, later: list[tuple[str, Problem]]) -> list:
-    """Per problem, the budget is the mean tokens per path (sampled + injected) of the matched point."""
+    """The compute-matched groups, their budgets from the matched points' results on disk."""
     if not later:
         return []
     paths_t, _ = store.read_parts()
-    used: dict[tuple[str, str], list[int]] = {}
-    for row in paths_t.select(["sweep_point", "problem_id", "sampled_tokens", "injected_tokens"]).to_pylist():
-        used.setdefault((row["sweep_point"], row["problem_id"]), []).append(
-            row["sampled_tokens"] + row["injected_tokens"])
-    items = []
-    for point, problem in later:
-        tokens = used.get((points[point].match_point, problem.id))
-        if not tokens:
-            log.error("compute-matched %s|%s: %s has no results for it; skipped", point, problem.id,
-                      points[point].match_point)
-            continue
-        items.append((point, problem, {"token_budget": max(1, round(sum(tokens) / len(tokens)))}))
-    return items
+    rows = paths_t.select(["sweep_point", "problem_id", "sampled_tokens", "injected_tokens"]).to_pylist()
+    return matched_items(rows, points, later)
 
 
 def _prepare(cfg: Config, points, prompts, todo: list, problems: list[Problem]) -> tuple[str, dict]:

@@ -3,9 +3,10 @@
 `protocol.Replica` is the seam the coordinator calls; `vllm_replica.VLLMReplica` hosts a real
 vLLM engine (vLLM and torch are imported inside the replica's process when it starts) and
 `vllm_args` checks and builds its engine arguments; `fake.FakeReplica` is a deterministic
-stand-in with an optional latency model; `tokenizer` loads the model's tokenizer and renders
-prompts (used by the coordinator and the driver too); `local` runs replicas in-process for
-simulations.
+stand-in that can take an engine's time (`batching`: continuous batching over a KV cache, from a
+`profile.Profile`; `counted`: token counts without text, for plans); `tokenizer` loads the
+model's tokenizer and renders prompts (used by the coordinator and the driver too); `local` runs
+replicas in-process for simulations; `profile` reads, scales and finds engine profiles.
 
 May import: `orchestrator.core`, `orchestrator.errors`, `orchestrator.telemetry`.
 """

@@ -1,4 +1,4 @@
-"""A deterministic fake replica, for fast tests and scale simulation.
+"""A deterministic fake replica, for fast tests, simulations and plans.
 
 It honours the same `Replica` protocol as the vLLM replica: it stores token ids per path, applies
 keep/append edits, tracks a per-path prefix cache in whole blocks, and writes text shaped like a
@@ -6,13 +6,17 @@ reasoning model's: paragraphs, summaries that close their tag, `\\boxed{}` answe
 end-of-thinking marker. What it writes depends only on the request and the run seed, never on
 timing, so two runs with the same seed give identical results.
 
-With a latency model it also behaves like a continuous-batching engine in time: at most
-`max_num_seqs` requests run at once (the rest wait, first come first served); every running
-request gains one token per decode step, and a step takes `step_base_s + step_per_seq_s * batch`
-seconds; uncached prompt tokens cost `prefill_s_per_token` each, stalling the batch as a prefill
-does. It is simulated event by event (one sleep per request completion or arrival, not per
-token), so it is exact under a virtual clock and cheap in real time. Without a latency model a
-request returns at once.
+With a latency model (`engine.latency`, or a calibrated profile: `engine.profile`) it also takes
+the time a continuous-batching engine takes: `batching.Engine` (a batch of at most `max_num_seqs`,
+a KV cache with prefix caching and eviction, chunked prefill, decode steps that cost more with
+more context). Its cache hits then come from that KV cache, so they shrink when paths were
+evicted. Without a latency model a request returns at once.
+
+Given a `writer` (`counted.CountedWriter`: the planner's) it writes no text at all, only token
+counts that end the way a path of the given lengths would, and keeps only each path's length.
+
+It runs as a Ray actor in a fake run, or in-process under a virtual clock (`local.LocalHandle`)
+for `python -m orchestrator.plan` and `benchmarks/overhead.py --simulate`.
 """
 
 from __future__ import annotations
@@ -23,128 +27,17 @@ import random
 import re
 import time
 from array import array
-from collections import Counter, deque
-from dataclasses import dataclass, fields
+from collections import Counter
 
 from ..core.rng import stable_int
 from ..core.types import GenRequest, GenResult, PathStateMissing, StaleRequest
 from . import node_id
 from ..telemetry import Telemetry
+from .batching import Engine, LatencyModel
+from .profile import Profile, load as load_profile
 from .tokenizer import FakeTokenizer
 
-BLOCK = 16
-_ALIASES = {"decode_base_s": "step_base_s", "decode_per_seq_s": "step_per_seq_s"}
-
-
-@dataclass(frozen=True)
-class LatencyModel:
-    prefill_s_per_token: float = 0.0
-    step_base_s: float = 0.0  # one decode step with a single running sequence
-    step_per_seq_s: float = 0.0  # extra step time per running sequence (small on a GPU)
-    max_num_seqs: int = 256  # sequences decoded at once; later requests wait
-    time_scale: float = 1.0  # wall seconds per simulated second (ignored under a virtual clock)
-
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "LatencyModel":
-        names = {f.name for f in fields(cls)}
-        kw = {}
-        for k, v in (d or {}).items():
-            k = _ALIASES.get(k, k)
-            if k not in names:
-                raise ValueError(f"engine.latency.{k}: unknown; known keys: {sorted(names)}")
-            kw[k] = v
-        return cls(**kw)
-
-    @property
-    def active(self) -> bool:
-        return bool(self.prefill_s_per_token or self.step_base_s or self.step_per_seq_s)
-
-    def step(self, batch: int) -> float:
-        return self.time_scale * (self.step_base_s + self.step_per_seq_s * max(batch, 1))
-
-    def prefill(self, tokens: int) -> float:
-        return self.time_scale * tokens * self.prefill_s_per_token
-
-
-class _Job:
-    __slots__ = ("left", "prefill", "done")
-
-    def __init__(self, tokens: int, prefill_s: float, done: asyncio.Future):
-        self.left = tokens
-        self.prefill = prefill_s
-        self.done = done
-
-
-class _Engine:
-    """Continuous batching in simulated time: admission up to `max_num_seqs`, first come first
-    served (running requests are never preempted), flat-ish decode steps, prefill stalls. Keeps
-    busy time and batch occupancy for `stats()`."""
-
-    def __init__(self, model: LatencyModel):
-        self.m = model
-        self.waiting: deque[_Job] = deque()
-        self.running: list[_Job] = []
-        self.arrival = asyncio.Event()
-        self.task: asyncio.Task | None = None
-        self.busy_s = 0.0
-        self.occupied = 0.0  # integral of batch size over busy time
-
-    async def run(self, tokens: int, prefill_s: float) -> None:
-        if self.task is None or self.task.done():
-            self.task = asyncio.ensure_future(self._loop())
-        fut = asyncio.get_running_loop().create_future()
-        self.waiting.append(_Job(tokens, prefill_s, fut))
-        self.arrival.set()
-        await fut
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        carry = 0.0
-        while True:
-            while self.waiting and len(self.running) < self.m.max_num_seqs:
-                self.running.append(self.waiting.popleft())
-            if not self.running:
-                self.arrival.clear()
-                await self.arrival.wait()
-                continue
-            batch = len(self.running)
-            stall = sum(j.prefill for j in self.running)
-            if stall > 0:  # prefill of new arrivals holds the whole batch up
-                for j in self.running:
-                    j.prefill = 0.0
-                t0 = loop.time()
-                await asyncio.sleep(stall)
-                self._account(loop.time() - t0, batch)
-                continue
-            step = self.m.step(batch)
-            done_now = [j for j in self.running if j.left <= 0]
-            if not done_now:
-                ahead = min(j.left for j in self.running)
-                self.arrival.clear()
-                t0 = loop.time()
-                try:
-                    await asyncio.wait_for(self.arrival.wait(), ahead * step - carry)
-                except asyncio.TimeoutError:
-                    pass
-                elapsed = loop.time() - t0 + carry
-                # a timer may fire up to the loop's clock resolution early (1 ms under a virtual clock)
-                slack = 1.5 * getattr(loop, "_clock_resolution", 0.0) + 1e-12
-                steps = min(ahead, int((elapsed + slack) / step)) if step > 0 else ahead
-                carry = max(0.0, elapsed - steps * step)
-                self._account(loop.time() - t0, batch)
-                for j in self.running:
-                    j.left -= steps
-                done_now = [j for j in self.running if j.left <= 0]
-            if done_now:
-                carry = 0.0
-                self.running = [j for j in self.running if j.left > 0]
-                for j in done_now:
-                    if not j.done.done():
-                        j.done.set_result(None)
-
-    def _account(self, seconds: float, batch: int) -> None:
-        self.busy_s += seconds
-        self.occupied += seconds * batch
+BLOCK = 16  # KV block size of the prefix-cache bookkeeping without a latency model
 
 
 _NUM = re.compile(r"\\boxed\{(-?\d+)\}|answer is (-?\d+)")
@@ -153,7 +46,8 @@ _NUM = re.compile(r"\\boxed\{(-?\d+)\}|answer is (-?\d+)")
 class FakeReplica:
     """Deterministic stand-in for a vLLM replica (same protocol, no model)."""
 
-    def __init__(self, index: int, model: str = "fake", engine: dict | None = None, seed: int = 0):
+    def __init__(self, index: int, model: str = "fake", engine: dict | None = None, seed: int = 0,
+                 writer=None):
         engine = dict(engine or {})
         self.index = index
         # Content depends on the run's seed, never on which replica serves a path, so placement,
@@ -164,19 +58,26 @@ class FakeReplica:
         self.eos_prob = float(engine.get("eos_prob", 0.0))
         # summaries of varying length (0: one short sentence, as before); in words of filler
         self.summary_words = int(engine.get("summary_words", 0) or 0)
-        self.latency = LatencyModel.from_dict(engine.get("latency"))
+        profile = engine.get("profile")
+        if profile is not None and not isinstance(profile, Profile):
+            profile = load_profile(profile)
+        self.latency = LatencyModel.from_dict(engine.get("latency"), profile)
         self.capacity = int(self.latency.max_num_seqs if self.latency.active
                             else engine.get("max_num_seqs") or 256)
+        self.block = self.latency.profile.block_size if self.latency.active else BLOCK
+        self.writer = writer  # counted.CountedWriter: token counts instead of text (plans)
         self.tok = FakeTokenizer()
         self.paths: dict[str, array] = {}
-        self.computed: dict[str, int] = {}  # per path: leading tokens whose KV is "cached"
-        self.engine: _Engine | None = None
+        self.lengths: dict[str, int] = {}  # with a writer: each path's length only
+        self.computed: dict[str, int] = {}  # per path: leading tokens whose KV was computed here
+        self.engine: Engine | None = Engine(self.latency) if self.latency.active else None
         self.served = 0
         self.node = node_id()
         self.tm = Telemetry("replica", replica=index)  # Ray metrics; a no-op outside Ray
         self.running = 0
         self.epoch = 0  # the latest coordinator generation seen (`fence`)
         self.inflight: Counter = Counter()  # running requests per coordinator generation
+        self.busy_by_point: Counter = Counter()  # engine seconds per sweep point (each step shared)
         self._offset: float | None = None  # epoch - loop clock, fixed at first use
         self._reset_counters()
 
@@ -190,7 +91,7 @@ class FakeReplica:
     async def info(self) -> dict:
         return {"index": self.index, "node": self.node, "pid": os.getpid(), "model": "fake",
                 "max_model_len": self.max_model_len,
-                "block_size": BLOCK, "device": "cpu", "capacity": self.capacity,
+                "block_size": self.block, "device": "cpu", "capacity": self.capacity,
                 "startup": [{"name": "ready", "seconds": 0.0, "done": True}],
                 "versions": {}, "gpu_names": [], "attention_backend": None, "per_request_seed": False}
 
@@ -199,7 +100,12 @@ class FakeReplica:
             return
         for key in path_keys:
             self.paths.pop(key, None)
+            self.lengths.pop(key, None)
             self.computed.pop(key, None)
+            if self.engine is not None:
+                self.engine.forget(key)
+            if self.writer is not None:
+                self.writer.forget(key)
 
     async def fence(self, epoch: int) -> int:
         """Refuse requests of coordinator generations before `epoch`. Those still running cannot
@@ -223,36 +129,60 @@ class FakeReplica:
         self.first_request_t: float | None = None
         self.last_token_t: float | None = None
         self.window_start: float | None = None
-        self.busy_base = (0.0, 0.0) if self.engine is None else (self.engine.busy_s, self.engine.occupied)
+        self.engine_base = self.engine.figures() if self.engine is not None else {}
+        if self.engine is not None:
+            self.engine.reset_peak()
 
     async def stats(self, reset: bool = False) -> dict:
+        """The protocol's figures; with a latency model also the KV cache's since the last reset:
+        `peak_kv_tokens` (held by running requests), `evictions` (of paths' cached blocks, a path
+        counted each time), `evicted_tokens`, `recomputed_tokens` (prefilled again after an
+        eviction or a preemption), `preemptions`, and the seconds requests waited with the batch
+        full (`batch_full_s`) or for KV room with batch slots free (`kv_wait_s`)."""
         now = self._now()
-        busy = occ = 0.0
+        kv = {}
         if self.engine is not None:
-            busy = self.engine.busy_s - self.busy_base[0]
-            occ = self.engine.occupied - self.busy_base[1]
+            fig = self.engine.figures()
+            kv = {k: (v - self.engine_base.get(k, 0) if k in self.engine_base and k not in
+                      ("peak_kv_tokens", "kv_capacity_tokens") else v) for k, v in fig.items()}
+        busy, occ = kv.pop("busy_s", 0.0), kv.pop("occupied", 0.0)
         out = {**self.counters, "busy_s": round(busy, 6), "occupancy": round(occ / busy, 3) if busy else None,
                "first_request_t": self.first_request_t, "last_token_t": self.last_token_t,
                "window_s": round(now - self.window_start, 6) if self.window_start else 0.0,
                "capacity": self.capacity}
+        out.update({k: round(v, 6) if isinstance(v, float) else v for k, v in kv.items()})
         if reset:
             self._reset_counters()
             self.window_start = self._now()
         return out
 
+    def point_figures(self) -> dict[str, dict]:
+        """Per sweep point (a path key's part before '|'): engine seconds its requests took (each
+        step's time shared among the step's requests), evictions of its paths' cached blocks and
+        its tokens prefilled again. For the planner, in-process; empty without a latency model."""
+        if self.engine is None:
+            return {}
+        by_point = self.engine.by_point
+        return {point: {"engine_s": self.busy_by_point.get(point, 0.0),
+                        "evictions": by_point.get(point, [0, 0])[0],
+                        "recomputed_tokens": by_point.get(point, [0, 0])[1]}
+                for point in set(self.busy_by_point) | set(by_point)}
+
     # -- prefix cache bookkeeping -------------------------------------------------------------
     def _cached(self, key: str, keep: int, prompt_len: int) -> int:
         """Whole blocks of the path's prompt that this replica computed before: the kept prefix,
-        as far as its KV was computed. Unlike vLLM, paths share no blocks (not even the prompt):
-        that keeps the reported numbers independent of timing."""
+        as far as its KV was computed (what an unbounded cache reuses). Unlike vLLM, paths share
+        no blocks (not even the prompt): that keeps the reported numbers independent of timing."""
         n = min(self.computed.get(key, 0), keep, prompt_len - 1)  # the last token is recomputed
         n = max(n, 0)
-        return n - n % BLOCK
+        return n - n % self.block
 
     # -- generation ----------------------------------------------------------------------------
     async def generate(self, req: GenRequest) -> GenResult:
         key = req.path_key
         self._check_epoch(req)
+        if self.writer is not None:
+            return await self._generate_counted(req, key)
         if req.full is not None:
             self.paths[key] = array("i", req.full)
         elif key not in self.paths:
@@ -272,17 +202,19 @@ class FakeReplica:
                                f"{req.epoch}, fenced at {self.epoch}")
         self.epoch = req.epoch
 
-    async def _generate(self, req: GenRequest, key: str, tokens: array) -> GenResult:
+    def _started(self) -> None:
         now = self._now()
         if self.first_request_t is None:
             self.first_request_t = now
         if self.window_start is None:
             self.window_start = now
+
+    async def _generate(self, req: GenRequest, key: str, tokens: array) -> GenResult:
+        self._started()
         room = self.max_model_len - len(tokens)
         if room <= 0:
             return GenResult(key, [], "", "context", prompt_tokens=len(tokens),
                              replica=self.index, node=self.node)
-        cached = self._cached(key, req.keep, len(tokens))
         limit = min(req.max_tokens, room)
         if req.ignore_eos:
             text, reason, stop_str = self._filler(tokens, req, limit), "length", None
@@ -291,32 +223,63 @@ class FakeReplica:
         new = self.tok.encode(text)[:limit]
         if reason == "eos":
             new.append(self.tok.eos_token_id)
-        if self.latency.active:
-            if self.engine is None:
-                self.engine = _Engine(self.latency)
-                self.busy_base = (0.0, 0.0)
+        prompt = len(tokens)
+        cached = await self._serve(req, key, prompt, len(new))
+        tokens.fromlist(new)
+        return self._result(key, prompt, new, cached, reason, stop_str,
+                            self.tok.decode(new, skip_special_tokens=True))
+
+    async def _generate_counted(self, req: GenRequest, key: str) -> GenResult:
+        """The writer's token counts; only the path's length is kept (plans)."""
+        if req.full is not None:
+            self.lengths[key] = len(req.full)
+        elif key not in self.lengths:
+            raise PathStateMissing(key)
+        prompt = min(self.lengths[key], req.keep) + len(req.append)
+        self.lengths[key] = prompt
+        self._started()
+        room = self.max_model_len - prompt
+        if room <= 0:
+            return GenResult(key, [], "", "context", prompt_tokens=prompt, replica=self.index, node=self.node)
+        new, reason, stop_str = self.writer.write(req, min(req.max_tokens, room))
+        self.inflight[req.epoch] += 1
+        try:
+            cached = await self._serve(req, key, prompt, len(new))
+        finally:
+            self.inflight[req.epoch] -= 1
+        self.lengths[key] = prompt + len(new)
+        return self._result(key, prompt, new, cached, reason, stop_str, "")
+
+    async def _serve(self, req: GenRequest, key: str, prompt: int, new: int) -> int:
+        """Take the engine's time for a request (with a latency model); returns its cached
+        tokens. A request that outlived its coordinator generation is refused here."""
+        cached = self._cached(key, req.keep, prompt)
+        if self.engine is not None:
             self.running += 1
             self.tm.running_requests(self.running)
             try:
-                await self.engine.run(len(new), self.latency.prefill(len(tokens) - cached))
+                cached, share = await self.engine.run(key, prompt, req.keep, new, cached)
             finally:
                 self.running -= 1
                 self.tm.running_requests(self.running)
+            self.busy_by_point[key.split("|", 1)[0]] += share
             if req.epoch < self.epoch:  # a later coordinator took over while this one ran
                 raise StaleRequest(f"replica {self.index}: request for {key} outlived coordinator generation "
                                    f"{req.epoch}")
-        self.computed[key] = len(tokens) + max(len(new) - 1, 0)
-        tokens.fromlist(new)
+        self.computed[key] = prompt + max(new - 1, 0)
+        return cached
+
+    def _result(self, key: str, prompt: int, new: list[int], cached: int, reason: str, stop_str: str | None,
+                text: str) -> GenResult:
         self.served += 1
         c = self.counters
         c["requests"] += 1
         c["new_tokens"] += len(new)
-        c["prompt_tokens"] += len(tokens) - len(new)
+        c["prompt_tokens"] += prompt
         c["cached_tokens"] += cached
-        self.tm.result(len(new), len(tokens) - len(new), cached)
+        self.tm.result(len(new), prompt, cached)
         self.last_token_t = self._now()
-        return GenResult(key, new, self.tok.decode(new, skip_special_tokens=True), reason,
-                         stop_str=stop_str, prompt_tokens=len(tokens) - len(new), cached_tokens=cached,
+        return GenResult(key, new, text, reason, stop_str=stop_str, prompt_tokens=prompt, cached_tokens=cached,
                          replica=self.index, node=self.node)
 
     def _filler(self, tokens, req: GenRequest, limit: int) -> str:

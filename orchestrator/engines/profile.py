@@ -20,18 +20,31 @@ A profile is JSON (`save`/`load`), keyed by model, engine version, dtype and dev
 Measured profiles are kept in the profile cache (`cache_dir()`: `$LEAP_PROFILE_DIR`, else
 `~/.cache/leap-orchestrator/profiles/`), one file per key (`cache_path(key)`); shipped ones in
 `orchestrator/engines/profiles/`.
+`find_profile` looks one up for a run: a file named by `engine.profile`, else an exact match in
+the cache directory, else the nearest one on the same kind of device (shipped: `profiles/`, the
+H100's), scaled to the run's model. Runs wherever a profile is read: the driver (the planner, the
+run's own plan) or a fake replica given `engine.profile`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 VERSION = 1
+SHIPPED_DIR = Path(__file__).resolve().parent / "profiles"
+KEY_FIELDS = ("model", "engine", "dtype", "device")
+_WILD = (None, "", "auto", "any")
+DTYPE_BYTES = {"float32": 4, "float": 4, "fp32": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp16": 2,
+               "bf16": 2, "fp8": 1, "float8": 1}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -104,6 +117,32 @@ class Profile:
             notes=[*self.notes, note],
         )
 
+    def matches(self, key: dict) -> bool:
+        """Whether this profile is the one for `key`: every field the key names equals this
+        profile's. None, "" and "auto" name nothing; a device of just "cpu" or "gpu" matches that
+        kind of device; an engine without a version ("vllm") matches any version of it (a
+        profile's engine is "NAME VERSION"); models match by name (a path's or hub id's last part)."""
+        for name in KEY_FIELDS:
+            want, have = key.get(name), self.key.get(name)
+            if want in _WILD:
+                continue
+            want_s, have_s = str(want), str(have or "")
+            if name == "device":
+                ok = device_kind(have) == want_s.lower() if want_s.lower() in ("cpu", "gpu") else want_s == have_s
+            elif name == "engine":
+                ok = want_s == have_s if " " in want_s else have_s.split(" ")[0] == want_s
+            elif name == "model":
+                ok = _model_name(want) == _model_name(have)
+            else:
+                ok = want_s.lower() == have_s.lower()
+            if not ok:
+                return False
+        return True
+
+    def describe(self) -> str:
+        k = self.key
+        return f"{k.get('model')} on {k.get('device')} ({k.get('engine')}, {k.get('dtype')})"
+
     def to_dict(self) -> dict:
         return {"version": VERSION, **asdict(self)}
 
@@ -143,7 +182,7 @@ def from_dict(data: dict, source: str = "profile") -> Profile:
 
 
 def load(path: str | Path) -> Profile:
-    path = Path(path)
+    path = Path(path).expanduser()
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -185,3 +224,103 @@ def model_bytes(config: dict, dtype_bytes: int = 2) -> ModelBytes:
     params = layers * (attn + mlp + 2 * hidden) + embed + hidden
     kv = 2 * layers * kv_heads * head_dim * dtype_bytes
     return ModelBytes(weights=int(params * dtype_bytes), kv_per_token=int(kv))
+
+
+def device_kind(device) -> str:
+    """"cpu" for a CPU device name ("cpu", "cpu: <model name>"), else "gpu"."""
+    return "cpu" if str(device or "").strip().lower().startswith("cpu") else "gpu"
+
+
+def _model_name(model) -> str:
+    """A model's name for matching: the last part of a path or hub id (case-insensitive)."""
+    return str(model or "").rstrip("/").rsplit("/", 1)[-1].lower()
+
+
+def dtype_bytes(dtype: str | None, config: dict | None = None) -> int:
+    """Bytes per weight and KV element of `dtype` ("auto": the checkpoint's torch_dtype)."""
+    name = str(dtype or "auto").lower().replace("torch.", "")
+    if name == "auto" and config:
+        name = str(config.get("torch_dtype") or "bfloat16").lower().replace("torch.", "")
+    return DTYPE_BYTES.get(name, 2)
+
+
+def cache_dir() -> Path:
+    """Where measured profiles are kept: $LEAP_PROFILE_DIR, else $LEAP_CACHE_DIR/profiles, else
+    ~/.cache/leap-orchestrator/profiles."""
+    env = os.environ.get("LEAP_PROFILE_DIR")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("LEAP_CACHE_DIR")
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "leap-orchestrator") / "profiles"
+
+
+def known_profiles(dirs: list[Path] | None = None) -> list[tuple[Profile, Path]]:
+    """Every readable profile in the cache directory, then the shipped ones (unreadable files
+    are skipped with a warning)."""
+    out = []
+    for d in dirs if dirs is not None else [cache_dir(), SHIPPED_DIR]:
+        for path in sorted(Path(d).glob("*.json")) if Path(d).is_dir() else []:
+            try:
+                out.append((load(path), path))
+            except ProfileError as exc:
+                log.warning("skipping profile %s", exc)
+    return out
+
+
+def find_profile(key: dict, model_config: dict | None = None, explicit: str | None = None,
+                 dirs: list[Path] | None = None) -> tuple[Profile, str] | None:
+    """The profile for a run whose engines are `key` ({"model", "engine", "dtype", "device"};
+    a device of "gpu" or "cpu" when only its kind is known), and a line saying what was done:
+
+    1. `explicit` (`engine.profile`): that file; scaled to the run's model when it was measured
+       on another one and `model_config` (the model's config.json) says the run model's size;
+    2. else a profile in the cache directory (`cache_dir()`) or shipped that `matches` the key;
+    3. else the nearest one on the same kind of device (the same device first, then the closest
+       weights), scaled by the model's bytes per token (needs `model_config`).
+
+    None when nothing applies (no profile for the device kind, or none that can be scaled)."""
+    if explicit:
+        prof = load(explicit)
+        if _same_model(prof, key) or model_config is None or prof.model_bytes is None:
+            return prof, f"profile {explicit}: {prof.describe()}"
+        scaled = _scale(prof, key, model_config)
+        return scaled, f"profile {explicit}, {scaled.notes[-1]}"
+    found = known_profiles(dirs)
+    for prof, path in found:
+        if prof.matches(key):
+            return prof, f"exact profile {path}: {prof.describe()}"
+    if model_config is None:
+        return None
+    kind = device_kind(key.get("device")) if key.get("device") not in _WILD else "gpu"
+    same = [(p, path) for p, path in found if device_kind(p.key.get("device")) == kind and p.model_bytes]
+    if not same:
+        return None
+    target = model_bytes(model_config, dtype_bytes(key.get("dtype"), model_config))
+    device = key.get("device")
+
+    def distance(item):
+        p, _ = item
+        return (device not in _WILD and device != p.key.get("device"),
+                abs(math.log(target.weights / p.model_bytes.weights)))
+
+    prof, path = min(same, key=distance)
+    scaled = _scale(prof, key, model_config)
+    return scaled, f"nearest profile {path.name} ({prof.describe()}), {scaled.notes[-1]}"
+
+
+def _same_model(prof: Profile, key: dict) -> bool:
+    return key.get("model") in _WILD or _model_name(key.get("model")) == _model_name(prof.key.get("model"))
+
+
+def _scale(prof: Profile, key: dict, model_config: dict) -> Profile:
+    """`prof` for the key's model. On a GPU the weights and the KV cache share the memory the
+    engine takes, so the KV budget is the profile's less the extra weights; on a CPU the KV
+    space is set apart (engine.kv_cache_space_gib) and stays the profile's."""
+    target = model_bytes(model_config, dtype_bytes(key.get("dtype"), model_config))
+    budget = prof.kv_capacity_tokens * prof.model_bytes.kv_per_token
+    if device_kind(prof.key.get("device")) == "gpu":
+        budget -= target.weights - prof.model_bytes.weights
+    if budget <= 0:
+        raise ProfileError(f"{prof.describe()}: the model {key.get('model')} ({target.weights / 2**30:.1f} GiB of "
+                           f"weights) leaves no room for a KV cache on that device")
+    return prof.scaled_to(str(key.get("model")), target, kv_budget_bytes=int(budget))

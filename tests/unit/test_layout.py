@@ -12,7 +12,8 @@ Each room runs in one kind of process and may import only the rooms below it:
     report        report files and tables                core, errors, config
     driver        the driver process                     everything above
     __main__      the CLI                                driver, config, errors
-    plan, calibrate   CLI entries of their own           driver, config, errors, engines, core
+    plan, calibrate   CLI entries (python -m orchestrator.plan / .calibrate)
+                                                         driver, config, errors, engines, core
 
 No import circle, and imports sit at the top of modules except optional heavy dependencies that
 only some processes need (vLLM, torch, transformers, ...), imported where they are used.

@@ -26,9 +26,10 @@ PROBLEMS = [Problem(f"q{i}", "synthetic", f"What is {i}+{i}?", str(2 * i)) for i
 
 
 def prediction(**kw) -> planner.Prediction:
-    base = dict(profile="", generation_s=342.7, wall_s=371.0, gpu_hours=0.0, sampled_tokens=60_000,
-                injected_tokens=20_000, cache_hit_rate=0.8, peak_kv_tokens=30_000, evictions=0,
-                replica_busy=[0.9, 0.8], bound="batch size (engine.max_num_seqs=16)", plan_s=0.4)
+    figures = dict(generation_s=342.7, wall_s=371.0, gpu_hours=0.0, sampled_tokens=60_000, injected_tokens=20_000,
+                   cache_hit_rate=0.8, peak_kv_tokens=30_000, evictions=0, replica_busy=[0.9, 0.8])
+    base = dict(profile="", total=planner.Figures(**figures), points={}, bound="batch size (engine.max_num_seqs=16)",
+                plan_s=0.4)
     return planner.Prediction(**{**base, **kw})
 
 
@@ -122,12 +123,3 @@ def test_compute_matched_points_plan_with_the_point_they_match(tmp_path, lookup,
     # a resume: only the matched point's groups are left
     plan_check.check(cfg, points, None, PROBLEMS, [("cm", PROBLEMS[0])], str(tmp_path))
     assert asked["points"] == {"cm", "lp"}
-
-
-def test_the_placeholder_planner_says_it_is_not_there(tmp_path):
-    cfg, points, _ = setup(tmp_path)
-    with pytest.raises(NotImplementedError):
-        planner.predict(cfg, points, None, PROBLEMS, profiles.from_dict(PROFILE))
-    assert set(prediction().to_dict()) >= {"profile", "generation_s", "wall_s", "gpu_hours", "sampled_tokens",
-                                          "injected_tokens", "cache_hit_rate", "peak_kv_tokens", "evictions",
-                                          "replica_busy", "bound", "points", "plan_s"}
