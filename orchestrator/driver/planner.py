@@ -48,6 +48,7 @@ from ..engines.tokenizer import load_tokenizer
 from ..engines.vllm_replica import cpu_has_bf16
 from ..errors import RunFailed, UserError
 from ..models import SHAPES, is_built, resolve_model
+from ..models.shapes import RANDOM_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +170,8 @@ def model_files(cfg: Config) -> tuple[str | None, dict | None, list[str]]:
     if cfg.engine.kind == "fake":
         return None, None, []
     spec = cfg.model.path.strip()
+    if spec.startswith(RANDOM_PREFIX) and spec[len(RANDOM_PREFIX):] in SHAPES:
+        return _random_model(spec)
     directory = None
     if is_built(spec) or model_kind(spec) == "local":
         directory = Path(resolve_model(spec))
@@ -192,6 +195,21 @@ def model_files(cfg: Config) -> tuple[str | None, dict | None, list[str]]:
     return (str(directory) if has_tokenizer else None), config, notes
 
 
+def _random_model(spec: str) -> tuple[str, dict, list[str]]:
+    """A `random:SHAPE` model without building it (a 7B shape takes minutes): its shape's sizes,
+    and the tiny model's tokenizer, which it is built with (vocabulary rounded up to 128)."""
+    tiny = Path(resolve_model("builtin:tiny"))
+    vocab = int(json.loads((tiny / "config.json").read_text(encoding="utf-8"))["vocab_size"])
+    return str(tiny), _shape_config(SHAPES[spec[len(RANDOM_PREFIX):]], -(-vocab // 128) * 128), []
+
+
+def _shape_config(s, vocab: int) -> dict:
+    return {"hidden_size": s.hidden_size, "intermediate_size": s.intermediate_size,
+            "num_hidden_layers": s.num_hidden_layers, "num_attention_heads": s.num_attention_heads,
+            "num_key_value_heads": s.num_key_value_heads, "vocab_size": vocab,
+            "tie_word_embeddings": s.tie_word_embeddings, "torch_dtype": "bfloat16"}
+
+
 def known_config(spec: str) -> dict | None:
     """config.json's sizes of a model the experiments name (`KNOWN_MODELS`), by its hub name."""
     name = spec.rstrip("/").rsplit("/", 1)[-1].lower()
@@ -200,11 +218,7 @@ def known_config(spec: str) -> dict | None:
     if name not in KNOWN_MODELS:
         return None
     shape, vocab = KNOWN_MODELS[name]
-    s = SHAPES[shape]
-    return {"hidden_size": s.hidden_size, "intermediate_size": s.intermediate_size,
-            "num_hidden_layers": s.num_hidden_layers, "num_attention_heads": s.num_attention_heads,
-            "num_key_value_heads": s.num_key_value_heads, "vocab_size": vocab,
-            "tie_word_embeddings": s.tie_word_embeddings, "torch_dtype": "bfloat16"}
+    return _shape_config(SHAPES[shape], vocab)
 
 
 def load_lengths(output_dir: str | Path) -> dict:
