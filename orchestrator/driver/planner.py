@@ -122,14 +122,15 @@ class Prediction:
 
     def text(self) -> str:
         """The plan as the CLI prints it: the profile line, a table, the bound."""
-        head = (f"{'point':<34}{'gen s':>10}{'wall s':>10}{'GPU-h':>9}{'sampled':>14}{'injected':>13}"
+        w = max([len(n) for n in self.points] + [5]) + 2
+        head = (f"{'point':<{w}}{'gen s':>10}{'wall s':>10}{'GPU-h':>9}{'sampled':>14}{'injected':>13}"
                 f"{'cache':>7}{'peak KV':>12}{'evict':>8}{'busy':>6}")
         lines = [f"plan: {self.profile}", *(f"  note: {n}" for n in self.notes), head, "-" * len(head)]
 
         def row(name: str, f: Figures) -> str:
             busy = sum(f.replica_busy) / len(f.replica_busy) if f.replica_busy else 0.0
             peak = f"{f.peak_kv_tokens:,}" if f.peak_kv_tokens is not None else "-"
-            return (f"{name[:33]:<34}{f.generation_s:>10,.1f}{f.wall_s:>10,.1f}{f.gpu_hours:>9.2f}"
+            return (f"{name:<{w}}{f.generation_s:>10,.1f}{f.wall_s:>10,.1f}{f.gpu_hours:>9.2f}"
                     f"{f.sampled_tokens:>14,}{f.injected_tokens:>13,}{(f.cache_hit_rate or 0):>7.3f}"
                     f"{peak:>12}{(f.evictions or 0):>8,}{busy:>6.2f}")
 
