@@ -24,6 +24,7 @@ evictions, replica_busy, and `bound`: the setting that bounds the run, with its 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -47,6 +48,7 @@ from ..engines.tokenizer import load_tokenizer
 from ..engines.vllm_replica import cpu_has_bf16
 from ..errors import RunFailed, UserError
 from ..models import SHAPES, is_built, resolve_model
+from ..models.shapes import RANDOM_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +122,15 @@ class Prediction:
 
     def text(self) -> str:
         """The plan as the CLI prints it: the profile line, a table, the bound."""
-        head = (f"{'point':<34}{'gen s':>10}{'wall s':>10}{'GPU-h':>9}{'sampled':>14}{'injected':>13}"
+        w = max([len(n) for n in self.points] + [5]) + 2
+        head = (f"{'point':<{w}}{'gen s':>10}{'wall s':>10}{'GPU-h':>9}{'sampled':>14}{'injected':>13}"
                 f"{'cache':>7}{'peak KV':>12}{'evict':>8}{'busy':>6}")
         lines = [f"plan: {self.profile}", *(f"  note: {n}" for n in self.notes), head, "-" * len(head)]
 
         def row(name: str, f: Figures) -> str:
             busy = sum(f.replica_busy) / len(f.replica_busy) if f.replica_busy else 0.0
             peak = f"{f.peak_kv_tokens:,}" if f.peak_kv_tokens is not None else "-"
-            return (f"{name[:33]:<34}{f.generation_s:>10,.1f}{f.wall_s:>10,.1f}{f.gpu_hours:>9.2f}"
+            return (f"{name:<{w}}{f.generation_s:>10,.1f}{f.wall_s:>10,.1f}{f.gpu_hours:>9.2f}"
                     f"{f.sampled_tokens:>14,}{f.injected_tokens:>13,}{(f.cache_hit_rate or 0):>7.3f}"
                     f"{peak:>12}{(f.evictions or 0):>8,}{busy:>6.2f}")
 
@@ -168,6 +171,8 @@ def model_files(cfg: Config) -> tuple[str | None, dict | None, list[str]]:
     if cfg.engine.kind == "fake":
         return None, None, []
     spec = cfg.model.path.strip()
+    if spec.startswith(RANDOM_PREFIX) and spec[len(RANDOM_PREFIX):] in SHAPES:
+        return _random_model(spec)
     directory = None
     if is_built(spec) or model_kind(spec) == "local":
         directory = Path(resolve_model(spec))
@@ -191,6 +196,21 @@ def model_files(cfg: Config) -> tuple[str | None, dict | None, list[str]]:
     return (str(directory) if has_tokenizer else None), config, notes
 
 
+def _random_model(spec: str) -> tuple[str, dict, list[str]]:
+    """A `random:SHAPE` model without building it (a 7B shape takes minutes): its shape's sizes,
+    and the tiny model's tokenizer, which it is built with (vocabulary rounded up to 128)."""
+    tiny = Path(resolve_model("builtin:tiny"))
+    vocab = int(json.loads((tiny / "config.json").read_text(encoding="utf-8"))["vocab_size"])
+    return str(tiny), _shape_config(SHAPES[spec[len(RANDOM_PREFIX):]], -(-vocab // 128) * 128), []
+
+
+def _shape_config(s, vocab: int) -> dict:
+    return {"hidden_size": s.hidden_size, "intermediate_size": s.intermediate_size,
+            "num_hidden_layers": s.num_hidden_layers, "num_attention_heads": s.num_attention_heads,
+            "num_key_value_heads": s.num_key_value_heads, "vocab_size": vocab,
+            "tie_word_embeddings": s.tie_word_embeddings, "torch_dtype": "bfloat16"}
+
+
 def known_config(spec: str) -> dict | None:
     """config.json's sizes of a model the experiments name (`KNOWN_MODELS`), by its hub name."""
     name = spec.rstrip("/").rsplit("/", 1)[-1].lower()
@@ -199,11 +219,7 @@ def known_config(spec: str) -> dict | None:
     if name not in KNOWN_MODELS:
         return None
     shape, vocab = KNOWN_MODELS[name]
-    s = SHAPES[shape]
-    return {"hidden_size": s.hidden_size, "intermediate_size": s.intermediate_size,
-            "num_hidden_layers": s.num_hidden_layers, "num_attention_heads": s.num_attention_heads,
-            "num_key_value_heads": s.num_key_value_heads, "vocab_size": vocab,
-            "tie_word_embeddings": s.tie_word_embeddings, "torch_dtype": "bfloat16"}
+    return _shape_config(SHAPES[shape], vocab)
 
 
 def load_lengths(output_dir: str | Path) -> dict:
@@ -269,6 +285,22 @@ def predict(cfg: Config, points: dict, prompts, problems: list, profile: Profile
         handles, tok_spec, points, prompts, sampling_spec(cfg), placement=rc.placement,
         max_groups_in_flight=rc.max_groups_in_flight, embed_model=cfg.leap.embedding_model,
         schedule=rc.schedule, oversubscribe=oversubscription(cfg), plan=True))
+    # The simulation makes millions of short-lived objects and few cycles (a sweep: about 10K
+    # objects in them), while the paths' token arrays make the heap large: the cyclic collector's
+    # full passes cost a sixth of a plan's time. It runs once at the end instead.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _simulate(cfg, points, problems, profile, notes, source, reps, handles, coordinator, t_plan)
+    finally:
+        if collecting:
+            gc.enable()
+        gc.collect()
+
+
+def _simulate(cfg: Config, points: dict, problems: list, profile: Profile, notes: list[str], source: str | None,
+              reps: list, handles: list, coordinator, t_plan: float) -> Prediction:
+    """The groups through the coordinator, phase by phase, on a virtual clock; the figures."""
     rows: list[dict] = []
     done_at: dict[str, float] = {}
     finished: list[float] = []

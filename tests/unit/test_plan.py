@@ -124,3 +124,10 @@ def test_a_cpu_plan_sizes_the_kv_cache_from_kv_cache_space_gib(tiny_run):
     pred = predict(cfg, points, prompts, problems, prof, tokenizer=tokenizer)
     cap = cfg.engine.kv_cache_space_gib * 2**30 // 1000
     assert pred.kv_capacity_tokens == cap - cap % 32
+
+
+def test_a_random_shape_is_planned_from_its_sizes_without_building_it():
+    tokenizer, config, notes = model_files(compose(["model.path=random:qwen2.5-7b"]))
+    assert config["hidden_size"] == 3584 and config["num_key_value_heads"] == 4 and config["vocab_size"] % 128 == 0
+    assert "tiny" in tokenizer  # the tokenizer it is built with: the tiny model's
+    assert not notes
