@@ -67,8 +67,12 @@ def check(cfg: Config, points: dict, prompts, problems: list[Problem], todo: lis
     wanted |= {points[pt].match_point for pt in wanted if points[pt].match_point in points}
     ids = {pb.id for _, pb in todo}
     try:
+        # the run's own tokenizer (the prepared model's), so prompts and injected text are counted
+        # in its tokens, as `python -m orchestrator.plan` counts them
+        tokenizer = None if cfg.engine.kind == "fake" else model
         predicted = planner.predict(cfg, {pt: p for pt, p in points.items() if pt in wanted}, prompts,
-                                    [pb for pb in problems if pb.id in ids], profile).to_dict()
+                                    [pb for pb in problems if pb.id in ids], profile, source=source,
+                                    tokenizer=tokenizer).to_dict()
     except Exception as exc:  # the plan is advice: whatever breaks it is a warning
         return _failed(exc, source, t0)
     plan_s = round(time.monotonic() - t0, 3)

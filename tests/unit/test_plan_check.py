@@ -77,8 +77,8 @@ def test_a_profile_found_records_the_prediction_and_prints_one_line(tmp_path, lo
     lookup["found"] = (profiles.from_dict(PROFILE), "exact profile smollm2-cpu.json")
     asked = {}
 
-    def predict(cfg_, points_, prompts, problems, profile, lengths=None):
-        asked.update(points=set(points_), problems=[p.id for p in problems], profile=profile)
+    def predict(cfg_, points_, prompts, problems, profile, lengths=None, **kw):
+        asked.update(points=set(points_), problems=[p.id for p in problems], profile=profile, **kw)
         return prediction()
 
     monkeypatch.setattr(planner, "predict", predict)
@@ -88,6 +88,7 @@ def test_a_profile_found_records_the_prediction_and_prints_one_line(tmp_path, lo
     assert facts["plan_s"] >= 0 and facts["predicted"]["plan_s"] == 0.4
     assert asked["problems"] == ["q0", "q1"] and asked["profile"].kv_capacity_tokens == 46000
     assert lookup["calls"][0][1] == {"hidden_size": 576}  # the model's config.json, for scaling
+    assert asked["tokenizer"] == str(tmp_path)  # the run's own tokenizer counts its prompts, as the CLI's plan
     out = capsys.readouterr().out
     assert out.startswith("plan: generation ~05:42, wall ~06:11 (exact profile smollm2-cpu.json; planned in ")
 
