@@ -26,8 +26,10 @@ PROBLEMS = [Problem(f"q{i}", "synthetic", f"What is {i}+{i}?", str(2 * i)) for i
 
 
 def prediction(**kw) -> planner.Prediction:
+    """A Prediction whose totals are W2-like figures; `kw` may set any total or Prediction field."""
     figures = dict(generation_s=342.7, wall_s=371.0, gpu_hours=0.0, sampled_tokens=60_000, injected_tokens=20_000,
                    cache_hit_rate=0.8, peak_kv_tokens=30_000, evictions=0, replica_busy=[0.9, 0.8])
+    figures.update({k: kw.pop(k) for k in list(kw) if k in planner.Figures.__dataclass_fields__})
     base = dict(profile="", total=planner.Figures(**figures), points={}, bound="batch size (engine.max_num_seqs=16)",
                 plan_s=0.4)
     return planner.Prediction(**{**base, **kw})
