@@ -16,10 +16,8 @@ warning, and `predicted: {"error": ...}`. The console shows one line before the 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -37,16 +35,6 @@ def profile_key(cfg: Config, model: str) -> dict:
     return calibration.profile_key(cfg, model)
 
 
-def model_config(model: str) -> dict | None:
-    """The prepared model's config.json (for scaling a profile by its bytes), when it is local."""
-    path = Path(model) / "config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, ValueError) as exc:
-        log.info("plan: %s not read (%s); a profile of another model cannot be scaled to this one", path, exc)
-        return None
-
-
 def check(cfg: Config, points: dict, prompts, problems: list[Problem], todo: list[tuple], model: str) -> dict:
     """run_info.json's `predicted` and `plan_s` for the groups `todo` ((point, problem) pairs),
     or {} when no profile applies. Never raises (but for Ctrl-C)."""
@@ -55,7 +43,7 @@ def check(cfg: Config, points: dict, prompts, problems: list[Problem], todo: lis
         return {}  # the fake engine's time is its latency model, not an engine's: nothing to plan
     t0 = time.monotonic()
     try:
-        found = profiles.find_profile(profile_key(cfg, model), model_config(model), explicit)
+        found = profiles.find_profile(profile_key(cfg, model), calibration.checkpoint_config(model), explicit)
     except Exception as exc:  # an unreadable profile file, a lookup that broke: the run goes on
         return _failed(exc, None, t0)
     if found is None:
