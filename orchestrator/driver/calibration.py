@@ -2,7 +2,11 @@
 simulator needs (`python -m orchestrator.calibrate`, `ensure_profile`).
 
 One `VLLMReplica` is started in this process, without Ray, with exactly the engine options the
-run gives its replica 0 (`replicas.engine_options`), and driven under asyncio. Requests use
+run gives its replica 0 (`replicas.engine_options`), and driven under asyncio. Where the run's
+other replicas share this machine's cores (a CPU engine on a local Ray: `colocated`), they are
+started too, bound as the run binds them, and every measurement runs on all of them at once
+(timed on replica 0): a run's replicas slow each other down, and the profile's key says how
+many ran (`cpu: MODEL xTHREADS, N at once`). Requests use
 random token ids (no tokenizer, no prefix shared by accident) and `ignore_eos`, so each
 generates exactly the tokens asked for. What is measured, within a wall-time budget:
 
@@ -17,6 +21,8 @@ generates exactly the tokens asked for. What is measured, within a wall-time bud
   size is the engine's `max_num_batched_tokens`.
 - the KV cache's capacity in tokens (the blocks the engine allocated x block size), the start-up
   phases (`startup_status()`), and the model's bytes (`config.json` and the dtype loaded).
+- last, a LeaP-shaped replay (`replay.py`): its measured time over the fitted model's time for
+  the same requests is the profile's `replay_factor`.
 
 The budget sets how many steps each point gets (the points share what is left), so a slow
 machine gets shorter points rather than a longer calibration; the first three points (batch 1
@@ -48,8 +54,10 @@ from typing import Callable, Optional
 import numpy as np
 from huggingface_hub import try_to_load_from_cache
 
+from .replay import REPLAY_SHARE, replay, replay_s, replay_tokens, with_replay
 from .replicas import engine_options
 from ..config import Config, sampling_spec
+from ..core.prompts import SUMMARY_CLOSE, THINK_END
 from ..core.types import EngineStartError, GenRequest
 from ..engines import profile as profiles
 from ..engines.profile import Decode, Prefill, Profile
@@ -105,14 +113,25 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def cpu_device(engine: dict) -> str:
-    """`cpu: MODEL xTHREADS`: the threads replica 0's engine is bound to."""
+def cpu_device(engine: dict, at_once: int = 1) -> str:
+    """`cpu: MODEL xTHREADS`: the threads replica 0's engine is bound to; with `, N at once`
+    when N replicas share this machine (their time differs from one replica's alone)."""
     bind = cpu_bind(0, engine)
     if bind in ("auto", "nobind", "all"):
         threads = os.cpu_count() or 1
     else:
         threads = sum(_span(part) for part in bind.replace("|", ",").split(",") if part.strip())
-    return f"cpu: {cpu_model()} x{max(threads, 1)}"
+    return f"cpu: {cpu_model()} x{max(threads, 1)}" + (f", {at_once} at once" if at_once > 1 else "")
+
+
+def colocated(cfg: Config) -> int:
+    """How many of the run's replicas share this machine's cores with replica 0, and so are
+    started and loaded together when calibrating: every replica of a CPU engine on a local Ray
+    (each engine is bound to cores of its own, but the replicas' front-ends, the coordinator
+    and the driver run on the same cores); 1 on GPUs or on a cluster."""
+    if not on_cpu_engine() or (cfg.ray.address or "").strip() not in ("", "local"):
+        return 1
+    return max(1, int(cfg.replicas.count))
 
 
 def _span(part: str) -> int:
@@ -180,7 +199,7 @@ def profile_key(cfg: Config, model_path: str) -> dict:
     machine's CPU and the threads replica 0 gets, or the GPU NVML names here)."""
     cpu = on_cpu_engine()
     opts = engine_options(cfg)
-    device = cpu_device(opts) if cpu else gpu_device(_nvml_names(), opts["tensor_parallel_size"])
+    device = cpu_device(opts, colocated(cfg)) if cpu else gpu_device(_nvml_names(), opts["tensor_parallel_size"])
     return {"model": cfg.model.path, "engine": engine_name(),
             "dtype": expected_dtype(cfg.engine.dtype, checkpoint_config(model_path), cpu),
             "device": device}
@@ -293,16 +312,18 @@ def floor_s(profile: Profile, prompt_tokens: list[int], new_tokens: int,
         if free > 0:
             waiting = np.flatnonzero(~admitted)[:free]
             admitted[waiting] = True
-    return total
+    return total * profile.replay_factor
 
 
 # ---------------------------------------------------------------- measuring
 
 class _Bench:
-    """Runs batches of requests on the replica and times them."""
+    """Runs batches of requests and times them on replica 0; the other co-located replicas
+    (`colocated`) get the same batches at the same moment, so replica 0 is timed with the CPU
+    contention of a run."""
 
-    def __init__(self, rep: VLLMReplica, sampling, vocab: int, seed: int) -> None:
-        self.rep, self.sampling = rep, sampling
+    def __init__(self, reps: list[VLLMReplica], sampling, vocab: int, seed: int) -> None:
+        self.reps, self.sampling = reps, sampling
         self.rng = np.random.default_rng(seed)
         self.low, self.high = min(100, vocab // 4), vocab  # skip the special tokens at the start
         self._ids = itertools.count()
@@ -311,14 +332,21 @@ class _Bench:
         return [int(t) for t in self.rng.integers(self.low, self.high, n)]
 
     async def run(self, prompts: list[list[int]], new: int) -> tuple[float, list]:
-        """All prompts at once, each generating exactly `new` tokens; (seconds, results)."""
-        reqs = [GenRequest(path_key=f"cal-{next(self._ids)}", keep=len(p), append=[], full=p,
-                           max_tokens=new, min_tokens=new, ignore_eos=True,
-                           sampling=self.sampling, kind="floor") for p in prompts]
-        t0 = time.perf_counter()
-        results = await asyncio.gather(*(self.rep.generate(r) for r in reqs))
-        seconds = time.perf_counter() - t0
-        await self.rep.drop([r.path_key for r in reqs])
+        """All prompts at once on every replica, each generating exactly `new` tokens;
+        (replica 0's seconds, replica 0's results)."""
+        batch = next(self._ids)
+
+        async def one(i: int, rep: VLLMReplica) -> tuple[float, list]:
+            reqs = [GenRequest(path_key=f"cal-{batch}-{i}-{j}", keep=len(p), append=[], full=p,
+                               max_tokens=new, min_tokens=new, ignore_eos=True,
+                               sampling=self.sampling, kind="floor") for j, p in enumerate(prompts)]
+            t0 = time.perf_counter()
+            results = await asyncio.gather(*(rep.generate(r) for r in reqs))
+            seconds = time.perf_counter() - t0
+            await rep.drop([r.path_key for r in reqs])
+            return seconds, results
+
+        (seconds, results), *_ = await asyncio.gather(*(one(i, r) for i, r in enumerate(self.reps)))
         short = [len(r.token_ids) for r in results if len(r.token_ids) != new]
         if short:
             raise CalibrationError(f"asked for {new} new tokens per request, got {short[:4]} "
@@ -344,7 +372,10 @@ class _Measure:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    async def run(self) -> dict:
+    async def run(self, replay_share: float = 0.0) -> dict:
+        """Every measurement; `replay_share` of the budget is kept for the replay (`replay`),
+        which the caller runs once the step model is fitted."""
+        self.deadline -= replay_share * self.budget_s
         b = self.bench
         await b.run([b.tokens(SHORT_PROMPT)], 4)  # warm-up: first-request costs (JIT, allocations)
         await b.run([b.tokens(SHORT_PROMPT) for _ in range(self.max_seqs)], 2)  # the widest batch
@@ -489,34 +520,49 @@ def calibrate(cfg: Config, model_path: str, budget_s: float = DEFAULT_BUDGET_S,
 async def _calibrate(cfg: Config, model_path: str, budget_s: float, say: Say, log_file: str) -> Profile:
     t0 = time.monotonic()
     opts = dict(engine_options(cfg), log_file=log_file)
-    rep = VLLMReplica(0, model_path, opts, cfg.leap.seed)
-    say(f"calibrate: starting {cfg.model.path} ({engine_name()}; engine log {log_file})")
-    task = asyncio.create_task(rep.start())
-    shown = ""
-    while not task.done():
-        phases = (await rep.startup_status())["phases"]
-        if phases and phases[-1]["name"] != shown:
-            shown = phases[-1]["name"]
-            say(f"  start-up: {shown}")
-        await asyncio.wait([task], timeout=1.0)
+    k = colocated(cfg)
+    # the co-located replicas share the log file (fds 1 and 2 are the process's, not a replica's)
+    # and start one after the other (each engine reads its core binding from this process's
+    # environment when it starts)
+    reps = [VLLMReplica(i, model_path, opts, cfg.leap.seed + i) for i in range(k)]
+    also = f", {k} replicas as the run places them" if k > 1 else ""
+    say(f"calibrate: starting {cfg.model.path} ({engine_name()}{also}; engine log {log_file})")
+    started: list[VLLMReplica] = []
     try:
-        info = task.result()
-    except EngineStartError as exc:
-        raise EngineError(str(exc)) from None
-    start_s = time.monotonic() - t0
-    try:
+        for rep in reps:
+            task = asyncio.create_task(rep.start())
+            shown = ""
+            while not task.done():
+                phases = (await rep.startup_status())["phases"]
+                if phases and phases[-1]["name"] != shown:
+                    shown = phases[-1]["name"]
+                    say(f"  start-up{f' (replica {rep.index})' if k > 1 else ''}: {shown}")
+                await asyncio.wait([task], timeout=1.0)
+            started.append(rep)
+            try:
+                got = task.result()
+            except EngineStartError as exc:
+                raise EngineError(str(exc)) from None
+            if rep is reps[0]:
+                info = got
+        start_s = time.monotonic() - t0
         config = checkpoint_config(model_path)
         vocab = int((config or {}).get("vocab_size") or 1000)
-        bench = _Bench(rep, sampling_spec(cfg), _tokenizer_size(model_path, vocab), cfg.leap.seed)
+        bench = _Bench(reps, sampling_spec(cfg), _tokenizer_size(model_path, vocab), cfg.leap.seed)
         measure_s = max(min(MIN_MEASURE_S, budget_s / 3), budget_s - (time.monotonic() - t0) - RESERVE_S)
         say(f"engine up in {start_s:.1f} s; measuring for {measure_s:.0f} s")
         load0 = os.getloadavg()[0]
-        measured = await _Measure(rep, info, bench, measure_s, say).run()
+        measured = await _Measure(reps[0], info, bench, measure_s, say).run(REPLAY_SHARE)
+        fitted = _profile(cfg, info, config, measured, start_s, time.monotonic() - t0, budget_s, (load0, load0))
+        new = replay_tokens(fitted, fitted.max_num_seqs, REPLAY_SHARE * measure_s)
+        replayed = await replay(bench, fitted.max_num_seqs, [THINK_END, SUMMARY_CLOSE], new)
         load1 = os.getloadavg()[0]
     finally:
-        await rep.shutdown()
-    return _profile(cfg, info, config, measured, start_s, time.monotonic() - t0, budget_s,
-                    (load0, load1))
+        for r in reversed(started):  # the last to point fds 1 and 2 at the log puts them back first
+            await r.shutdown()
+    predicted = await asyncio.to_thread(replay_s, fitted, replayed["shapes"])
+    prof = _profile(cfg, info, config, measured, start_s, time.monotonic() - t0, budget_s, (load0, load1))
+    return with_replay(prof, replayed, predicted, k)
 
 
 def _tokenizer_size(model_path: str, vocab: int) -> int:
@@ -533,7 +579,7 @@ def _tokenizer_size(model_path: str, vocab: int) -> int:
 def measured_key(cfg: Config, info: dict) -> dict:
     """The key of a started replica: what it loaded, where."""
     opts = engine_options(cfg)
-    device = (cpu_device(opts) if info.get("device") == "cpu"
+    device = (cpu_device(opts, colocated(cfg)) if info.get("device") == "cpu"
               else gpu_device(info.get("gpu_names") or [], opts["tensor_parallel_size"]))
     return {"model": cfg.model.path, "engine": engine_name(), "dtype": info.get("dtype"), "device": device}
 

@@ -19,7 +19,7 @@ what it writes. The model, as vLLM's V1 scheduler behaves:
   first served) besides one token for every running request whose prefill is done; the step that
   completes a prefill samples the request's first token.
 - **Step time** = `Profile.step_s(decoding requests, their context tokens, prefill tokens, cached
-  tokens of the requests admitted for the step)` x `time_scale`.
+  tokens of the requests admitted for the step)` x `Profile.replay_factor` x `time_scale`.
 
 It is event driven: a stretch of decode steps with nothing arriving is one sleep to the next
 event (a request ending, the cache filling up, an arrival that can join the batch); only steps
@@ -128,7 +128,7 @@ class Engine:
 
     def __init__(self, model: LatencyModel):
         p = model.profile
-        self.p, self.scale = p, model.time_scale
+        self.p, self.scale = p, model.time_scale * p.replay_factor
         self.B = max(int(p.block_size), 1)
         self.cap = max(int(p.kv_capacity_tokens) // self.B, 1)
         self.max_seqs = max(int(p.max_num_seqs), 1)

@@ -80,6 +80,11 @@ class Profile:
     fitted_from: str = ""  # what was measured, in words
     notes: list = field(default_factory=list)  # e.g. how the profile was scaled
     measurements: dict = field(default_factory=dict)  # the raw points a calibration fitted, for the record
+    # a run's engine time over what the step model above gives for it, measured by calibrate's
+    # LeaP-shaped replay (per-request work, stop-string checks, the other replicas' front-ends
+    # on shared cores); the simulator multiplies every step's time by it (`step_s` does not). 1.0:
+    # none measured.
+    replay_factor: float = 1.0
 
     def step_s(self, seqs: int, context_tokens: int, prefill_tokens: int = 0, cached_tokens: int = 0) -> float:
         """One engine step's seconds (see the module docstring)."""
@@ -176,6 +181,7 @@ def from_dict(data: dict, source: str = "profile") -> Profile:
             fitted_from=str(data.get("fitted_from", "")),
             notes=list(data.get("notes") or []),
             measurements=dict(data.get("measurements") or {}),
+            replay_factor=float(data.get("replay_factor", 1.0)),
         )
     except (KeyError, TypeError) as exc:
         raise ProfileError(f"{source}: missing or unknown field ({exc})") from None

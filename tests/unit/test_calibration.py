@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from orchestrator import calibrate as cli
 from orchestrator.core.types import GenResult
-from orchestrator.driver import calibration
+from orchestrator.driver import calibration, replay
 from orchestrator.driver.calibration import DecodePoint, _Bench, _Measure, fit_decode, robust_fit
 from orchestrator.engines import profile as profiles
 from orchestrator.engines.profile import Decode, Prefill, Profile
@@ -125,7 +126,7 @@ def test_measuring_recovers_the_step_model(monkeypatch):
     monkeypatch.setattr(calibration, "time", clock)
     rep = _ModelReplica(clock, TRUE, s_tok=0.002, fixed=0.05, block=32)
     info = {"max_model_len": 2048, "block_size": 32, "kv_cache_tokens": 90_000, "capacity": 16}
-    bench = _Bench(rep, None, vocab=1000, seed=0)
+    bench = _Bench([rep], None, vocab=1000, seed=0)
     lines: list[str] = []
     m = asyncio.run(_Measure(rep, info, bench, 60.0, lines.append).run())
     assert clock.t <= 60.0 * 1.1  # the budget holds
@@ -281,3 +282,67 @@ def test_shipped_h100_profile_reproduces_the_floor():
     assert prof.model_bytes.kv_per_token == 28_672
     assert "floor" in prof.fitted_from and "bandwidth" in prof.fitted_from
     assert prof == h100.derive()  # the file is what the derivation gives
+
+
+# ---------------------------------------------------------------- the replay
+
+class _StatefulReplica:
+    """Keeps each path's tokens as a replica does; every request generates `max_tokens`."""
+
+    def __init__(self) -> None:
+        self.paths: dict[str, list[int]] = {}
+        self.requests: list = []
+
+    async def generate(self, req):
+        state = list(req.full) if req.full is not None else self.paths[req.path_key]
+        prompt = state[: req.keep] + list(req.append)
+        self.requests.append(req)
+        await asyncio.sleep(0)
+        self.paths[req.path_key] = prompt + [7] * req.max_tokens
+        return GenResult(path_key=req.path_key, token_ids=[7] * req.max_tokens, text="", finish_reason="length",
+                         prompt_tokens=len(prompt))
+
+    async def drop(self, keys, epoch: int = 0) -> None:
+        for k in keys:
+            self.paths.pop(k, None)
+
+
+def test_the_replay_goes_on_from_each_paths_prefix_on_every_replica():
+    reps = [_StatefulReplica(), _StatefulReplica()]
+    bench = _Bench(reps, None, vocab=1000, seed=0)
+    got = asyncio.run(replay.replay(bench, 4, ["</think>"], 10))
+    assert got["paths"] == 6  # 1.5 paths per batch slot
+    for shape in got["shapes"]:
+        prompts = [p for p, _, _ in shape]
+        kept = [k for _, k, _ in shape]
+        assert kept[0] == 0 and prompts[0] == replay.REPLAY_PROMPT
+        for r in range(1, replay.REPLAY_ROUNDS):  # what the path had, plus the appended block
+            assert kept[r] == prompts[r - 1] + 10
+            assert prompts[r] == kept[r] + replay.REPLAY_APPEND
+    for rep in reps:  # the same load on each co-located replica, with the run's stop strings
+        assert len(rep.requests) == 6 * replay.REPLAY_ROUNDS
+        assert all(r.stop == ["</think>"] and r.min_tokens == 10 for r in rep.requests)
+        assert rep.paths == {}  # dropped afterwards
+
+
+def test_replay_s_is_the_simulators_time_without_the_factor():
+    prof = Profile(key={}, decode=TRUE, prefill=Prefill(0.002, 0.0, 2048), kv_capacity_tokens=1 << 20,
+                   block_size=16, max_num_seqs=16, replay_factor=3.0)
+    one = replay.replay_s(prof, [[(200, 0, 40)]])  # one request alone: the floor's arithmetic
+    assert one == pytest.approx(calibration.floor_s(replace(prof, replay_factor=1.0), [200], 40), rel=1e-6)
+    # a second request that goes on from the path's cache prefills about its 50 new prompt
+    # tokens (whole blocks of the 239 computed ones are reused), not all 290
+    second = replay.replay_s(prof, [[(200, 0, 40), (290, 240, 40)]]) - one
+    plain = replace(prof, replay_factor=1.0)
+    assert calibration.floor_s(plain, [290], 40, [240]) <= second < calibration.floor_s(plain, [290], 40, [200])
+
+
+def test_with_replay_records_the_factor():
+    prof = Profile(key={}, decode=TRUE, prefill=Prefill(0.002, 0.0, 2048), kv_capacity_tokens=1024)
+    got = replay.with_replay(prof, {"seconds": 12.0, "paths": 6, "shapes": [[(10, 0, 5)]] * 6}, 10.0, 2)
+    assert got.replay_factor == pytest.approx(1.2)
+    assert got.measurements["replay"]["predicted_s"] == 10.0 and got.measurements["replay"]["at_once"] == 2
+    assert "replay_factor 1.200" in got.fitted_from
+    assert profiles.from_dict(got.to_dict()).replay_factor == pytest.approx(1.2)  # saved and read back
+    old = {k: v for k, v in prof.to_dict().items() if k != "replay_factor"}  # a profile written before it existed
+    assert profiles.from_dict(old).replay_factor == 1.0

@@ -1,0 +1,110 @@
+"""Calibration's replay: a short LeaP-shaped workload on the started engines, and the factor
+by which the real engines' time exceeds what the fitted step model gives the same requests
+(`Profile.replay_factor`).
+
+The step model (`engines/profile.py`) is fitted to clean batches: every sequence alike, no stop
+strings, nothing else running. A run differs: requests come and go one path at a time, each
+appends a block and goes on from its cached prefix, the front-end checks stop strings on every
+token, and on a CPU machine the other replicas' front-ends, the coordinator and the driver use
+the same cores as the engines. The replay does what a run's engines see (on every co-located
+replica at once) and times it; the same requests through the simulator (`engines/batching.py`)
+on a virtual clock give the model's time; their ratio scales every simulated step.
+
+Runs in the driver's process (`python -m orchestrator.calibrate`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import replace
+
+from aiotools import VirtualClock
+
+from ..core.types import GenRequest
+from ..engines.batching import Engine, LatencyModel
+from ..engines.profile import Profile
+
+REPLAY_PROMPT = 160  # unique prompt tokens a replay path starts from
+REPLAY_APPEND = 48  # tokens appended before each later request (a peer block)
+REPLAY_ROUNDS = 3  # requests per replay path
+REPLAY_PATHS = 1.5  # replay paths per batch slot: a queue, as an oversubscribed run keeps
+REPLAY_SHARE = 0.25  # of the measuring budget
+
+
+async def replay(bench, max_seqs: int, stops: list[str], new: int) -> dict:
+    """A LeaP-shaped workload on every replica at once, timed on replica 0: REPLAY_PATHS x
+    `max_seqs` paths, each REPLAY_ROUNDS requests that generate `new` tokens with the run's stop
+    strings (EOS held back by min_tokens), a REPLAY_APPEND-token block appended to the path
+    before each later request, which goes on from the path's cached prefix, as a run's
+    requests do. Returns the seconds and every path's (prompt, kept, new) requests."""
+    paths = max(int(math.ceil(REPLAY_PATHS * max_seqs)), 2)
+    prompts = [bench.tokens(REPLAY_PROMPT) for _ in range(paths)]
+    appends = [[bench.tokens(REPLAY_APPEND) for _ in range(REPLAY_ROUNDS)] for _ in range(paths)]
+    run = next(bench._ids)
+
+    async def path(rep, i: int, j: int, shape: list) -> None:
+        key, kept = f"replay-{run}-{i}-{j}", 0
+        for r in range(REPLAY_ROUNDS):
+            append = prompts[j] if r == 0 else appends[j][r]
+            res = await rep.generate(GenRequest(
+                path_key=key, keep=kept, append=append, max_tokens=new, min_tokens=new, stop=stops,
+                sampling=bench.sampling, full=[] if r == 0 else None, kind="segment"))
+            shape.append((kept + len(append), kept, len(res.token_ids)))
+            kept += len(append) + len(res.token_ids)
+        await rep.drop([key])
+
+    async def replica(i: int, rep) -> tuple[float, list]:
+        shapes: list[list] = [[] for _ in range(paths)]
+        t0 = time.perf_counter()
+        await asyncio.gather(*(path(rep, i, j, shapes[j]) for j in range(paths)))
+        return time.perf_counter() - t0, shapes
+
+    (seconds, shapes), *_ = await asyncio.gather(*(replica(i, r) for i, r in enumerate(bench.reps)))
+    return {"seconds": seconds, "paths": paths, "new_tokens": new, "shapes": shapes}
+
+
+def replay_s(profile: Profile, shapes: list[list[tuple[int, int, int]]]) -> float:
+    """The seconds `profile` (its step model, without `replay_factor`) gives the replay: the
+    same requests through the simulator (`engines/batching.py`) on a virtual clock."""
+    model = LatencyModel(replace(profile, replay_factor=1.0))
+
+    async def path(engine: Engine, j: int, reqs: list) -> None:
+        for prompt, kept, new in reqs:
+            await engine.run(f"replay-{j}", prompt, kept, new, kept)
+
+    async def main() -> float:
+        with VirtualClock().patch_loop():
+            engine, loop = Engine(model), asyncio.get_running_loop()
+            t0 = loop.time()
+            await asyncio.gather(*(path(engine, j, reqs) for j, reqs in enumerate(shapes)))
+            return loop.time() - t0
+
+    return asyncio.run(main())
+
+
+def replay_tokens(profile: Profile, max_seqs: int, budget_s: float) -> int:
+    """New tokens per replay request so that the replay takes about `budget_s` by the fitted
+    step model (16 to 128)."""
+    paths = max(int(math.ceil(REPLAY_PATHS * max_seqs)), 2)
+    step = profile.step_s(max_seqs, max_seqs * (REPLAY_PROMPT + REPLAY_ROUNDS * REPLAY_APPEND))
+    prefill = paths * (REPLAY_PROMPT + (REPLAY_ROUNDS - 1) * REPLAY_APPEND) * profile.prefill.s_per_token
+    per_token = paths * REPLAY_ROUNDS / max_seqs * step
+    return int(min(128, max(16, (budget_s - prefill) / max(per_token, 1e-9))))
+
+
+def with_replay(prof: Profile, replayed: dict, predicted_s: float, at_once: int) -> Profile:
+    """`prof` with the replay's factor: its measured seconds over what the step model gives it."""
+    factor = replayed["seconds"] / max(predicted_s, 1e-9)
+    requests = sum(len(s) for s in replayed["shapes"])
+    new = sum(n for s in replayed["shapes"] for _, _, n in s)
+    where = f"on each of {at_once} replicas at once" if at_once > 1 else "on the replica"
+    text = (f"; a LeaP-shaped replay ({replayed['paths']} paths x {REPLAY_ROUNDS} requests {where}, "
+            f"{REPLAY_APPEND} tokens appended before each later request, the run's stop strings): "
+            f"{replayed['seconds']:.1f} s measured, {predicted_s:.1f} s by the step model -> replay_factor "
+            f"{factor:.3f}")
+    record = {"seconds": round(replayed["seconds"], 3), "predicted_s": round(predicted_s, 3),
+              "paths": replayed["paths"], "requests": requests, "new_tokens": new, "at_once": at_once}
+    return replace(prof, replay_factor=round(factor, 4), fitted_from=prof.fitted_from + text,
+                   measurements={**prof.measurements, "replay": record})
