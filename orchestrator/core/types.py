@@ -60,6 +60,12 @@ class GenRequest:
     # request (`StaleRequest`) and never lets it change a path's stored tokens: requests of a
     # dead coordinator cannot overwrite what its successor continues from.
     epoch: int = 0
+    # A probe: generate from the edited token list but leave the path's stored tokens as they
+    # were (the prefix cache is reused; nothing of the probe enters the path).
+    branch: bool = False
+    # Top logprobs per sampled token that the replica reduces to the token's confidence
+    # (`core.confidence.token_confidence`) before answering; 0: no confidences.
+    logprobs: int = 0
 
 
 @dataclass
@@ -75,6 +81,9 @@ class GenResult:
     cached_tokens: int = 0  # prompt tokens the engine served from its prefix cache
     replica: int = -1
     node: str = ""
+    # One confidence per token of `token_ids` when the request asked for `logprobs`, else None:
+    # the top-k logprobs are reduced inside the replica, only these floats cross Ray.
+    confidences: list[float] | None = None
 
 
 class PathStateMissing(Exception):
