@@ -22,12 +22,12 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .core.methods import find_method, method_names
+from .core.methods.knobs import KnobError, check_knobs
 from .core.params import LeapParams
 from .core.routing import POLICIES, SIMILARITIES
 from .core.types import SamplingSpec
 from .engines.vllm_args import check_engine_config
 from .errors import ConfigError
-from .method_keys import check_method_keys
 from .models import check_spec, is_built
 
 ENGINES = ("vllm", "fake")
@@ -298,7 +298,10 @@ def leap_params(leap: LeapConfig, overrides: dict | None = None, where: str = ""
         return f"{where}.{name}" if name in overrides else f"leap.{name}"
 
     _choice(key("mode"), values["mode"], method_names())
-    check_method_keys(values, key)
+    try:
+        check_knobs(values, key)
+    except KnobError as exc:
+        raise ConfigError(str(exc)) from None
     budgeted = find_method(values["mode"], values["stopping"]).stopping.uses_token_budget
     _choice(key("router"), values["router"], POLICIES)
     _choice(key("similarity"), values["similarity"], tuple(SIMILARITIES))

@@ -13,6 +13,9 @@ method the parameters name (`core.methods`); the group only runs the rounds.
 Path phases:  segment -> [summary -> barrier ->] segment ... -> force -> done
               a segment that emits the end-of-thinking marker goes to `answer` (the final answer
               after thinking) and leaves the group; EOS or a full context ends the path at once.
+              A stopping rule may add (`core.stops`): `probe -> held` after a segment (an answer
+              probe, then a wait for the problem's other paths), `pending` (a segment end whose
+              outcome waits on other paths), and `done` early (stopped).
 """
 
 from __future__ import annotations
@@ -27,13 +30,14 @@ from .peers import PeerBlocks
 from .prompts import SUMMARY_CLOSE, SUMMARY_OPEN, THINK_END, PromptSet
 from .rng import rng_for, stable_int
 from .rows import count_rows, path_rows
+from .stops import BRANCHES, StopChecks
 from .text import extract_summary, paragraph_cut, repair_summary
 from .types import GenRequest, GenResult, Problem, SamplingSpec, Tokenizer
 
 log = logging.getLogger(__name__)
 
 
-class Group:
+class Group(StopChecks):
     """One problem's N paths at one sweep point."""
 
     def __init__(
@@ -72,6 +76,8 @@ class Group:
         ]
         self._by_key = {p.key: p for p in self.paths}
         self.peers = PeerBlocks(prompts, tokenizer, params.similarity)  # barrier work as summaries arrive
+        self.rule_state: dict = {}  # the stopping rule's own state in this group (JSON-able; snapshotted)
+        self._forcing: list[int] | None = None  # the answer-forcing suffix's ids (answer probes)
 
     # -- the plan ------------------------------------------------------------------------------
     @property
@@ -88,13 +94,14 @@ class Group:
         p, budget = self._by_key.get(path_key), self.params.sampled_budget
         if p is None:  # not this group's (`on_result` refuses it)
             return 0
-        return budget if p.phase == "done" else min(sum(r["new_tokens"] for r in p.requests), budget)
+        sampled = sum(r["new_tokens"] for r in p.requests if r.get("kind") not in BRANCHES)
+        return budget if p.phase == "done" else min(sampled, budget)
 
     def requests(self) -> list[GenRequest]:
         """Requests for every path that can advance now and has none under way."""
         out = []
         for p in self.paths:
-            if p.in_flight is None and p.phase in ("segment", "summary", "answer", "force"):
+            if p.in_flight is None and p.phase in ("segment", "summary", "answer", "force", "probe"):
                 out.append(self._request(p))
                 p.in_flight = p.phase
         return out
@@ -102,12 +109,17 @@ class Group:
     def _request(self, p: PathState) -> GenRequest:
         prm = self.params
         stop: list[str] = []
-        min_tokens = 0
+        min_tokens = logprobs = 0
+        append = p.tokens[p.synced:].tolist()
         if p.phase == "segment":
             p.segment_start = len(p.tokens)
             max_tokens = self.method.stopping.segment_tokens(prm, p)
             stop = [THINK_END, *self.method.communication.segment_stops(prm, p.round)]
             min_tokens = min(prm.segment_min_tokens, max_tokens)
+            logprobs = self.method.stopping.logprobs(prm)
+        elif p.phase == "probe":  # on a copy of the path: the forcing suffix, a short answer
+            max_tokens = prm.probe_tokens
+            append += self.forcing_ids()
         elif p.phase == "summary":
             max_tokens, stop = prm.summary_tokens, [SUMMARY_CLOSE, THINK_END]
         elif p.phase == "answer":
@@ -118,7 +130,7 @@ class Group:
         return GenRequest(
             path_key=p.key,
             keep=p.synced,
-            append=p.tokens[p.synced:].tolist(),
+            append=append,
             max_tokens=max(int(max_tokens), 1),
             stop=stop,
             sampling=SamplingSpec(
@@ -127,6 +139,8 @@ class Group:
             ),
             min_tokens=min_tokens,
             kind=p.phase,
+            branch=p.phase in BRANCHES,
+            logprobs=logprobs,
         )
 
     def full_tokens(self, path_key: str) -> list[int]:
@@ -157,27 +171,39 @@ class Group:
         })
         p.replica, p.node = res.replica, res.node
         new = list(res.token_ids)
-        # The replica now holds our tokens plus the new ones, with KV for all but the last new
-        # one; each handler appends `new` first and then edits (cuts move these marks back).
-        base = len(p.tokens)
-        p.synced = base + len(new)
-        if new:
-            p.computed = base + len(new) - 1
+        if kind not in BRANCHES:
+            # The replica now holds our tokens plus the new ones, with KV for all but the last new
+            # one; each handler appends `new` first and then edits (cuts move these marks back).
+            # A branch (an answer probe) left the path's stored tokens as they were.
+            base = len(p.tokens)
+            p.synced = base + len(new)
+            if new:
+                p.computed = base + len(new) - 1
         getattr(self, f"_after_{kind}")(p, res, new)
-        if any(q.phase == "barrier" for q in self.paths):
+        if any(q.phase == "pending" for q in self.paths):
+            self._resolve_pending()
+        if any(q.phase in ("barrier", "held") for q in self.paths):
             self._maybe_release()
 
     def _after_segment(self, p: PathState, res: GenResult, new: list[int]) -> None:
         p.append(new, "segment")
         p.sampled_segments += len(new)
-        if res.finish_reason in ("eos", "context"):
-            return self._finish(p, res.finish_reason)
-        if res.stop_str == THINK_END:
+        if res.confidences is not None:
+            p.confidences.extend(res.confidences[: len(new)])
+        if self._check_segment_end(p, res.finish_reason, res.stop_str):
+            return None
+        return self._segment_end(p, res.finish_reason, res.stop_str)
+
+    def _segment_end(self, p: PathState, finish_reason: str, stop_str: str | None) -> None:
+        """Where a segment that the stopping rule let stand leads."""
+        if finish_reason in ("eos", "context"):
+            return self._finish(p, finish_reason)
+        if stop_str == THINK_END:
             if self.params.answer_tokens > 0:
                 p.phase = "answer"
                 return None
             return self._finish(p, "think_end")
-        if res.stop_str == SUMMARY_OPEN:  # the model opened its own summary (a segment stop)
+        if stop_str == SUMMARY_OPEN:  # the model opened its own summary (a segment stop)
             p.summary_start = len(p.tokens)
             p.phase = "summary"
             return None
@@ -185,6 +211,9 @@ class Group:
             return self._force(p)
         if self.method.communication.communicates(self.params, p.round):
             return self._start_summary(p)
+        if self.method.stopping.probes(self.method.communication):
+            p.phase = "probe"
+            return None
         p.round += 1
         p.phase = "segment"
         return None
@@ -193,6 +222,8 @@ class Group:
         segment = p.tokens[p.segment_start:].tolist()
         keep = paragraph_cut(self.tok, segment)
         p.cut(p.segment_start + keep)
+        if p.confidences and keep < len(segment):  # confidences follow the segment tokens kept
+            del p.confidences[max(0, len(p.confidences) - (len(segment) - keep)):]
         lead = "" if keep < len(segment) else "\n\n"
         rng = rng_for(self.params.seed, self.problem.id, p.index, p.round, "summary_prompt")
         text = lead + self.prompts.summary_prompt(rng)
@@ -236,18 +267,22 @@ class Group:
 
     # -- barrier -------------------------------------------------------------------------------
     def _maybe_release(self) -> None:
-        if any(q.phase in ("segment", "summary") for q in self.paths):
+        if any(q.phase in ("segment", "summary", "probe", "pending") for q in self.paths):
             return
         waiting = [q for q in self.paths if q.phase == "barrier"]
         if not waiting:
-            return
+            return self._release_held()
         round_ = waiting[0].round
         summaries = [q.summaries[-1] for q in waiting]
+        lengths = None
+        if self.method.communication.needs_lengths:
+            lengths = tuple(len(self.tok.encode(text)) for text in summaries)
         barrier = Barrier(self.params, self.problem, round_, tuple(waiting), tuple(summaries),
-                          tuple(self.paths), embed=self.embed, similarity=self.peers.matrix(waiting))
+                          tuple(self.paths), embed=self.embed, similarity=self.peers.matrix(waiting),
+                          lengths=lengths, state=self.rule_state)
         if self.method.stopping.stop_group(barrier):
             for q in waiting:
-                self._force(q)
+                self._stop_and_force(q)
         else:
             self._route(barrier)
         self.barriers_released += 1
@@ -278,11 +313,12 @@ class Group:
     # -- results and checkpoints ---------------------------------------------------------------
     def records(self) -> list[dict]:
         """One row per path (the paths.parquet schema, minus the run's sweep columns)."""
-        return path_rows(self.paths, self.problem, self.tok, self.sweep_point, self.resumed_from_round)
+        return path_rows(self.paths, self.problem, self.tok, self.sweep_point, self.resumed_from_round,
+                         self.params)
 
     def counts(self) -> list[dict]:
         """`records()` without text: each path's token counts (for a plan)."""
-        return count_rows(self.paths, self.problem, self.sweep_point)
+        return count_rows(self.paths, self.problem, self.sweep_point, self.params)
 
     def snapshot(self) -> bytes:
         """The group's whole state as compact bytes (see `restore`). Taken after a barrier
@@ -314,6 +350,8 @@ class Group:
                        sweep_point=point)
 
         group = snapshots.restore(blob, problem, prompt_ids, params, sweep_point, make)
-        if any(p.phase == "barrier" for p in group.paths):
+        if any(p.phase == "pending" for p in group.paths):
+            group._resolve_pending()
+        if any(p.phase in ("barrier", "held") for p in group.paths):
             group._maybe_release()
         return group

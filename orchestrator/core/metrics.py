@@ -42,6 +42,7 @@ import logging
 from collections import defaultdict
 from typing import Iterable, Sequence
 
+from orchestrator.core import votes as voting_rules
 from orchestrator.core.grading import canonical_answer
 from orchestrator.core.methods import find_method
 
@@ -164,13 +165,21 @@ def _by_problem(rows: Iterable[dict]) -> dict[tuple[str, str], dict]:
 
 
 def _problem_vote(paths: list[dict]) -> dict:
-    """The problem's vote; with no answer to vote for while some path is ungraded (whose answer
-    may be unknown), undecided rather than wrong."""
+    """The problem's vote (`votes`: paths stopped for low confidence left out; a confidence
+    point's winner weighted by confidence, its shortest-majority the same answer); with no
+    answer to vote for while some path is ungraded (whose answer may be unknown), undecided
+    rather than wrong."""
+    voting = voting_rules.voters(paths)
     vote = majority_vote(
-        [p.get("answer") for p in paths],
-        [None if p["correct"] is None else bool(p["correct"]) for p in paths],
-        [int(p.get("sampled_tokens") or 0) for p in paths],
+        [p.get("answer") for p in voting],
+        [None if p["correct"] is None else bool(p["correct"]) for p in voting],
+        [int(p.get("sampled_tokens") or 0) for p in voting],
     )
+    if voting_rules.vote_kind(paths) == voting_rules.CONFIDENCE:
+        key = voting_rules.weighted_winner(voting)
+        members = [i for i, p in enumerate(voting) if key is not None and canonical_answer(p.get("answer")) == key]
+        verdict = _group_verdict(members, [p["correct"] for p in voting]) if members else False
+        vote.update(answer=key, correct=verdict, shortest_answer=key, shortest_correct=verdict, votes=len(members))
     if vote["answer"] is None and _ungraded(paths):
         vote.update(correct=None, shortest_correct=None)
     return vote
@@ -201,13 +210,19 @@ def _pass_at_k_table(problems: dict, n: int) -> dict[int, float | None]:
 
 
 def _token_means(paths: list[dict]) -> dict[str, float | None]:
+    """Means per path of sampled, injected and all tokens; `probe` (answer probes' sampled and
+    sent tokens, counted in the total) only where some path probed."""
     sampled = [int(p.get("sampled_tokens") or 0) for p in paths]
     injected = [int(p.get("injected_tokens") or 0) for p in paths]
-    return {
+    probes = [int(p.get("probe_tokens") or 0) + int(p.get("probe_prompt_tokens") or 0) for p in paths]
+    out = {
         "sampled": _round(_mean(sampled)),
         "injected": _round(_mean(injected)),
-        "total": _round(_mean([s + i for s, i in zip(sampled, injected)])),
+        "total": _round(_mean([s + i + b for s, i, b in zip(sampled, injected, probes)])),
     }
+    if any(probes):
+        out["probe"] = _round(_mean(probes))
+    return out
 
 
 def _answer_changed_frac(paths: list[dict]) -> float | None:
@@ -411,6 +426,8 @@ def _benchmark_metrics(problems: dict, label: tuple[str, str], settings: dict | 
         "round_transitions": round_transitions(paths, rounds or None),
         "per_problem": _problem_details(problems),
     }
+    if any(p.get("vote") is not None for p in paths):  # rows from before the column: left out
+        out["vote"] = voting_rules.vote_kind(paths)
     if _ungraded(paths):  # shown apart; absent when every path was graded
         out["ungraded"] = _ungraded(paths)
     undecided = sum(v["correct"] is None for v in votes)
@@ -429,7 +446,8 @@ def summarize(rows: Iterable[dict], points: dict | None = None) -> dict:
     (the minimum over problems), `pass@1` and `pass@1_compat` (mean over problems of the
     fraction of correct paths), `cons@N` and `cons@N_shortest` (majority vote, shortest-majority;
     path length = sampled tokens), `pass@k` ({k: mean unbiased estimate} for k in 1, 2, 4, ...
-    up to N, plus N), `tokens_per_path` (means of sampled, injected and their sum),
+    up to N, plus N), `tokens_per_path` (means of sampled, injected, answer probes' tokens where
+    any, and their sum), `vote` (majority, or confidence: see `votes`; where rows say),
     `rounds_mean`, `answer_changed_frac` (over paths where known, else None) and
     `prefix_cache_hit_rate` (cached / (cached + uncached), None when both are zero),
     `round_transitions` (see `round_transitions`; rows need `summaries`, `round_answers` and

@@ -75,6 +75,8 @@ class PathState:
     stopped_at_round: int | None = None
     confidences: array = field(default_factory=lambda: array("d"))  # each kept segment token's
     probe_answers: list[str | None] = field(default_factory=list)  # each answer probe's answer
+    probe_injected: int = 0  # forcing-suffix tokens sent with answer probes
+    pending: list | None = None  # in phase `pending`: the segment's [finish_reason, stop_str]
 
     def cut(self, n: int) -> None:
         """Keep the first n tokens; spans and sync state follow."""

@@ -4,14 +4,17 @@ counts (`count_rows`)."""
 
 from __future__ import annotations
 
+from .confidence import lowest_window_confidence
 from .grading import extract_answer
+from .params import LeapParams
 from .paths import PathState
 from .types import Problem, Tokenizer
 
 
 def path_rows(paths: list[PathState], problem: Problem, tok: Tokenizer, sweep_point: str,
-              resumed_from_round: int | None) -> list[dict]:
+              resumed_from_round: int | None, params: LeapParams | None = None) -> list[dict]:
     """One row per path; answers and verdicts are filled later by `grading.grade_record`."""
+    params = params or LeapParams()
     rows = []
     for p in paths:
         text = tok.decode(p.tokens[p.prompt_len:].tolist())
@@ -42,12 +45,33 @@ def path_rows(paths: list[PathState], problem: Problem, tok: Tokenizer, sweep_po
             "spans": span_rows(tok, p, text),
             "requests": [dict(r) for r in reqs],
             "resumed_from_round": resumed_from_round,
+            **stop_columns(p, params),
+            "probe_answers": list(p.probe_answers),
         })
     return rows
 
 
-def count_rows(paths: list[PathState], problem: Problem, sweep_point: str) -> list[dict]:
+def stop_columns(p: PathState, params: LeapParams) -> dict:
+    """How the path ended early, its answer probes' tokens, and its place in the vote."""
+    rule = params.method.stopping
+    probes = [r for r in p.requests if r["kind"] == "probe"]
+    asked = rule.logprobs(params) > 0
+    return {
+        "stop_reason": p.stop_reason,
+        "stopped_at_round": p.stopped_at_round,
+        "probe_tokens": sum(r["new_tokens"] for r in probes),
+        "probe_prompt_tokens": p.probe_injected,
+        "warmup": rule.warmup(params, p),
+        "confidence": lowest_window_confidence(p.confidences, params.confidence_window) if asked else None,
+        "vote_weight": float(rule.vote_weight(params, p)),
+        "vote": rule.vote,
+    }
+
+
+def count_rows(paths: list[PathState], problem: Problem, sweep_point: str,
+               params: LeapParams | None = None) -> list[dict]:
     """The token counts of `path_rows`, without decoding any text: what a plan reads."""
+    params = params or LeapParams()
     rows = []
     for p in paths:
         reqs = p.requests
@@ -58,6 +82,7 @@ def count_rows(paths: list[PathState], problem: Problem, sweep_point: str) -> li
             "sampled_tokens": p.count(injected=False), "injected_tokens": p.count(injected=True),
             "cached_tokens": cached, "uncached_tokens": sum(r["prompt_tokens"] for r in reqs) - cached,
             "requests": len(reqs),
+            **stop_columns(p, params),
         })
     return rows
 

@@ -3,7 +3,12 @@ hands out after every barrier (`Group.snapshot`, `Group.restore`).
 
 Layout: magic, the length of a zlib-compressed JSON header (key, problem, sweep point,
 parameters, messages, each path's state), the header, each path's token ids as little-endian
-int32, and a CRC-32 of everything before it.
+int32, then the token confidences of the paths that have some (`nc` in their state) as
+little-endian float64, and a CRC-32 of everything before it.
+
+The state stopping rules add (a path's stop reason, probes, confidences; the rule's group
+state) is written only where it is not empty, so that groups of the other methods make the same
+bytes as before and snapshots made before it existed restore.
 """
 
 from __future__ import annotations
@@ -16,11 +21,14 @@ from array import array
 from typing import Callable
 
 from .params import LeapParams, params_record
-from .paths import TokenIds
+from .paths import PathState, TokenIds
 from .types import Problem
 
 SNAPSHOT_MAGIC = b"LEAPGRP\x01"
 SNAPSHOT_VERSION = 1
+# a path's state of the stopping rules, with what it is when empty (left out of the header then)
+STOP_STATE = {"stop_reason": None, "stopped_at_round": None, "probe_answers": [], "probe_injected": 0,
+              "pending": None}
 
 
 class CheckpointError(ValueError):
@@ -30,7 +38,7 @@ class CheckpointError(ValueError):
 def pack(group) -> bytes:
     """`group`'s state (a `Group`) as snapshot bytes."""
     meta = []
-    chunks = []
+    chunks, conf_chunks = [], []
     for p in group.paths:
         meta.append({
             "index": p.index, "key": p.key, "n": len(p.tokens), "prompt_len": p.prompt_len,
@@ -39,15 +47,21 @@ def pack(group) -> bytes:
             "sampled_segments": p.sampled_segments, "spans": [list(s) for s in p.spans],
             "summaries": p.summaries, "requests": p.requests, "replica": p.replica, "node": p.node,
         })
+        meta[-1].update(_stop_state(p))
         chunks.append(_le_bytes(p.tokens))
+        if p.confidences:
+            meta[-1]["nc"] = len(p.confidences)
+            conf_chunks.append(_le_bytes(p.confidences))
     header = {
         "version": SNAPSHOT_VERSION, "key": group.key, "problem_id": group.problem.id,
         "sweep_point": group.sweep_point, "params": params_record(group.params),
         "barriers_released": group.barriers_released, "resumed_from_round": group.resumed_from_round,
         "messages": group.messages, "paths": meta,
     }
+    if group.rule_state:
+        header["rule_state"] = group.rule_state
     head = zlib.compress(json.dumps(header, separators=(",", ":")).encode("utf-8"), 1)
-    body = b"".join([SNAPSHOT_MAGIC, struct.pack("<I", len(head)), head, *chunks])
+    body = b"".join([SNAPSHOT_MAGIC, struct.pack("<I", len(head)), head, *chunks, *conf_chunks])
     return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -56,7 +70,7 @@ def restore(blob: bytes, problem: Problem, prompt_ids: list[int], params: LeapPa
     """Check `blob` against the problem, sweep point, parameters and prompt, then load its state
     into `make(key, sweep_point)` (a fresh group) and return that. Every path is marked as held
     by no replica and a request that was under way is asked again. Raises `CheckpointError`."""
-    header, tokens = read_snapshot(blob)
+    header, tokens, confidences = read_snapshot(blob)
     point = header["sweep_point"] if sweep_point is None else sweep_point
     if header["problem_id"] != problem.id or header["sweep_point"] != point:
         raise CheckpointError(f"checkpoint of {header['key']!r} does not belong to {point}|{problem.id}")
@@ -69,7 +83,7 @@ def restore(blob: bytes, problem: Problem, prompt_ids: list[int], params: LeapPa
         raise CheckpointError(f"checkpoint of {header['key']!r} has {len(metas)} paths, not {params.paths}")
     group = make(header["key"], point)
     prompt = list(prompt_ids)
-    for p, meta, ids in zip(group.paths, metas, tokens):
+    for p, meta, ids, confs in zip(group.paths, metas, tokens, confidences):
         if ids[: meta["prompt_len"]] != prompt:
             raise CheckpointError(f"checkpoint of {header['key']!r}: path {meta['index']} starts with "
                                   f"another prompt (prompt file or chat template changed)")
@@ -82,25 +96,46 @@ def restore(blob: bytes, problem: Problem, prompt_ids: list[int], params: LeapPa
         p.summaries = list(meta["summaries"])
         p.requests = [dict(r) for r in meta["requests"]]
         p.replica, p.node = meta["replica"], meta["node"]
+        for key, empty in STOP_STATE.items():
+            setattr(p, key, meta.get(key, empty))
+        p.confidences = confs
         # no replica is assumed to hold anything; work under way is asked for again
         p.synced = p.computed = 0
         p.in_flight = None
+    group.rule_state = dict(header.get("rule_state", {}))
     group.messages = list(header["messages"])
     group.barriers_released = header["barriers_released"]
     group.resumed_from_round = _resume_round(metas)
     return group
 
 
+def _stop_state(p: PathState) -> dict:
+    return {key: getattr(p, key) for key, empty in STOP_STATE.items() if getattr(p, key) != empty}
+
+
 def _le_bytes(ids: array) -> bytes:
     if sys.byteorder == "little":
         return ids.tobytes()
-    swapped = array("i", ids)
+    swapped = array(ids.typecode, ids)
     swapped.byteswap()
     return swapped.tobytes()
 
 
-def read_snapshot(blob: bytes) -> tuple[dict, list[TokenIds]]:
-    """Parse and check `Group.snapshot()` bytes: (header, each path's token ids)."""
+def _read(view: memoryview, pos: int, end: int, values: array, count: int) -> tuple[array, int]:
+    """`values` (an empty array) filled with `count` little-endian items at `pos`, and the
+    position after them."""
+    n = count * values.itemsize
+    if pos + n > end:
+        raise CheckpointError("group checkpoint is truncated")
+    values.frombytes(view[pos: pos + n])
+    if sys.byteorder != "little":
+        values.byteswap()
+    return values, pos + n
+
+
+def read_snapshot(blob: bytes) -> tuple[dict, list[TokenIds], list[array]]:
+    """Parse and check `Group.snapshot()` bytes: (header, each path's token ids, each path's
+    token confidences)."""
     view = memoryview(blob)
     fixed = len(SNAPSHOT_MAGIC) + 4
     if len(view) < fixed + 4 or bytes(view[: len(SNAPSHOT_MAGIC)]) != SNAPSHOT_MAGIC:
@@ -116,26 +151,22 @@ def read_snapshot(blob: bytes) -> tuple[dict, list[TokenIds]]:
     if header.get("version") != SNAPSHOT_VERSION:
         raise CheckpointError(f"group checkpoint version {header.get('version')} is not {SNAPSHOT_VERSION}")
     pos, end = fixed + head_len, len(view) - 4
-    tokens = []
+    tokens, confidences = [], []
     for meta in header["paths"]:
-        n = meta["n"] * 4
-        if pos + n > end:
-            raise CheckpointError("group checkpoint is truncated")
-        ids = TokenIds()
-        ids.frombytes(view[pos: pos + n])
-        if sys.byteorder != "little":
-            ids.byteswap()
+        ids, pos = _read(view, pos, end, TokenIds(), meta["n"])
         tokens.append(ids)
-        pos += n
+    for meta in header["paths"]:
+        confs, pos = _read(view, pos, end, array("d"), meta.get("nc", 0))
+        confidences.append(confs)
     if pos != end:
         raise CheckpointError("group checkpoint has trailing bytes")
-    return header, tokens
+    return header, tokens, confidences
 
 
 def snapshot_info(blob: bytes) -> dict:
     """What a checkpoint holds, without a tokenizer: key, sweep point, problem id, params, the
     barriers released so far and the round the group would resume with."""
-    header, _ = read_snapshot(blob)
+    header, _, _ = read_snapshot(blob)
     return {"key": header["key"], "sweep_point": header["sweep_point"], "problem_id": header["problem_id"],
             "params": header["params"], "barriers_released": header["barriers_released"],
             "round": _resume_round(header["paths"])}

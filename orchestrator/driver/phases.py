@@ -40,12 +40,14 @@ def split_phases(points, todo: list[tuple[str, Problem]]) -> tuple[list, list]:
 
 
 def matched_items(rows: list[dict], points, later: list[tuple[str, Problem]]) -> list:
-    """Per problem, the budget is the mean tokens per path (sampled + injected) of the matched
-    point, from its path rows; a problem it has no rows for is skipped (logged)."""
+    """Per problem, the budget is the mean tokens per path (sampled + injected, and the tokens
+    of answer probes, sampled and sent) of the matched point, from its path rows; a problem it
+    has no rows for is skipped (logged)."""
     used: dict[tuple[str, str], list[int]] = {}
     for row in rows:
+        probes = (row.get("probe_tokens") or 0) + (row.get("probe_prompt_tokens") or 0)
         used.setdefault((row["sweep_point"], row["problem_id"]), []).append(
-            row["sampled_tokens"] + row["injected_tokens"])
+            row["sampled_tokens"] + row["injected_tokens"] + probes)
     items = []
     for point, problem in later:
         tokens = used.get((points[point].match_point, problem.id))

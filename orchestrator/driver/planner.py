@@ -56,7 +56,8 @@ log = logging.getLogger(__name__)
 # fake runs of /work's baselines on a 2-core machine (wall_s - generation_s - replicas_start_s)
 DRIVER_FIXED_S = 10.0
 POLL_S = 60.0  # virtual seconds a plan's poll waits; the coordinator answers as soon as a group ends
-ROW_KEYS = ("sweep_point", "problem_id", "sampled_tokens", "injected_tokens", "cached_tokens", "uncached_tokens")
+ROW_KEYS = ("sweep_point", "problem_id", "sampled_tokens", "injected_tokens", "cached_tokens", "uncached_tokens",
+            "probe_tokens", "probe_prompt_tokens")
 # published config.json sizes of models the experiments name, for plans where the checkpoint is
 # not on this machine: hub name (lowercase) -> (models.SHAPES entry, vocabulary)
 KNOWN_MODELS = {

@@ -60,6 +60,16 @@ PATHS_SCHEMA = pa.schema([
     ("resumed_from_round", pa.int32()),
     # per communication round: the answer in the path's summary, and whether it was right
     ("round_answers", pa.list_(pa.string())), ("round_correct", pa.list_(pa.bool_())),
+    # how a path was stopped early (null: it ended on its own: think_end, eos, context, length,
+    # or forced by its round or token budget) and in which round: consensus (answer forced),
+    # low_confidence (finish_reason stopped, no answer, out of the vote)
+    ("stop_reason", pa.string()), ("stopped_at_round", pa.int32()),
+    # answer probes: tokens they sampled (not in sampled_tokens) and forcing tokens they sent
+    ("probe_tokens", pa.int64()), ("probe_prompt_tokens", pa.int64()),
+    ("warmup", pa.bool_()),  # a DeepConf warm-up path
+    ("confidence", pa.float64()),  # lowest window confidence (null: no confidences asked)
+    ("vote_weight", pa.float64()), ("vote", pa.string()),  # its weight in the point's vote (majority | confidence)
+    ("probe_answers", pa.list_(pa.string())),  # each answer probe's (normalized) answer
 ])
 MESSAGES_SCHEMA = pa.schema([
     ("sweep_point", pa.string()), ("benchmark", pa.string()), ("problem_id", pa.string()),

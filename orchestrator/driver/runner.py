@@ -160,7 +160,8 @@ def _matched_items(store: ResultStore, points, later: list[tuple[str, Problem]])
     if not later:
         return []
     paths_t, _ = store.read_parts()
-    rows = paths_t.select(["sweep_point", "problem_id", "sampled_tokens", "injected_tokens"]).to_pylist()
+    rows = paths_t.select(["sweep_point", "problem_id", "sampled_tokens", "injected_tokens", "probe_tokens",
+                           "probe_prompt_tokens"]).to_pylist()
     return matched_items(rows, points, later)
 
 

@@ -19,6 +19,7 @@ from ..routing import EmbedFn, Matrix
 from ..types import Problem
 
 Peers = list[tuple[int, float]]  # (position of the sender in `Barrier.waiting`, similarity)
+HOLD = "hold"  # `StoppingRule.check_path`: not decidable yet, ask again when another path moves
 
 
 class Knobs(Protocol):
@@ -133,7 +134,9 @@ class StoppingRule:
 
     def check_path(self, params: Knobs, path: PathState, paths: Sequence[PathState], state: dict) -> str | None:
         """At the end of each segment of `path` (`paths`: the whole group; `state`: this rule's
-        state in the group): a stop reason ends the path at once, with no forced answer."""
+        state in the group): a stop reason ends the path at once, with no forced answer; None
+        lets the segment stand; `HOLD` makes the path wait until the group asks again (after
+        any other path's result)."""
         return None
 
     def warmup(self, params: Knobs, path: PathState) -> bool:

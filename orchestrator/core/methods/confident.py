@@ -1,17 +1,24 @@
 """DeepConf online (`confidence`, arXiv 2508.15260): segments ask for top logprobs, so each
 sampled token brings its confidence; the first leap.confidence_warmup paths (by index) are
-warm-up paths that always run to the end. Once all of them are done, the threshold is the
-percentile of their lowest window confidences that keeps leap.confidence_keep percent of them
-above it. From then on every other path is checked at the end of each segment (so at least
-every leap.T tokens) on all its windows so far: one whose lowest window confidence is below the
-threshold stops at once, with no forced answer, and has no weight in the vote. The vote of the
-other paths is weighted by their lowest window confidence.
+warm-up paths that always run to the end. Once all of them have ended their thinking, the
+threshold is the percentile of their lowest window confidences that keeps
+leap.confidence_keep percent of them above it. From then on every other path is checked at the
+end of each segment (so at least every leap.T tokens) on all its windows so far: one whose lowest
+window confidence is below the threshold stops at once, with no forced answer, and has no
+weight in the vote. The vote of the other paths is weighted by their lowest window confidence.
 
-Choices the paper leaves open (README, "Methods"): all paths run at once (warm-up paths are not
-run first), so a path that finishes before the threshold exists is never stopped; a path with
-fewer tokens than one window is never stopped (its one partial window is too short to judge),
-though such a partial window does count as a warm-up path's lowest confidence and as a path's
-vote weight; only segment tokens count (summaries, forced answers and peer notes do not)."""
+Choices the paper leaves open (README, "Methods"):
+- All paths run at once; the warm-up paths are not run first. "Once the threshold exists" is
+  counted in rounds, so that a run does not depend on which result arrives first: the threshold
+  holds from the round R in which the last warm-up path ended its thinking, and a path is
+  checked at the ends of its segments of rounds R and later. A path that ends a segment of
+  round r while a warm-up path may still end its thinking in round r or earlier waits
+  (`HOLD`) until that is known. A path that ended before round R is never stopped.
+- A path with fewer tokens than one window is never stopped (its one partial window is too short
+  to judge); such a partial window does count as a warm-up path's lowest confidence and as a
+  kept path's vote weight.
+- Only segment tokens count (summaries, forced answers and peer notes do not).
+"""
 
 from __future__ import annotations
 
@@ -19,10 +26,11 @@ from typing import Sequence
 
 from ..confidence import confidence_threshold, lowest_window_confidence
 from ..paths import PathState
-from .base import Knobs
+from .base import HOLD, Knobs
 from .rounds import RoundBudget
 
 STOP_REASON = "low_confidence"
+THINKING_ENDED = ("answer", "force", "done")  # phases after a path's last segment
 
 
 class ConfidenceStop(RoundBudget):
@@ -35,26 +43,36 @@ class ConfidenceStop(RoundBudget):
         return path.index < params.confidence_warmup
 
     def check_path(self, params: Knobs, path: PathState, paths: Sequence[PathState], state: dict) -> str | None:
-        if self.warmup(params, path) or len(path.confidences) < params.confidence_window:
+        if self.warmup(params, path):
             return None
-        threshold = self.threshold(params, paths, state)
-        if threshold is None:
+        start = self.start_round(params, paths, state, path.round)
+        if start is None:
+            return HOLD
+        if path.round < start or len(path.confidences) < params.confidence_window:
+            return None
+        threshold = state.get("threshold")
+        if threshold is None:  # no warm-up path sampled a token: nothing to compare with
             return None
         lowest = lowest_window_confidence(path.confidences, params.confidence_window)
-        return STOP_REASON if lowest is not None and lowest < threshold else None
+        return STOP_REASON if lowest < threshold else None
 
-    def threshold(self, params: Knobs, paths: Sequence[PathState], state: dict) -> float | None:
-        """The stopping threshold, once every warm-up path is done (kept in `state`); None
-        before, and when no warm-up path sampled a token."""
-        if "threshold" in state:
-            return state["threshold"]
+    def start_round(self, params: Knobs, paths: Sequence[PathState], state: dict, round_: int) -> int | None:
+        """The round from which the threshold holds, or a round after `round_` when it is
+        known to hold only later; None when that cannot be known yet. Sets the threshold in
+        `state` once every warm-up path has ended its thinking."""
+        if "round" in state:
+            return state["round"]
         warm = [p for p in paths if self.warmup(params, p)]
-        if any(p.phase != "done" for p in warm):
-            return None
-        lows = [lowest_window_confidence(p.confidences, params.confidence_window) for p in warm]
-        lows = [v for v in lows if v is not None]
-        state["threshold"] = confidence_threshold(lows, params.confidence_keep) if lows else None
-        return state["threshold"]
+        # the earliest round each warm-up path can end its thinking in
+        earliest = [p.round + (p.phase not in THINKING_ENDED and p.phase != "segment") for p in warm]
+        if all(p.phase in THINKING_ENDED for p in warm):
+            lows = [lowest_window_confidence(p.confidences, params.confidence_window) for p in warm]
+            lows = [v for v in lows if v is not None]
+            state["threshold"] = confidence_threshold(lows, params.confidence_keep) if lows else None
+            state["round"] = max(earliest, default=1)
+            return state["round"]
+        later = max(earliest, default=1)
+        return later if later > round_ else None
 
     def vote_weight(self, params: Knobs, path: PathState) -> float:
         if path.stop_reason == STOP_REASON:
