@@ -65,6 +65,13 @@ def probe(path):
                       logprobs=20)
 
 
+async def first_segment(coord, path):
+    """The path's first segment; its tokens join the path."""
+    res = await coord._send(path, segment(path))
+    path.tokens += res.token_ids
+    return res
+
+
 def run(coro):
     async def main():
         with VirtualClock().patch_loop():
@@ -78,8 +85,7 @@ def test_a_probe_goes_to_the_paths_replica_and_changes_nothing_it_holds():
     async def go():
         coord = coordinator(replicas)
         path = Path()
-        res = await coord._send(path, segment(path))
-        path.tokens += res.token_ids
+        res = await first_segment(coord, path)
         r = coord.pool.assign[KEY]
         stored = list(replicas[r].paths[KEY])
         ans = await coord._send(path, probe(path))
@@ -104,8 +110,7 @@ def test_a_probe_whose_replica_dies_is_answered_by_another_which_stores_nothing(
         coord = coordinator(replicas)
         path = Path()
         assert coord.pool.assign[KEY] == 0
-        res = await coord._send(path, segment(path))
-        path.tokens += res.token_ids
+        await first_segment(coord, path)
         ans = await coord._send(path, probe(path))  # replica 0 dies: the probe moves to 1
         assert ans.replica == 1 and path.lost == 1 and coord.pool.assign[KEY] == 1
         assert KEY not in replicas[1].paths and KEY not in coord.pool.holder
@@ -120,8 +125,7 @@ def test_a_probe_whose_replica_dies_is_answered_by_another_which_stores_nothing(
     async def undisturbed():
         coord = coordinator(replicas)
         path = Path()
-        res = await coord._send(path, segment(path))
-        path.tokens += res.token_ids
+        await first_segment(coord, path)
         return await coord._send(path, probe(path))
 
     same = run(undisturbed)
