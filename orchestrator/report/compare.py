@@ -87,7 +87,7 @@ def method_label(run: Run, point: str) -> str:
     if stop and stop != parts(mode)[1]:
         label += f" + {stop} stopping"
     if stop == "confidence" and k.get("confidence_keep") is not None:
-        label += f", keep {k['confidence_keep']}%"
+        label += f", keep {float(k['confidence_keep']):g}%"  # a float in the config: 10.0 -> 10
     if baseline_of(mode) == "compute_matched" and k.get("match_point"):
         label += f" (matches {k['match_point']})"
     return label

@@ -25,7 +25,7 @@ SWEEP = [
     {"name": "leap", "mode": "leap"},
     {"name": "leap_consensus", "mode": "leap", "stopping": "consensus"},
     {"name": "consensus", "mode": "consensus"},
-    {"name": "deepconf_low", "mode": "deepconf", "confidence_keep": 10},
+    {"name": "deepconf_low", "mode": "deepconf", "confidence_keep": 10.0},
     {"name": "pool", "mode": "pool"},
 ]
 
