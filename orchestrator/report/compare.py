@@ -99,13 +99,14 @@ def stops_early(run: Run, point: str, cost: PointCost | None) -> bool:
 
 def reference(run: Run, point: str, stopped: set[str]) -> tuple[str | None, str]:
     """(the point `point`'s tokens are compared with, why): the first point, in report order,
-    with the same communication and settings that does not stop early; else the independent
-    baseline; else (None, "")."""
+    with the same communication and settings that runs its whole round budget (stopping rule
+    `rounds`: neither stopped early nor cut to a token budget); else the independent baseline;
+    else (None, "")."""
     k = knobs(run, point)
     talk = parts(k.get("mode"))[0]
     keys = SAME_SHAPE + (SAME_TALK if talk not in (None, "none") else ())
     for q in run.order:
-        if q == point or q in stopped:
+        if q == point or q in stopped or stopping_of(run, q) != "rounds":
             continue
         kq = knobs(run, q)
         if parts(kq.get("mode"))[0] == talk and all(kq.get(x) == k.get(x) for x in keys):

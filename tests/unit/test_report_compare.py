@@ -200,6 +200,19 @@ def test_reference_falls_back_to_the_independent_baseline(tmp_path):
     assert lc["against"] == "independent" and lc["saved"] == "+5.9%"  # 1 - 950 / 1010
 
 
+def test_a_token_budget_point_is_no_twin(tmp_path):
+    """Without an independent point, DeepConf's unstopped twin is not the compute-matched point
+    (same communication, but cut to a budget): no reference at all."""
+    rows = [dict(r, sweep_point="matched") for r in method_rows() if r["sweep_point"] == "independent"]
+    rows += [r for r in method_rows() if r["sweep_point"] == "deepconf_low"]
+    sweep = [{"name": "matched", "mode": "compute_matched", "match_point": "deepconf_low"}, SWEEP[4]]
+    run = load_run(write_run(tmp_path / "r", rows, sweep=sweep))
+    assert stopping_of(run, "matched") == "token_budget"
+    assert reference(run, "deepconf_low", {"deepconf_low"}) == (None, "")
+    deep = _cells(method_tables(run)["stopping"], "deepconf_low")
+    assert (deep["against"], deep["saved"], deep["votes changed"]) == ("-", "-", "-")
+
+
 def test_a_point_with_other_settings_is_no_twin(tmp_path):
     sweep = [dict(e, T=48) if e["name"] == "leap" else e for e in SWEEP]
     run = load_run(write_run(tmp_path / "r", method_rows(), sweep=sweep))
