@@ -491,7 +491,8 @@ class Coordinator:
         self._admit()
 
     async def _send(self, group: Group, req: GenRequest) -> GenResult:
-        """Send one request to the path's replica and return its result. A replica that dies,
+        """Send one request to the path's replica and return its result (a probe, `branch`, goes
+        there too: it reuses the path's cached prefix). A replica that dies,
         stays unreachable past `unavailable_retry_s`, or overruns the request's deadline is
         retired (and killed) and the request goes to another; with none alive it waits for a
         replacement (`add_replica`) at most `replica_wait_s`."""
@@ -516,7 +517,8 @@ class Coordinator:
                 break
             if lost > 3 * len(self.replicas) + 3:
                 raise ReplicaDead(f"path {key}: {lost} replicas failed to serve it")
-        self.pool.served(key, r)
+        if not req.branch:  # a probe leaves the replica's copy of the path as it was
+            self.pool.served(key, r)
         req.full = None
         self.sampled_tokens += len(res.token_ids)
         self.prompt_tokens += res.prompt_tokens

@@ -224,12 +224,19 @@ def write_group(store: ResultStore, recovery: Recovery, g: dict, fp: dict) -> No
 
 def generation_facts(stats: list[dict]) -> dict:
     """Generation time from the first request reaching a replica to the last token any replica
-    produced, and how busy each replica was in that window."""
+    produced, how busy each replica was in that window, and per sweep point the engine seconds
+    its requests took (`points.<point>.engine_s`: each replica's busy time split equally among
+    the requests in flight, summed over the replicas that answered)."""
     firsts = [s["first_request_t"] for s in stats if s.get("first_request_t")]
     lasts = [s["last_token_t"] for s in stats if s.get("last_token_t")]
     gen = (max(lasts) - min(firsts)) if firsts and lasts else 0.0
+    engine_s: dict[str, float] = {}
+    for s in stats:
+        for point, seconds in (s.get("busy_by_point") or {}).items():
+            engine_s[point] = engine_s.get(point, 0.0) + seconds
     return {
         "generation_s": round(gen, 3),
         "replica_stats": [{**s, "busy_fraction": round(s["busy_s"] / gen, 4) if gen and s.get("busy_s") else None}
                           for s in stats],
+        "points": {point: {"engine_s": round(seconds, 4)} for point, seconds in sorted(engine_s.items())},
     }

@@ -101,10 +101,14 @@ class LatencyModel:
 
 class _Job:
     __slots__ = ("key", "prompt", "keep", "ideal", "left", "ctx", "pre", "fed", "blocks", "hit", "share",
-                 "seq", "end", "base", "acc0", "done", "gone")
+                 "seq", "end", "base", "acc0", "done", "gone", "branch", "path_keep", "own")
 
-    def __init__(self, key: str, prompt: int, keep: int, left: int, ideal: int, done: asyncio.Future):
+    def __init__(self, key: str, prompt: int, keep: int, left: int, ideal: int, done: asyncio.Future,
+                 branch: bool = False):
         self.key, self.prompt, self.keep, self.left, self.ideal, self.done = key, prompt, keep, left, ideal, done
+        self.branch = branch  # a probe: when it ends, the path's own cached prefix is what stays cached
+        self.path_keep = keep  # a probe: the path's tokens it shares
+        self.own = 0  # a probe: the path's cached tokens when it was first admitted
         self.ctx = prompt  # context tokens, prompt and what it generated so far
         self.pre = 0  # uncached prompt tokens still to prefill
         self.fed = 0  # tokens whose KV is computed
@@ -161,15 +165,17 @@ class Engine:
         self.blocked: str | None = None  # why the queue's head waits: "batch_full_s" or "kv_wait_s"
 
     # -- requests --------------------------------------------------------------------------------
-    async def run(self, key: str, prompt: int, keep: int, new: int, ideal: int) -> tuple[int, float]:
+    async def run(self, key: str, prompt: int, keep: int, new: int, ideal: int,
+                  branch: bool = False) -> tuple[int, float]:
         """Serve a request of `prompt` context tokens (its first `keep` as the path had them), that
         generates `new` tokens; `ideal` is what an unbounded cache would reuse. Returns (cached
-        tokens at admission, its share of step time)."""
+        tokens at admission, its share of step time). A `branch` (a probe) reuses the path's
+        cached prefix but leaves it cached as the path had it: its own tokens are not the path's."""
         loop = asyncio.get_running_loop()
         if self.task is None or self.task.done():
             self.t = max(self.t, loop.time())
             self.task = asyncio.ensure_future(self._loop())
-        job = _Job(key, prompt, keep, new, ideal, loop.create_future())
+        job = _Job(key, prompt, keep, new, ideal, loop.create_future(), branch)
         self.waiting.append(job)
         if self.wake is not None and not self.wake.done():
             self.wake.set_result(True)
@@ -337,15 +343,17 @@ class Engine:
                 return
             self.waiting.popleft()
             own = self.cache.pop(j.key, None)
-            hit = 0
+            hit = usable = 0
             if own is not None:
                 self.cached -= own // self.B
                 if j.key not in self.dead:
+                    usable = own
                     hit = max(min(own, j.keep, j.prompt - 1), 0)
                     hit -= hit % self.B
                 self.dead.discard(j.key)
             if j.hit is None:
                 j.hit = hit
+                j.own = usable
             if j.ideal > hit:
                 self.f["recomputed_tokens"] += j.ideal - hit
                 self._point(j.key)[1] += j.ideal - hit
@@ -384,7 +392,8 @@ class Engine:
     def _finish(self, j: _Job) -> None:
         """A request ends: its full blocks stay cached under its path, most recently used."""
         del self.running[j.seq]
-        keep = j.fed - j.fed % self.B
+        keep = max(j.own, min(j.fed, j.path_keep)) if j.branch else j.fed
+        keep -= keep % self.B
         self.cache[j.key] = keep
         self.cached += keep // self.B
         if not j.done.done():

@@ -80,6 +80,10 @@ class CountedWriter:
         key, kind = req.path_key, req.kind
         if req.ignore_eos or kind not in ("segment", "summary", "answer", "force"):
             return self._fill(limit), "length", None
+        if req.branch:  # an answer probe: an answer's length, drawn without moving the path's own draws
+            values = self.lengths.get("answer")
+            n = int(values[stable_int(self.seed, "probe", key, req.keep) % len(values)]) if values else req.max_tokens
+            return self._ending(n, limit, [self.eos], "eos", None)
         if kind == "segment":
             return self._segment(key, limit)
         if kind == "summary":

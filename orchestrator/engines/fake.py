@@ -28,12 +28,14 @@ import re
 import time
 from array import array
 from collections import Counter
+from functools import lru_cache
 
 from ..core.rng import stable_int
 from ..core.types import GenRequest, GenResult, PathStateMissing, StaleRequest
 from . import node_id
 from ..telemetry import Telemetry
 from .batching import Engine, LatencyModel
+from .busy import BusyClock
 from .profile import Profile, load as load_profile
 from .tokenizer import FakeTokenizer
 
@@ -78,6 +80,8 @@ class FakeReplica:
         self.epoch = 0  # the latest coordinator generation seen (`fence`)
         self.inflight: Counter = Counter()  # running requests per coordinator generation
         self.busy_by_point: Counter = Counter()  # engine seconds per sweep point (each step shared)
+        self.busy_base: Counter = Counter()  # `busy_by_point` at the last stats reset
+        self.clock: BusyClock | None = None  # without a latency model: busy time as the replica measures it
         self._offset: float | None = None  # epoch - loop clock, fixed at first use
         self._reset_counters()
 
@@ -146,15 +150,29 @@ class FakeReplica:
             kv = {k: (v - self.engine_base.get(k, 0) if k in self.engine_base and k not in
                       ("peak_kv_tokens", "kv_capacity_tokens") else v) for k, v in fig.items()}
         busy, occ = kv.pop("busy_s", 0.0), kv.pop("occupied", 0.0)
+        if self.engine is not None:
+            by_point = {p: round(s - self.busy_base.get(p, 0.0), 6) for p, s in sorted(self.busy_by_point.items())}
+        else:
+            clock = self._clock()
+            clock.advance(now)
+            busy, occ, by_point = clock.busy_s, clock.area, clock.point_seconds()
         out = {**self.counters, "busy_s": round(busy, 6), "occupancy": round(occ / busy, 3) if busy else None,
                "first_request_t": self.first_request_t, "last_token_t": self.last_token_t,
                "window_s": round(now - self.window_start, 6) if self.window_start else 0.0,
-               "capacity": self.capacity}
+               "capacity": self.capacity, "busy_by_point": by_point}
         out.update({k: round(v, 6) if isinstance(v, float) else v for k, v in kv.items()})
         if reset:
             self._reset_counters()
             self.window_start = self._now()
+            self.busy_base = Counter(self.busy_by_point)
+            if self.clock is not None:
+                self.clock.reset(self.window_start)
         return out
+
+    def _clock(self) -> BusyClock:
+        if self.clock is None:
+            self.clock = BusyClock(self._now())
+        return self.clock
 
     def point_figures(self) -> dict[str, dict]:
         """Per sweep point (a path key's part before '|'): engine seconds its requests took (each
@@ -183,18 +201,28 @@ class FakeReplica:
         self._check_epoch(req)
         if self.writer is not None:
             return await self._generate_counted(req, key)
-        if req.full is not None:
-            self.paths[key] = array("i", req.full)
-        elif key not in self.paths:
+        if req.branch:  # a probe: an edited copy; the stored path stays as it was
+            base = array("i", req.full) if req.full is not None else self.paths.get(key)
+        else:
+            if req.full is not None:
+                self.paths[key] = array("i", req.full)
+            base = self.paths.get(key)
+        if base is None:
             raise PathStateMissing(key)
-        tokens = self.paths[key][: req.keep]
+        tokens = base[: req.keep]  # a copy
         tokens.fromlist(list(req.append))
-        self.paths[key] = tokens
+        if not req.branch:
+            self.paths[key] = tokens
         self.inflight[req.epoch] += 1
+        clock = self._clock() if self.engine is None else None
+        if clock is not None:
+            clock.start(key, self._now())
         try:
             return await self._generate(req, key, tokens)
         finally:
             self.inflight[req.epoch] -= 1
+            if clock is not None:
+                clock.end(key, self._now())
 
     def _check_epoch(self, req: GenRequest) -> None:
         if req.epoch < self.epoch:
@@ -227,16 +255,21 @@ class FakeReplica:
         cached = await self._serve(req, key, prompt, len(new))
         tokens.fromlist(new)
         return self._result(key, prompt, new, cached, reason, stop_str,
-                            self.tok.decode(new, skip_special_tokens=True))
+                            self.tok.decode(new, skip_special_tokens=True), self._confidences(req, prompt, new))
 
     async def _generate_counted(self, req: GenRequest, key: str) -> GenResult:
         """The writer's token counts; only the path's length is kept (plans)."""
         if req.full is not None:
-            self.lengths[key] = len(req.full)
-        elif key not in self.lengths:
+            length = len(req.full)
+            if not req.branch:
+                self.lengths[key] = length
+        elif key in self.lengths:
+            length = self.lengths[key]
+        else:
             raise PathStateMissing(key)
-        prompt = min(self.lengths[key], req.keep) + len(req.append)
-        self.lengths[key] = prompt
+        prompt = min(length, req.keep) + len(req.append)
+        if not req.branch:
+            self.lengths[key] = prompt
         self._started()
         room = self.max_model_len - prompt
         if room <= 0:
@@ -247,8 +280,9 @@ class FakeReplica:
             cached = await self._serve(req, key, prompt, len(new))
         finally:
             self.inflight[req.epoch] -= 1
-        self.lengths[key] = prompt + len(new)
-        return self._result(key, prompt, new, cached, reason, stop_str, "")
+        if not req.branch:
+            self.lengths[key] = prompt + len(new)
+        return self._result(key, prompt, new, cached, reason, stop_str, "", self._confidences(req, prompt, new))
 
     async def _serve(self, req: GenRequest, key: str, prompt: int, new: int) -> int:
         """Take the engine's time for a request (with a latency model); returns its cached
@@ -258,7 +292,7 @@ class FakeReplica:
             self.running += 1
             self.tm.running_requests(self.running)
             try:
-                cached, share = await self.engine.run(key, prompt, req.keep, new, cached)
+                cached, share = await self.engine.run(key, prompt, req.keep, new, cached, branch=req.branch)
             finally:
                 self.running -= 1
                 self.tm.running_requests(self.running)
@@ -266,11 +300,18 @@ class FakeReplica:
             if req.epoch < self.epoch:  # a later coordinator took over while this one ran
                 raise StaleRequest(f"replica {self.index}: request for {key} outlived coordinator generation "
                                    f"{req.epoch}")
-        self.computed[key] = prompt + max(new - 1, 0)
+        if not req.branch:  # a probe's KV is not the path's
+            self.computed[key] = prompt + max(new - 1, 0)
         return cached
 
+    def _confidences(self, req: GenRequest, prompt: int, new: list[int]) -> list[float] | None:
+        """Per-token confidences when the request asks for logprobs (`fake_confidence`)."""
+        if req.logprobs <= 0:
+            return None
+        return [fake_confidence(self.seed, req.path_key, prompt + i, t) for i, t in enumerate(new)]
+
     def _result(self, key: str, prompt: int, new: list[int], cached: int, reason: str, stop_str: str | None,
-                text: str) -> GenResult:
+                text: str, confidences: list[float] | None = None) -> GenResult:
         self.served += 1
         c = self.counters
         c["requests"] += 1
@@ -280,7 +321,7 @@ class FakeReplica:
         self.tm.result(len(new), prompt, cached)
         self.last_token_t = self._now()
         return GenResult(key, new, text, reason, stop_str=stop_str, prompt_tokens=prompt, cached_tokens=cached,
-                         replica=self.index, node=self.node)
+                         replica=self.index, node=self.node, confidences=confidences)
 
     def _filler(self, tokens, req: GenRequest, limit: int) -> str:
         """Exactly `limit` bytes of reasoning-shaped text (the floor's requests ignore EOS)."""
@@ -350,3 +391,19 @@ class FakeReplica:
         if len(raw) > limit:
             return raw[:limit].decode("utf-8", errors="ignore"), "length", None
         return text, reason, None
+
+
+@lru_cache(maxsize=1 << 16)
+def _confidence_level(seed: int, key: str) -> float:
+    """A path's typical confidence: one path in four sits clearly lower (2-4) than the rest (6-12)."""
+    r = stable_int(seed, key, "confidence")
+    u = (r >> 8) / float(1 << 56)
+    return 2.0 + 2.0 * u if r % 4 == 0 else 6.0 + 6.0 * u
+
+
+def fake_confidence(seed: int, key: str, position: int, token: int) -> float:
+    """The fake engine's confidence of token `token` at `position` (its index in the path's token
+    list) of path `key`: the path's level plus noise of +-1.5, a function of these four values only,
+    so every run and every replica gives the same figure. Positive, like minus a mean of logprobs."""
+    noise = stable_int(seed, key, position, token) / float(1 << 64) - 0.5
+    return round(max(0.05, _confidence_level(seed, key) + 3.0 * noise), 4)

@@ -20,7 +20,10 @@ CPU, or with `enforce_eager`, some phases do not happen and are not listed.
 
 The replica keeps every path's token ids. A `GenRequest` edits them (truncate to `keep`, append
 `append`) and then generates; the prompt goes to the engine as token ids, so with prefix caching
-on, the unchanged prefix of a path is served from the KV cache instead of being recomputed.
+on, the unchanged prefix of a path is served from the KV cache instead of being recomputed. A
+probe (`branch`) edits a copy and leaves the stored tokens as they were. With `logprobs` the
+engine returns each sampled token's top logprobs, reduced here to one confidence a token
+(`logprobs.token_confidences`).
 Only plain types (`GenResult`, lists of ints, strings, dicts) leave this module.
 """
 
@@ -45,6 +48,8 @@ from ..core.types import (
 )
 from ..telemetry import Telemetry
 from . import node_id
+from .busy import BusyClock
+from .logprobs import token_confidences
 from .vllm_args import engine_kwargs
 
 log = logging.getLogger(__name__)
@@ -503,7 +508,8 @@ class VLLMReplica:
                 f"path {key!r}: keep={request.keep} outside 0..{len(state)} stored tokens"
             )
         prompt = state[: request.keep] + [int(t) for t in request.append]
-        self._paths[key] = prompt  # the edit holds even if no token is generated
+        if not request.branch:  # a probe leaves the stored path as it was
+            self._paths[key] = prompt  # the edit holds even if no token is generated
         if not prompt:
             raise ValueError(f"path {key!r}: empty prompt after the edit")
 
@@ -521,6 +527,10 @@ class VLLMReplica:
 
         s = request.sampling
         floor = bool(request.ignore_eos)  # exactly max_tokens: no EOS, no stop strings
+        top = int(request.logprobs or 0)
+        asked = {"logprobs": top} if top > 0 else {}
+        if top > 0 and "flat_logprobs" in getattr(SamplingParams, "__struct_fields__", ()):
+            asked["flat_logprobs"] = True  # parallel lists instead of a dict of objects per token
         params = SamplingParams(
             n=1,
             temperature=float(s.temperature),
@@ -534,10 +544,11 @@ class VLLMReplica:
             include_stop_str_in_output=True,
             seed=s.seed if (self.per_request_seed and s.seed is not None) else None,
             output_kind=RequestOutputKind.FINAL_ONLY,
+            **asked,
         )
         request_id = f"r{self.index}-{next(self._ids)}-{key}"
         final = None
-        self._running_changed(+1)
+        self._running_changed(+1, key)
         self._inflight[request_id] = request.epoch
         try:
             if self.engine.errored:
@@ -558,7 +569,7 @@ class VLLMReplica:
                 raise ReplicaDead(msg) from e
             raise RuntimeError(msg) from e
         finally:
-            self._running_changed(-1)
+            self._running_changed(-1, key)
             self._inflight.pop(request_id, None)
         if request.epoch < self.epoch:  # a later coordinator took over (and aborted it) meanwhile
             raise StaleRequest(f"replica {self.index}: request {request_id} outlived coordinator "
@@ -581,10 +592,12 @@ class VLLMReplica:
             raise RuntimeError(
                 f"replica {self.index}: request {request_id} ended with finish_reason {reason!r}"
             )
-        self._paths[key] = prompt + new_ids
+        if not request.branch:
+            self._paths[key] = prompt + new_ids
         cached = int(final.num_cached_tokens or 0)
         self._counted(len(prompt), len(new_ids), cached)
-        return self._result(key, new_ids, str(comp.text), finish, stop_str, len(prompt), cached)
+        confidences = token_confidences(comp.logprobs, top, len(new_ids)) if top > 0 else None
+        return self._result(key, new_ids, str(comp.text), finish, stop_str, len(prompt), cached, confidences)
 
     async def drop(self, path_keys: list[str], epoch: int = 0) -> None:
         if epoch < self.epoch:
@@ -638,12 +651,13 @@ class VLLMReplica:
 
     async def stats(self, reset: bool = False) -> dict:
         """How busy the engine was since the last reset (see `Replica.stats`)."""
-        self._advance()
         now = time.monotonic()
-        st = self._stats
+        self.busy.advance(now)
+        st, busy = self._stats, self.busy
         out = {
-            "busy_s": round(st["busy_s"], 4),
-            "occupancy": round(st["area"] / st["busy_s"], 4) if st["busy_s"] > 0 else None,
+            "busy_s": round(busy.busy_s, 4),
+            "occupancy": round(busy.area / busy.busy_s, 4) if busy.busy_s > 0 else None,
+            "busy_by_point": busy.point_seconds(),
             "first_request_t": st["first_request_t"],
             "last_token_t": st["last_token_t"],
             "requests": st["requests"],
@@ -673,25 +687,22 @@ class VLLMReplica:
     # ------------------------------------------------------------------ helpers
 
     def _reset_stats(self, keep_running: bool = False) -> None:
+        """Zero the counters; busy time (whole and per sweep point) counts afresh from now."""
         now = time.monotonic()
         if not keep_running:
             self._running = 0
-        self._t_last = now
+            self.busy = BusyClock(now)
+        self.busy.reset(now)
         self._stats: dict[str, Any] = dict(
-            busy_s=0.0, area=0.0, first_request_t=None, last_token_t=None, requests=0,
+            first_request_t=None, last_token_t=None, requests=0,
             new_tokens=0, prompt_tokens=0, cached_tokens=0, window_start=now)
 
-    def _advance(self) -> None:
-        """Integrate busy time and running requests up to now."""
+    def _running_changed(self, delta: int, key: str) -> None:
         now = time.monotonic()
-        dt = now - self._t_last
-        if self._running > 0:
-            self._stats["busy_s"] += dt
-            self._stats["area"] += self._running * dt
-        self._t_last = now
-
-    def _running_changed(self, delta: int) -> None:
-        self._advance()
+        if delta > 0:
+            self.busy.start(key, now)
+        else:
+            self.busy.end(key, now)
         self._running += delta
         self.tm.running_requests(self._running)
         if delta > 0:
@@ -710,7 +721,7 @@ class VLLMReplica:
 
     def _result(
         self, key: str, ids: list[int], text: str, finish: str, stop_str: str | None,
-        prompt_tokens: int, cached: int,
+        prompt_tokens: int, cached: int, confidences: list[float] | None = None,
     ) -> GenResult:
         return GenResult(
             path_key=key,
@@ -722,6 +733,7 @@ class VLLMReplica:
             cached_tokens=cached,
             replica=self.index,
             node=self.node,
+            confidences=confidences,
         )
 
 

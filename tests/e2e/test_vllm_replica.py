@@ -198,3 +198,48 @@ def test_ignore_eos_generates_exactly_max_tokens(runner, replica, tok):
     assert st["requests"] == 1 and st["new_tokens"] == 48 and st["prompt_tokens"] == len(ids)
     assert 0 < st["busy_s"] <= st["window_s"] and st["occupancy"] == pytest.approx(1.0)
     assert st["first_request_t"] <= st["last_token_t"]
+
+
+def test_logprobs_give_one_confidence_per_token(runner, replica, tok):
+    pytest.importorskip("orchestrator.core.confidence")  # the reduction is the core's
+    ids = prompt_ids(tok, "What is 6 + 9?")
+    plain = gen(runner, replica, path_key="lp0", keep=len(ids), append=[], max_tokens=12, full=ids,
+                ignore_eos=True)
+    asked = gen(runner, replica, path_key="lp1", keep=len(ids), append=[], max_tokens=12, full=ids,
+                ignore_eos=True, logprobs=20)
+    few = gen(runner, replica, path_key="lp2", keep=len(ids), append=[], max_tokens=12, full=ids,
+              ignore_eos=True, logprobs=2)
+    assert plain.confidences is None
+    assert len(asked.confidences) == len(asked.token_ids) == 12 and len(few.confidences) == 12
+    # minus a mean of logprobs: positive; more (less likely) alternatives make it larger
+    assert all(0 < c < 100 for c in asked.confidences + few.confidences)
+    assert sum(asked.confidences) > sum(few.confidences)
+    runner.run(replica.drop(["lp0", "lp1", "lp2"]))
+
+
+def test_a_probe_leaves_the_stored_path_and_reuses_its_prefix(runner, replica, tok, block):
+    ids = long_prompt(tok, 2 * block + 5)
+    runner.run(replica.stats(reset=True))
+    first = gen(runner, replica, path_key="pt|q/0", keep=len(ids), append=[], max_tokens=16, full=ids)
+    stored = list(replica._paths["pt|q/0"])
+    assert stored == ids + first.token_ids
+    force = tok.encode("\n\nThe final answer is \\boxed{", add_special_tokens=False)
+    probe = gen(runner, replica, path_key="pt|q/0", keep=len(stored), append=force, max_tokens=6,
+                branch=True, kind="answer")
+    assert replica._paths["pt|q/0"] == stored  # nothing of the probe entered the path
+    assert probe.prompt_tokens == len(stored) + len(force)
+    assert probe.cached_tokens >= ((len(stored) - 1) // block) * block  # the path's prefix, reused
+    assert probe.token_ids
+    # the path goes on from its own tokens, not the probe's
+    nxt = gen(runner, replica, path_key="pt|q/0", keep=len(stored), append=[], max_tokens=4)
+    assert nxt.prompt_tokens == len(stored) and nxt.cached_tokens >= ((len(stored) - 1) // block) * block
+    # a probe with the path's whole token list on a replica that does not hold it stores nothing
+    other = gen(runner, replica, path_key="pt|q/1", keep=len(stored), append=force, max_tokens=2,
+                full=stored, branch=True)
+    assert other.token_ids and "pt|q/1" not in replica._paths
+    st = runner.run(replica.stats())
+    assert st["requests"] == 4
+    assert st["new_tokens"] == sum(len(r.token_ids) for r in (first, probe, nxt, other))
+    assert st["prompt_tokens"] == sum(r.prompt_tokens for r in (first, probe, nxt, other))
+    assert set(st["busy_by_point"]) == {"pt"} and st["busy_by_point"]["pt"] == pytest.approx(st["busy_s"], abs=1e-3)
+    runner.run(replica.drop(["pt|q/0"]))

@@ -175,20 +175,22 @@ def test_stats_integrate_running_requests_over_time(monkeypatch):
     monkeypatch.setattr(vllm_replica.time, "monotonic", lambda: clock[0])
     rep = VLLMReplica(0, "/m", {}, seed=0)
 
-    def at(t, delta=None, tokens=None):
+    def at(t, delta=None, tokens=None, key=""):
         clock[0] = 100.0 + t
         if delta is not None:
-            rep._running_changed(delta)
+            rep._running_changed(delta, key)
         if tokens is not None:
             rep._counted(prompt_tokens=10, new_tokens=tokens, cached=4)
 
-    at(1, +1)  # A starts
-    at(2, +1)  # B starts
-    at(4, -1, tokens=5)  # A ends
-    at(5, -1, tokens=7)  # B ends
+    at(1, +1, key="p1|q/0")  # A starts
+    at(2, +1, key="p2|q/0")  # B starts
+    at(4, -1, tokens=5, key="p1|q/0")  # A ends
+    at(5, -1, tokens=7, key="p2|q/0")  # B ends
     at(9)  # idle
     st = asyncio.run(rep.stats(reset=True))
     assert st["busy_s"] == pytest.approx(4.0)  # 1..5
+    # A alone for 1 s, then 2 s shared; B alone for the last 1 s
+    assert st["busy_by_point"] == {"p1": pytest.approx(2.0), "p2": pytest.approx(2.0)}
     assert st["occupancy"] == pytest.approx((1 * 1 + 2 * 2 + 1 * 1) / 4.0)
     assert st["requests"] == 2 and st["new_tokens"] == 12
     assert st["prompt_tokens"] == 20 and st["cached_tokens"] == 8
@@ -196,6 +198,7 @@ def test_stats_integrate_running_requests_over_time(monkeypatch):
     assert st["first_request_t"] <= st["last_token_t"]
     after = asyncio.run(rep.stats())
     assert after["requests"] == 0 and after["busy_s"] == 0 and after["first_request_t"] is None
+    assert after["busy_by_point"] == {}
     assert after["occupancy"] is None  # nothing ran in this window
 
 
