@@ -36,6 +36,8 @@ from .types import GenRequest, GenResult, Problem, SamplingSpec, Tokenizer
 
 log = logging.getLogger(__name__)
 
+REQUEST_PHASES = ("segment", "summary", "answer", "force", "probe")  # phases that send a request
+
 
 class Group(StopChecks):
     """One problem's N paths at one sweep point."""
@@ -97,11 +99,16 @@ class Group(StopChecks):
         sampled = sum(r["new_tokens"] for r in p.requests if r.get("kind") not in BRANCHES)
         return budget if p.phase == "done" else min(sampled, budget)
 
+    def can_request(self) -> bool:
+        """Whether `requests()` would return something now (a lock-step schedule that finds a
+        live group where it would not is stuck)."""
+        return any(p.in_flight is None and p.phase in REQUEST_PHASES for p in self.paths)
+
     def requests(self) -> list[GenRequest]:
         """Requests for every path that can advance now and has none under way."""
         out = []
         for p in self.paths:
-            if p.in_flight is None and p.phase in ("segment", "summary", "answer", "force", "probe"):
+            if p.in_flight is None and p.phase in REQUEST_PHASES:
                 out.append(self._request(p))
                 p.in_flight = p.phase
         return out

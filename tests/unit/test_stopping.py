@@ -245,3 +245,14 @@ def test_pool_is_capped_in_summary_tokens():
     g = make_group(mode="pool", max_rounds=2, pool_threshold=1.0, pool_tokens=lengths[0] + lengths[1] + lengths[2] - 1)
     BranchingEngine(g, default_script([1, 2, 3, 4])).run()
     assert {(m["recipient"], m["sender"]) for m in g.messages} == {(i, j) for i in range(4) for j in (0, 1)}
+
+
+def test_a_group_says_when_it_can_send_a_request():
+    g = make_group(mode="consensus", max_rounds=3)
+    engine = BranchingEngine(g, probe_script([5, 5, 5, 9]))
+    assert g.can_request()
+    reqs = g.requests()
+    assert not g.can_request()
+    for res in [engine.answer(r) for r in reqs]:
+        g.on_result(res)
+    assert g.can_request() and {p.phase for p in g.paths} == {"probe"}
