@@ -27,6 +27,7 @@ from .core.routing import POLICIES, SIMILARITIES
 from .core.types import SamplingSpec
 from .engines.vllm_args import check_engine_config
 from .errors import ConfigError
+from .method_keys import check_method_keys
 from .models import check_spec, is_built
 
 ENGINES = ("vllm", "fake")
@@ -100,7 +101,7 @@ class SamplingConfig:
 
 @dataclass
 class LeapConfig:
-    mode: str = "leap"  # leap | leap_t | independent | compute_matched
+    mode: str = "leap"  # leap | leap_t | independent | compute_matched | pool | consensus | deepconf
     paths: int = 32  # N reasoning paths per problem (paper: 32 math, 8 GPQA)
     T: int = 4096  # tokens generated between communications
     max_rounds: int = 4  # 4 for a 16K budget, 8 for 32K
@@ -117,6 +118,18 @@ class LeapConfig:
     segment_min_tokens: int = 0  # forbid EOS in the first N tokens of a segment (chat demo models)
     seed: int = 0
     prompts: str = "default"  # a name under conf/prompts/ or a path to a YAML file
+    # another registered stopping rule for the mode's communication (null: the mode's own):
+    # rounds | token_budget | consensus | confidence, e.g. mode=leap stopping=consensus
+    stopping: Optional[str] = None
+    consensus_share: float = 1.0  # consensus: share of live paths that must give the top answer
+    consensus_checks: int = 2  # consensus: consecutive agreeing checks that stop a problem
+    probe_tokens: int = 32  # consensus without barriers: tokens of each answer probe
+    confidence_window: int = 2048  # confidence (DeepConf): tokens per sliding window
+    confidence_keep: float = 10  # confidence: percent of warm-up paths kept above the threshold (10 or 90)
+    confidence_warmup: int = 16  # confidence: warm-up paths (the first by index) that set the threshold
+    confidence_top_logprobs: int = 20  # confidence: top-k logprobs behind each token's confidence
+    pool_threshold: float = 0.9  # pool: a summary at least this similar to a kept one is dropped
+    pool_tokens: int = 1024  # pool: summary tokens the shared pool holds at most
 
 
 @dataclass
@@ -285,7 +298,8 @@ def leap_params(leap: LeapConfig, overrides: dict | None = None, where: str = ""
         return f"{where}.{name}" if name in overrides else f"leap.{name}"
 
     _choice(key("mode"), values["mode"], method_names())
-    budgeted = find_method(values["mode"]).stopping.uses_token_budget
+    check_method_keys(values, key)
+    budgeted = find_method(values["mode"], values["stopping"]).stopping.uses_token_budget
     _choice(key("router"), values["router"], POLICIES)
     _choice(key("similarity"), values["similarity"], tuple(SIMILARITIES))
     for name in ("paths", "T", "max_rounds", "summary_tokens"):
@@ -312,14 +326,11 @@ def leap_params(leap: LeapConfig, overrides: dict | None = None, where: str = ""
         if (budget is None or budget < 1) and not values["match_point"]:
             raise ConfigError(f"{key('token_budget')} (sampled tokens per path) or {key('match_point')} "
                               f"(a LeaP sweep point to match) must be set when mode={values['mode']}")
-    return LeapParams(
-        paths=values["paths"], T=values["T"], max_rounds=values["max_rounds"], comm_rounds=comm,
-        top_k=top_k, router=values["router"], similarity=values["similarity"],
-        summary_tokens=values["summary_tokens"], answer_tokens=values["answer_tokens"],
-        mode=values["mode"], token_budget=values["token_budget"], force_answer=values["force_answer"],
-        segment_min_tokens=values["segment_min_tokens"], seed=values["seed"],
-        match_point=values["match_point"] if budgeted else None,
-    )
+    knobs = {k: values[k] for k in LeapParams.__dataclass_fields__ if k in values}
+    knobs.update(comm_rounds=comm, top_k=top_k, match_point=values["match_point"] if budgeted else None,
+                 consensus_share=float(values["consensus_share"]), confidence_keep=float(values["confidence_keep"]),
+                 pool_threshold=float(values["pool_threshold"]))
+    return LeapParams(**knobs)
 
 
 def point_name(overrides: dict) -> str:

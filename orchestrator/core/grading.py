@@ -415,6 +415,15 @@ def grade_rounds(summaries: list[str], gold: str, kind: str = "math",
     return answers, verdicts
 
 
+def current_answer(text: str, kind: str = "math") -> str | None:
+    """The answer a path gives in `text` (a summary, or an answer probe's forcing suffix and
+    output), normalized for voting: math, `canonical_answer` of `extract_answer`; GPQA, the
+    choice letter as `grade_rounds` reads it. None: no answer."""
+    if kind == "gpqa":
+        return _lenient_choice(text or "")
+    return canonical_answer(extract_answer(text or ""))
+
+
 def grade_rows(rows: list[dict], kind: str = "math", check=None) -> tuple[list[dict], float]:
     """Grade a group's path rows; returns them and the seconds it took (for run_info.json)."""
     t0 = time.perf_counter()
@@ -427,6 +436,7 @@ __all__ = [
     "grade_rounds",
     "grade_rows",
     "canonical_answer",
+    "current_answer",
     "extract_answer",
     "extract_choice",
     "gpqa_correct",

@@ -1,11 +1,13 @@
 """`LeapParams`: every knob of one sweep point, as the pure core takes them from the config.
 
-`mode` names a registered method (`core.methods`); what the mode does comes from there.
+`mode` names a registered method (`core.methods`); what the mode does comes from there, and
+`stopping` (when set) swaps in another registered stopping rule.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, fields
 
 from .methods import Method, method
 
@@ -29,11 +31,24 @@ class LeapParams:
     force_answer: bool = True
     segment_min_tokens: int = 0  # forbid EOS early in a segment (chat models without thinking)
     seed: int = 0
+    # The knobs of the issue-18 methods. Each is left out of `params_record` while at its
+    # default, so the records of runs made before they existed stay the same.
+    stopping: str | None = None  # a registered stopping rule instead of the method's own
+    consensus_share: float = 1.0  # consensus: share of live paths that must give the top answer
+    consensus_checks: int = 2  # consensus: consecutive agreeing checks that stop the problem
+    probe_tokens: int = 32  # consensus without barriers: tokens an answer probe may sample
+    confidence_window: int = 2048  # confidence: tokens per sliding window (DeepConf's group)
+    confidence_keep: float = 10  # confidence: percent of warm-up paths above the threshold
+    confidence_warmup: int = 16  # confidence: the first paths (by index) that set the threshold
+    confidence_top_logprobs: int = 20  # confidence: top-k logprobs behind a token's confidence
+    pool_threshold: float = 0.9  # pool: a summary this similar to a kept one is dropped
+    pool_tokens: int = 1024  # pool: summary tokens in the pool at most
 
     @property
     def method(self) -> Method:
-        """The registered method `mode` names (`UnknownName` when none is)."""
-        return method(self.mode)
+        """The registered method `mode` names, with the stopping rule `stopping` names when
+        set (`UnknownName` when either is unknown)."""
+        return method(self.mode, self.stopping)
 
     @property
     def segment_budget(self) -> int:
@@ -62,3 +77,16 @@ class LeapParams:
     @property
     def uses_leap_note(self) -> bool:
         return self.method.uses_leap_note
+
+
+OPTIONAL_KEYS = ("stopping", "consensus_share", "consensus_checks", "probe_tokens", "confidence_window",
+                 "confidence_keep", "confidence_warmup", "confidence_top_logprobs", "pool_threshold",
+                 "pool_tokens")
+_DEFAULTS = {f.name: f.default for f in fields(LeapParams)}
+
+
+def params_record(params) -> dict:
+    """The parameters as JSON would give them back (tuples become lists), without the knobs of
+    `OPTIONAL_KEYS` that are at their defaults: what fingerprints and checkpoints record."""
+    record = json.loads(json.dumps(asdict(params)))
+    return {k: v for k, v in record.items() if k not in OPTIONAL_KEYS or v != _DEFAULTS[k]}

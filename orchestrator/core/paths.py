@@ -70,6 +70,11 @@ class PathState:
     requests: list[dict] = field(default_factory=list)
     replica: int = -1
     node: str = ""
+    # how the path was stopped early (null: it ended on its own) and in which round
+    stop_reason: str | None = None
+    stopped_at_round: int | None = None
+    confidences: array = field(default_factory=lambda: array("d"))  # each kept segment token's
+    probe_answers: list[str | None] = field(default_factory=list)  # each answer probe's answer
 
     def cut(self, n: int) -> None:
         """Keep the first n tokens; spans and sync state follow."""

@@ -13,10 +13,9 @@ import struct
 import sys
 import zlib
 from array import array
-from dataclasses import asdict
 from typing import Callable
 
-from .params import LeapParams
+from .params import LeapParams, params_record
 from .paths import TokenIds
 from .types import Problem
 
@@ -26,11 +25,6 @@ SNAPSHOT_VERSION = 1
 
 class CheckpointError(ValueError):
     """Snapshot bytes that are damaged or belong to another group or configuration."""
-
-
-def params_record(params: LeapParams) -> dict:
-    """The parameters as JSON would give them back (tuples become lists)."""
-    return json.loads(json.dumps(asdict(params)))
 
 
 def pack(group) -> bytes:

@@ -5,7 +5,8 @@ A fingerprint has three parts:
     run       flat {config key: value} of everything global that changes a path's tokens or its
               grade: the model, the engine's numerics, sampling, the prompts (by content), the
               benchmark kind and the similarity model
-    points    {sweep point: its method settings} (every `leap.*` value, the seed included)
+    points    {sweep point: its method settings} (every `leap.*` value, the seed included; the
+              issue-18 knobs only where they differ from their defaults)
     problems  {problem id: a hash of its question, gold answer and kind}
 
 It is written to `output_dir/fingerprint.json` and stamped into every result part (parquet
@@ -23,6 +24,8 @@ import hashlib
 import json
 from dataclasses import asdict
 from typing import Any
+
+from ..core.params import params_record
 
 RUN_KEYS = (
     "model.path", "engine.kind", "engine.dtype", "engine.max_model_len", "engine.per_request_seed",
@@ -57,7 +60,7 @@ def make(cfg, points: dict, prompts, problems) -> dict:
     run["prompts"] = digest(prompt_fields)
     return {
         "run": run,
-        "points": {name: _jsonable(asdict(p)) for name, p in points.items()},
+        "points": {name: _jsonable(params_record(p)) for name, p in points.items()},
         "problems": {p.id: digest([p.question, p.gold, p.kind, p.benchmark]) for p in problems},
     }
 

@@ -7,8 +7,10 @@ prints the tables a run prints when it ends (`text.console_text`) and writes OUT
 (self-contained), OUTPUT_DIR/report.md and the PNGs under OUTPUT_DIR/plots/. Every number in the
 report is read from summary.json (written by `orchestrator.core.metrics.summarize`).
 
-One pipeline: `data` loads a results directory into a `Run` and builds its `Table`s; `document`
-renders them as HTML and Markdown, `text` as fixed-width text, `plots` draws the figures.
+One pipeline: `data` loads a results directory into a `Run` and builds its `Table`s (`compare`
+adds the methods against their cost, from `costs`: tokens per path with probes, generation time,
+the Pareto front, tokens saved by stopping); `document` renders them as HTML and Markdown, `text`
+as fixed-width text, `plots` draws the figures.
 
 Python API: `load_results(output_dir)` (the `Run`), `write_report(output_dir, point=None,
 problem=None, path=None)`, `plot(output_dir)` (the PNGs only), the text of a `Run`:

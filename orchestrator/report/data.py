@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from ..config import point_name, sweep_points, to_config
 from ..core import grading, metrics
+from .costs import METHOD_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ ROW_COLUMNS = (
     "finish_reason", "rounds", "sampled_tokens", "injected_tokens", "cached_tokens",
     "uncached_tokens", "summaries", "answer_first_summary", "answer_changed", "round_answers",
     "round_correct", "replica", "node",
-)
+) + METHOD_COLUMNS
 BASELINE_MODES = metrics.BASELINES
 
 
@@ -251,7 +252,10 @@ def grade_rounds(rows: list[dict]) -> list[dict]:
 class Cell:
     text: str
     src: tuple | None = None  # key path into summary.json
-    kind: str = "text"  # text | num | delta | head
+    kind: str = "text"  # text | num | delta | head | calc (a number the report computed: no src)
+
+
+NUMERIC = ("num", "delta", "calc")  # the kinds of cells that hold numbers (right-aligned)
 
 
 @dataclass
@@ -693,6 +697,7 @@ def build_tables(run: Run) -> dict[str, Table]:
 
 __all__ = [
     "Cell",
+    "NUMERIC",
     "Run",
     "Table",
     "build_tables",

@@ -21,6 +21,7 @@ from ..config import prompt_file
 from ..core.metrics import comm_round_list
 from ..core.prompts import load_prompts
 from . import data as D
+from .compare import report_tables
 from .markdown import md_code, md_fence, md_text
 from .plots import Figure, figures, write_figures
 from .text import console_text
@@ -128,7 +129,7 @@ body{font:14px/1.45 -apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24p
 h1{font-size:24px;margin-bottom:2px}h2{font-size:19px;margin-top:34px;border-bottom:1px solid #ddd;padding-bottom:4px}
 .sub{color:#666;margin-top:0}nav a{margin-right:14px}
 table{border-collapse:collapse;margin:10px 0;font-size:13px}th,td{border:1px solid #ddd;padding:3px 8px}
-th{background:#f4f4f4;font-weight:600}td.num,td.delta{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f4f4f4;font-weight:600}td.num,td.delta,td.calc{text-align:right;font-variant-numeric:tabular-nums}
 td.head{font-weight:600;white-space:nowrap}td.pos{color:#1b5e20}td.neg{color:#b71c1c}
 .note{color:#555;font-size:12.5px;max-width:1100px}.scroll{overflow-x:auto}
 figure{margin:12px 0}figure img{max-width:100%;border:1px solid #eee}figcaption{color:#555;font-size:12.5px}
@@ -229,6 +230,26 @@ def transcript_html(tr: Transcript | None) -> str:
     return "\n".join(parts)
 
 
+def _comparison_html(tables: dict[str, D.Table], figs: dict[str, Figure]) -> list[tuple[str, str, list[str]]]:
+    """The sections of the method comparison; none for a run whose rows lack the method columns."""
+    out = []
+    if tables.get("methods") is not None and tables["methods"].rows:
+        out.append(("methods", "Methods: accuracy against cost",
+                    [table_html(tables["methods"]), figure_html(figs.get("methods"))]))
+    if tables.get("stopping") is not None and tables["stopping"].rows:
+        out.append(("stopping", "Tokens saved by stopping", [table_html(tables["stopping"])]))
+    return out
+
+
+def _comparison_md(tables: dict[str, D.Table], figs: dict[str, Figure]) -> list[str]:
+    out = []
+    for key, heading, _ in _comparison_html(tables, figs):
+        out += [f"## {heading}", "", table_md(tables[key])]
+        if key == "methods":
+            out.append(figure_md(figs.get("methods")))
+    return out
+
+
 def render_html(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
                 tr: Transcript | None) -> str:
     title = run.config.get("experiment") or run.root.name
@@ -246,8 +267,9 @@ def render_html(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
     if "sweep_T" in figs or "sweep_top_k" in figs:
         sections.append(("sweep", "Sweep: accuracy against T and top-k",
                          [figure_html(figs.get("sweep_T")), figure_html(figs.get("sweep_top_k"))]))
+    sections.append(("tokens", "Tokens and efficiency", [table_html(tables["tokens"]), figure_html(figs.get("tokens"))]))
+    sections += _comparison_html(tables, figs)
     sections += [
-        ("tokens", "Tokens and efficiency", [table_html(tables["tokens"]), figure_html(figs.get("tokens"))]),
         ("transitions", "Answer changes after peer messages",
          [table_html(tables["transitions"]), figure_html(figs.get("transitions"))]),
         ("pass_at_k", "pass@k", [figure_html(figs.get("pass_at_k")), table_html(tables["pass_at_k"])]),
@@ -290,7 +312,7 @@ def table_md(t: D.Table) -> str:
                     headers[j] = f"{label} {headers[j]}"
             i += span
     lines = [f"<!-- table:{t.key} -->", "| " + " | ".join(md_text(h) for h in headers) + " |",
-             "|" + "|".join("---:" if c.kind in ("num", "delta") else "---" for c in t.rows[0]) + "|"]
+             "|" + "|".join("---:" if c.kind in D.NUMERIC else "---" for c in t.rows[0]) + "|"]
     for row in t.rows:
         lines.append("| " + " | ".join(md_text(c.text) for c in row) + " |")
     if t.note:
@@ -349,8 +371,9 @@ def render_md(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
     if "sweep_T" in figs or "sweep_top_k" in figs:
         out += ["## Sweep: accuracy against T and top-k", "", figure_md(figs.get("sweep_T")),
                 figure_md(figs.get("sweep_top_k"))]
-    out += ["## Tokens and efficiency", "", table_md(tables["tokens"]), figure_md(figs.get("tokens")),
-            "## Answer changes after peer messages", "", table_md(tables["transitions"]),
+    out += ["## Tokens and efficiency", "", table_md(tables["tokens"]), figure_md(figs.get("tokens"))]
+    out += _comparison_md(tables, figs)
+    out += ["## Answer changes after peer messages", "", table_md(tables["transitions"]),
             figure_md(figs.get("transitions")),
             "## pass@k", "", figure_md(figs.get("pass_at_k")), table_md(tables["pass_at_k"]),
             "## Per problem", "", table_md(tables["problems"]),
@@ -377,7 +400,7 @@ def write_run_report(run: D.Run, point: str | None = None, problem: str | None =
     root = run.root
     if not run.summary:
         raise ValueError(f"{root} has no summary.json (or it is empty): nothing to report")
-    tables = D.build_tables(run)
+    tables = report_tables(run)
     figs = figures(run) if plots else {}
     chosen = point is not None or problem is not None or path is not None
     try:

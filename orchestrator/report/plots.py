@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.metrics import baseline_of
+from .compare import ACCURACY, fronts
+from .costs import engine_seconds, has_method_columns, point_costs
 from .data import Run, is_leap, sort_key
 
 TRANSITION_COLORS = {"wrong_to_right": "#2e7d32", "right_to_wrong": "#c62828",
@@ -216,6 +218,64 @@ def pass_at_k_plot(run: Run) -> Figure | None:
     return Figure("pass_at_k.png", "Unbiased pass@k per configuration.", _png(fig))
 
 
+COST_AXES = {"tokens": "tokens per path (sampled + injected + probes)", "time": "generation time (s)"}
+ACCURACY_MARKS = {"pass@1": ("o", ":"), "cons@N": ("s", "-")}  # marker, front line
+
+
+def accuracy_vs_cost(run: Run) -> Figure | None:
+    """Pass@1 and Cons@N of every configuration against its tokens per path (and, when the run
+    recorded it, its generation time), one panel per benchmark and cost; filled markers joined
+    by a grey line: the Pareto front. None for a run whose rows lack the method columns."""
+    if not has_method_columns(run.rows):
+        return None
+    costs = point_costs(run.rows)
+    benches = [b for b in run.benchmarks if any((p, b) in costs and run.metric(p, b) for p in run.order)]
+    if not benches:
+        return None
+    axes_kinds = ["tokens"] + (["time"] if any(engine_seconds(run.run_info, p) is not None for p in run.order) else [])
+    front = fronts(run, costs)
+    color = {p: f"C{i % 10}" for i, p in enumerate(run.order)}
+    fig = _figure(4.6 * len(axes_kinds) + 2.6, 3.4 * len(benches) + 0.6)
+    axes = fig.subplots(len(benches), len(axes_kinds), squeeze=False)
+    for i, bench in enumerate(benches):
+        for j, axis in enumerate(axes_kinds):
+            ax = axes[i][j]
+            for key, label in ACCURACY:
+                marker, line = ACCURACY_MARKS[key]
+                on_front = []
+                for p in run.order:
+                    x = (costs[(p, bench)].total if (p, bench) in costs else None) if axis == "tokens" \
+                        else engine_seconds(run.run_info, p)
+                    y = run.metric(p, bench, key) if (p, bench) in costs else None
+                    if x is None or y is None:
+                        continue
+                    on = p in front.get((bench, axis, key), set())
+                    ax.scatter([x], [float(y)], marker=marker, s=48 if on else 30, linewidths=1.4, zorder=3,
+                               facecolors=color[p] if on else "none", edgecolors=color[p])
+                    if on:
+                        on_front.append((x, float(y)))
+                if on_front:
+                    on_front.sort()
+                    ax.plot([x for x, _ in on_front], [y for _, y in on_front], line, color="grey", zorder=2,
+                            linewidth=1)
+            ax.set_ylim(-0.02, 1.05)
+            ax.set_xlabel(COST_AXES[axis], fontsize=8)
+            if j == 0:
+                ax.set_ylabel(f"{bench} accuracy")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker="o", linestyle="", color=color[p], label=_short(p, 30)) for p in run.order
+               if any((p, b) in costs for b in benches)]
+    handles += [Line2D([], [], marker=ACCURACY_MARKS[k][0], linestyle=ACCURACY_MARKS[k][1], color="grey",
+                       markerfacecolor="none", label=f"{lab}, its front") for k, lab in ACCURACY]
+    fig.legend(handles=handles, fontsize=7, loc="outside right upper")
+    axes[0][0].set_title("Accuracy against cost, one point per configuration", fontsize=9)
+    return Figure("accuracy_vs_tokens.png", "Pass@1 (circles) and Cons@N (squares) of every configuration "
+                  "against tokens per path (sampled + injected + answer probes) and, when recorded, the "
+                  "engines' generation time; filled markers joined by a grey line are the Pareto front.",
+                  _png(fig))
+
+
 def figures(run: Run) -> dict[str, Figure]:
     """Every figure the run has data for, by section key."""
     built = {
@@ -225,6 +285,7 @@ def figures(run: Run) -> dict[str, Figure]:
         "tokens": tokens_bars(run),
         "transitions": transitions_plot(run),
         "pass_at_k": pass_at_k_plot(run),
+        "methods": accuracy_vs_cost(run),
     }
     return {k: v for k, v in built.items() if v is not None}
 

@@ -9,6 +9,9 @@ terminal is the one report.html and report.md show, read from summary.json:
   terminal, else a line saying where it is;
 - accuracy by configuration (Pass@1, Cons@N, their differences to the baselines, ungraded paths);
 - tokens per path (sampled, injected, total), rounds and prefix-cache hit rate;
+- for a run whose rows record how paths ended (the method columns), the methods against their
+  cost (tokens per path, generation time, the Pareto front) and, when a point stops early, the
+  tokens it saved and the answers it changed (`compare`);
 - when the run planned itself, its plan against what it measured ("Plan vs run");
 - one line about the delivered peer messages, and one about ungraded paths when there are any.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from . import data as D
+from .compare import report_tables
 from .data import Run, Table
 
 # The per-problem table is printed when it has at most this many rows and is at most this wide.
@@ -27,9 +31,10 @@ WIDTH = 160
 # and shortest-majority variants are in the report.
 ACCURACY_DROP = ("mode", "T", "top-k", "router")
 TOKENS_DROP = ("Pass@1 (compat)", "Cons@N shortest")
+STOPPING_DROP = ("basis", "its tokens/path")  # the note under the report's table says them
 ANSWER_CHARS = 16  # a longer majority answer is cut, ending in "~"
 
-NUMERIC = ("num", "delta")
+NUMERIC = D.NUMERIC
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool]) -> str:
@@ -87,6 +92,14 @@ def tokens_table(run: Run, table: Table | None = None) -> str:
     return table_text(D.efficiency_table(run) if table is None else table, drop=TOKENS_DROP)
 
 
+def comparison_text(tables: Mapping[str, Table]) -> str:
+    """The methods against their cost and the tokens saved by stopping; empty for a run whose
+    rows lack the method columns (and the second table for a run where nothing stops early)."""
+    parts = [_titled(t, table_text(t, drop=STOPPING_DROP if key == "stopping" else ()))
+             for key in ("methods", "stopping") if (t := tables.get(key)) is not None and t.rows]
+    return "\n\n".join(parts)
+
+
 def plan_text(run: Run, table: Table | None = None) -> str:
     """Predicted against measured (generation and wall time, tokens, cache hit rate) with the
     error, and the profile the plan used; empty when the run made no plan."""
@@ -114,8 +127,8 @@ def message_line(run: Run) -> str:
 
 def console_text(run: Run, tables: Mapping[str, Table] | None = None) -> str:
     """The text a run prints when it ends and `python -m orchestrator.report` prints; `tables`:
-    `data.build_tables(run)` when the caller has them already."""
-    tables = D.build_tables(run) if tables is None else tables
+    `compare.report_tables(run)` when the caller has them already."""
+    tables = report_tables(run) if tables is None else tables
     parts = ["\n".join(run.notices(limit=3) + run.derived)]
     problems = tables["problems"]
     if problems.rows:
@@ -129,10 +142,11 @@ def console_text(run: Run, tables: Mapping[str, Table] | None = None) -> str:
             parts.append(_titled(problems, body))
     parts.append(_titled(tables["main"], sweep_table(run, tables["main"])))
     parts.append(_titled(tables["tokens"], tokens_table(run, tables["tokens"])))
+    parts.append(comparison_text(tables))
     parts.append(plan_text(run, tables["plan"]))
     parts.append("\n".join(line for line in (message_line(run), D.ungraded_note(run)) if line))
     return "\n\n".join(p for p in parts if p)
 
 
-__all__ = ["console_text", "format_table", "message_line", "plan_text", "problem_table", "sweep_table",
+__all__ = ["comparison_text", "console_text", "format_table", "message_line", "plan_text", "problem_table", "sweep_table",
            "table_text", "tokens_table"]

@@ -227,7 +227,9 @@ def test_every_metric_cell_equals_summary_json(run_dir):
 def test_markdown_tables_show_the_html_cells(run_dir):
     html_tables = _html(run_dir).tables
     md = _md_tables(run_dir)
-    assert set(md) == {"facts", "main", "tokens", "transitions", "pass_at_k", "problems"}
+    # the method comparison's tables ("methods", and "stopping" where a point stops early) come with
+    # rows that record how paths ended (test_report_compare.py)
+    assert set(md) - {"methods", "stopping"} == {"facts", "main", "tokens", "transitions", "pass_at_k", "problems"}
     for key, rows in md.items():
         body = [[c[0] for c in r] for r in html_tables[key] if r and r[0][2] == "td"]
         assert rows[1:] == body, key

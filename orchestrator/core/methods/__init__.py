@@ -14,10 +14,11 @@ from .registry import (
     register_communication,
     register_method,
     register_stopping,
+    stopping_names,
 )
 
 __all__ = [
     "Barrier", "COMMUNICATIONS", "Communication", "Knobs", "METHODS", "Method", "Peers", "STOPPING_RULES",
     "StoppingRule", "UnknownName", "find_method", "method", "method_names", "register_communication",
-    "register_method", "register_stopping",
+    "register_method", "register_stopping", "stopping_names",
 ]

@@ -9,9 +9,10 @@ with the name (`leap.mode`). The round state machine (`core.group.Group`) calls 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
 
+from ..grading import current_answer
 from ..paths import PathState
 from ..rng import rng_for
 from ..routing import EmbedFn, Matrix
@@ -31,11 +32,22 @@ class Knobs(Protocol):
     similarity: str
     token_budget: int | None
     seed: int
+    consensus_share: float
+    consensus_checks: int
+    probe_tokens: int
+    confidence_window: int
+    confidence_keep: float
+    confidence_warmup: int
+    confidence_top_logprobs: int
+    pool_threshold: float
+    pool_tokens: int
 
 
 @dataclass(frozen=True)
 class Barrier:
-    """A problem's barrier, as a strategy sees it: every active path has written its summary."""
+    """A problem's barrier, as a strategy sees it: every active path has written its summary
+    (or, where paths do not summarize, has answered its answer probe: `answers` are then the
+    probes' answers and `summaries` their texts)."""
 
     params: Knobs
     problem: Problem
@@ -45,6 +57,16 @@ class Barrier:
     paths: tuple[PathState, ...]  # every path of the group, finished ones too
     embed: EmbedFn | None = None  # the run's sentence embedder (leap.similarity=embedding)
     similarity: Matrix | None = None  # waiting x waiting, when already computed
+    lengths: tuple[int, ...] | None = None  # each summary's tokens (when the strategy asks)
+    answers: tuple[str | None, ...] | None = None  # each waiting path's current answer, normalized
+    state: dict = field(default_factory=dict)  # the stopping rule's state in this group (JSON-able)
+
+    def current_answers(self) -> tuple[str | None, ...]:
+        """Each waiting path's current answer, normalized for voting: the probes' answers, or the
+        answer in each newest summary."""
+        if self.answers is not None:
+            return self.answers
+        return tuple(current_answer(s, self.problem.kind) for s in self.summaries)
 
     def rng(self, purpose: str = "router") -> random.Random:
         """The seeded RNG of this problem, round and purpose (the same on every run)."""
@@ -56,6 +78,7 @@ class Communication:
     `comm_rounds` (None: every round but the last)."""
 
     exchanges = True  # False: paths never receive anything (the independent baselines)
+    needs_lengths = False  # True: `Barrier.lengths` is filled for `route`
 
     def communicates(self, params: Knobs, round_: int) -> bool:
         """Whether paths summarize and meet at a barrier after this round's segment."""
@@ -78,6 +101,8 @@ class StoppingRule:
 
     uses_token_budget = False  # True: leap.token_budget (or leap.match_point) configures it
     budget_keys = "leap.T x leap.max_rounds"  # the config keys that set a path's sampled tokens
+    vote = "majority"  # the point's vote: majority | confidence (weighted by `vote_weight`)
+    group_stop_reason = "stopped"  # a path's stop_reason when `stop_group` stops its problem
 
     def segment_tokens(self, params: Knobs, path: PathState) -> int:
         """The most tokens the path's next segment may sample."""
@@ -93,8 +118,31 @@ class StoppingRule:
         raise NotImplementedError
 
     def stop_group(self, barrier: Barrier) -> bool:
-        """At a barrier: True forces the answer of every waiting path instead of routing."""
+        """At a barrier (or an answer-probe check): True forces the answer of every waiting path
+        instead of routing (their stop_reason is `group_stop_reason`)."""
         return False
+
+    def probes(self, communication: Communication) -> bool:
+        """Whether, with this communication, each path sends an answer probe after every segment
+        but the last, and waits for its problem's other live paths before `stop_group` decides."""
+        return False
+
+    def logprobs(self, params: Knobs) -> int:
+        """Top logprobs a segment request asks for (0: none; >0: results carry confidences)."""
+        return 0
+
+    def check_path(self, params: Knobs, path: PathState, paths: Sequence[PathState], state: dict) -> str | None:
+        """At the end of each segment of `path` (`paths`: the whole group; `state`: this rule's
+        state in the group): a stop reason ends the path at once, with no forced answer."""
+        return None
+
+    def warmup(self, params: Knobs, path: PathState) -> bool:
+        """Whether the path is a warm-up path, never stopped by `check_path`."""
+        return False
+
+    def vote_weight(self, params: Knobs, path: PathState) -> float:
+        """The path's weight in its problem's vote: 1.0, or 0.0 for a path stopped early."""
+        return 0.0 if path.stop_reason is not None and path.finish == "stopped" else 1.0
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,13 @@ machine never changes for one.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Generic, TypeVar
 
 from .base import Communication, Method, StoppingRule
+from .confident import ConfidenceStop
+from .consensus import ConsensusStop
+from .pooled import Pooled
 from .rounds import RoundBudget
 from .routed import Routed
 from .self_opened import SelfOpened
@@ -72,14 +76,35 @@ def register_method(name: str, communication: str, stopping: str, *, uses_leap_n
                                          uses_leap_note=uses_leap_note, baseline=baseline))
 
 
-def method(name: str) -> Method:
-    """The method `leap.mode=name` runs; `UnknownName` lists the registered ones."""
-    return METHODS.get(name)
+def method(name: str, stopping: str | None = None) -> Method:
+    """The method `leap.mode=name` runs, with the stopping rule `leap.stopping=stopping` in
+    place of its own when that is set; `UnknownName` lists the registered ones."""
+    base = METHODS.get(name)
+    if stopping is None:
+        return base
+    return _combined(base, stopping, STOPPING_RULES.get(stopping))
 
 
-def find_method(name) -> Method | None:
-    """The method of that name, or None (e.g. a mode of an older run's settings)."""
-    return METHODS.find(name)
+def find_method(name, stopping: str | None = None) -> Method | None:
+    """The method of that name (and stopping rule), or None (e.g. a mode of an older run's
+    settings)."""
+    base = METHODS.find(name)
+    if base is None or stopping is None:
+        return base
+    rule = STOPPING_RULES.find(stopping)
+    return None if rule is None else _combined(base, stopping, rule)
+
+
+@lru_cache(maxsize=None)
+def _combined(base: Method, stopping: str, rule: StoppingRule) -> Method:
+    """`base` with another stopping rule; it is no baseline any more (it stops otherwise)."""
+    if rule is base.stopping:
+        return base
+    return Method(f"{base.name}+{stopping}", base.communication, rule, uses_leap_note=base.uses_leap_note)
+
+
+def stopping_names() -> tuple[str, ...]:
+    return STOPPING_RULES.names()
 
 
 def method_names() -> tuple[str, ...]:
@@ -95,3 +120,10 @@ register_method("leap", "routed", "rounds", uses_leap_note=True)
 register_method("leap_t", "self_opened", "rounds")
 register_method("independent", "none", "rounds", baseline="independent")
 register_method("compute_matched", "none", "token_budget", baseline="compute_matched")
+# issue 18: LeaP's rivals on the same engines
+register_communication("pool", Pooled())
+register_stopping("consensus", ConsensusStop())
+register_stopping("confidence", ConfidenceStop())
+register_method("pool", "pool", "rounds", uses_leap_note=True)
+register_method("consensus", "none", "consensus")
+register_method("deepconf", "none", "confidence")
