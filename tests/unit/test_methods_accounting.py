@@ -14,6 +14,7 @@ from orchestrator.core.prompts import load_prompts
 from orchestrator.core.types import Problem, SamplingSpec
 from orchestrator.engines.fake import FakeReplica
 from orchestrator.engines.local import LocalHandle
+from tests.drain import drain
 
 PROMPTS = load_prompts(CONF_DIR / "prompts" / "default.yaml")
 PROBLEMS = [Problem(f"p{i}", "synthetic", f"What is {i} + {i}?", str(2 * i)) for i in range(3)]
@@ -37,14 +38,7 @@ def run():
             coord = Coordinator([LocalHandle(r) for r in replicas], "fake", POINTS, PROMPTS, SamplingSpec(),
                                 capacity=[8, 8], epoch=1)
             await coord.submit([(pt, p, {}) for pt in POINTS for p in PROBLEMS])
-            rows, errors = [], []
-            while True:
-                update = await coord.poll(10.0)
-                errors.extend(update.errors)
-                for g in update.groups:
-                    rows.extend(g["paths"])
-                if update.all_done:
-                    break
+            rows, errors = await drain(coord)
             return rows, errors, [await r.stats() for r in replicas]
 
     return asyncio.run(main())
