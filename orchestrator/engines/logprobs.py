@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
+from ..core.confidence import token_confidence
+
 
 def top_k_logprobs(entries: Sequence[tuple[int | None, float]], k: int) -> list[float]:
     """The logprobs of ranks 1..k among (rank, logprob) entries of one position; the sampled
@@ -40,8 +42,7 @@ def token_confidences(sample_logprobs: Any, k: int, count: int,
                       reduce: Callable[[Sequence[float]], float] | None = None) -> list[float]:
     """One confidence for each of the completion's `count` tokens. A position vLLM returned no
     logprobs for (none should be missing) gets `reduce([])`."""
-    if reduce is None:
-        from ..core.confidence import token_confidence as reduce
+    reduce = token_confidence if reduce is None else reduce
     per = positions(sample_logprobs)
     if len(per) < count:
         per += [[] for _ in range(count - len(per))]
