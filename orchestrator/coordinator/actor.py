@@ -445,7 +445,7 @@ class Coordinator:
                     self._close(g, pend, failed[g.key])
                 elif g.done:
                     self._close(g, pend)
-                elif not any(p.in_flight is None and p.phase in ("segment", "summary", "answer", "force")
+                elif not any(p.in_flight is None and p.phase in ("segment", "summary", "answer", "force", "probe")
                              for p in g.paths):
                     self._close(g, pend, RuntimeError(f"group {g.key} is stuck: no request can run"))
                 else:

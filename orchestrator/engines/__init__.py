@@ -6,7 +6,9 @@ vLLM engine (vLLM and torch are imported inside the replica's process when it st
 stand-in that can take an engine's time (`batching`: continuous batching over a KV cache, from a
 `profile.Profile`; `counted`: token counts without text, for plans); `tokenizer` loads the
 model's tokenizer and renders prompts (used by the coordinator and the driver too); `local` runs
-replicas in-process for simulations; `profile` reads, scales and finds engine profiles.
+replicas in-process for simulations; `profile` reads, scales and finds engine profiles; `busy`
+splits a replica's busy time among sweep points; `logprobs` reduces vLLM's top-k logprobs to one
+confidence a token inside the replica.
 
 May import: `orchestrator.core`, `orchestrator.errors`, `orchestrator.telemetry`.
 """

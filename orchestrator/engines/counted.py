@@ -78,7 +78,7 @@ class CountedWriter:
     def write(self, req: GenRequest, limit: int) -> tuple[list[int], str, str | None]:
         """(token ids, finish reason, stop string) of `req`, at most `limit` tokens."""
         key, kind = req.path_key, req.kind
-        if req.ignore_eos or kind not in ("segment", "summary", "answer", "force"):
+        if req.ignore_eos or not (req.branch or kind in ("segment", "summary", "answer", "force")):
             return self._fill(limit), "length", None
         if req.branch:  # an answer probe: an answer's length, drawn without moving the path's own draws
             values = self.lengths.get("answer")

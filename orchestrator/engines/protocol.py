@@ -27,10 +27,11 @@ class Replica(Protocol):
         """{"phases": [{"name", "seconds", "done"}], "ready": bool, "error": str | None}"""
 
     async def stats(self, reset: bool = False) -> dict:
-        """{"busy_s", "occupancy", "first_request_t", "last_token_t", "requests", "new_tokens",
-        "prompt_tokens", "cached_tokens", "window_s"}: time with at least one request running,
-        the time-weighted mean of running requests while busy, epoch times of the first request
-        and the last token since the last reset, and counters."""
+        """{"busy_s", "occupancy", "busy_by_point", "first_request_t", "last_token_t", "requests",
+        "new_tokens", "prompt_tokens", "cached_tokens", "window_s"}: time with at least one
+        request running, the time-weighted mean of running requests while busy, busy seconds per
+        sweep point (each stretch split equally among the requests in flight), epoch times of the
+        first request and the last token since the last reset, and counters (probes included)."""
 
     async def generate(self, request: GenRequest) -> GenResult: ...
 

@@ -12,7 +12,7 @@
   `answer_changed_frac`) and the problems whose vote differs from the reference point's.
 
 Both tables are empty for a run whose rows lack the method columns (`costs.has_method_columns`):
-such a run reports exactly as before. Cells computed here from the rows carry kind "calc" (a
+such a run reports exactly as before; the methods table (and its plot) also for a single point. Cells computed here from the rows carry kind "calc" (a
 number with no summary.json key); Pass@1, Cons@N and answer_changed_frac keep their keys.
 """
 
@@ -45,6 +45,23 @@ NOT_RECORDED = "not recorded"
 def calc(value: Any, style: str = "tokens") -> Cell:
     """A number computed by the report (from the rows or run_info.json), not read from summary.json."""
     return Cell(D.fmt(value, style), kind="calc")
+
+
+def tokens_cell(run: Run, keys: tuple, value: float) -> Cell:
+    """Tokens per path as counted from the rows; with summary.json's key where summary.json holds
+    the same figure (a summary written before probes were counted holds sampled + injected only)."""
+    recorded = run.metric(*keys)
+    if isinstance(recorded, (int, float)) and abs(float(recorded) - value) < 0.5:
+        return D.num(run, keys, "tokens")
+    return calc(value)
+
+
+def seconds_cell(seconds: float | None) -> Cell:
+    """Generation time: three significant digits below 100 s (a fake engine's points take
+    milliseconds), whole seconds above; `not recorded` without a figure."""
+    if seconds is None:
+        return Cell(NOT_RECORDED)
+    return Cell(f"{seconds:.3g}" if seconds < 100 else f"{seconds:,.0f}", kind="calc")
 
 
 # --------------------------------------------------------------------------- what a point is
@@ -154,6 +171,13 @@ def _entries(run: Run, costs: dict) -> list[tuple[str, str]]:
     return [(p, b) for p in run.order for b in run.benchmarks if (p, b) in costs and run.metric(p, b) is not None]
 
 
+def compared(run: Run, costs: dict) -> list[tuple[str, str]]:
+    """The (point, benchmark) entries of the comparison: none for a run without the method
+    columns, or with a single point (nothing to compare it with)."""
+    entries = _entries(run, costs) if has_method_columns(run.rows) else []
+    return entries if len({p for p, _ in entries}) > 1 else []
+
+
 def _vote(run: Run, p: str, b: str, cost: PointCost) -> Cell:
     if run.metric(p, b, "vote") is not None:
         return Cell(str(run.metric(p, b, "vote")), src=(p, b, "vote"))
@@ -164,7 +188,7 @@ def methods_table(run: Run, costs: dict[tuple[str, str], PointCost] | None = Non
     """Accuracy against tokens per path and generation time, a row per point (see the module)."""
     costs = point_costs(run.rows) if costs is None else costs
     headers = D._label_headers(run) + ["method", "vote", "tokens/path"]
-    entries = _entries(run, costs) if has_method_columns(run.rows) else []
+    entries = compared(run, costs)
     probes = any(costs[e].probe for e in entries)
     timed = any(engine_seconds(run.run_info, p) is not None for p, _ in entries)
     headers += (["probe/path"] if probes else []) + ["generation s", "Pass@1", "Cons@N", "front (tokens)"]
@@ -173,10 +197,10 @@ def methods_table(run: Run, costs: dict[tuple[str, str], PointCost] | None = Non
     rows = []
     for p, b in entries:
         cost = costs[(p, b)]
-        seconds = engine_seconds(run.run_info, p)
-        row = D._label(run, p, b) + [Cell(method_label(run, p)), _vote(run, p, b, cost), calc(cost.total)]
-        row += [calc(cost.probe)] if probes else []
-        row += [calc(seconds, "seconds") if seconds is not None else Cell(NOT_RECORDED)]
+        row = D._label(run, p, b) + [Cell(method_label(run, p)), _vote(run, p, b, cost),
+                                     tokens_cell(run, (p, b, "tokens_per_path", "total"), cost.total)]
+        row += [tokens_cell(run, (p, b, "tokens_per_path", "probe"), cost.probe)] if probes else []
+        row += [seconds_cell(engine_seconds(run.run_info, p))]
         row += [D.num(run, (p, b, key)) for key, _ in ACCURACY] + [_front_cell(front, b, "tokens", p)]
         row += [_front_cell(front, b, "time", p)] if timed else []
         rows.append(row)
@@ -230,8 +254,11 @@ def stopping_table(run: Run, costs: dict[tuple[str, str], PointCost] | None = No
         ref, basis = reference(run, p, stopped)
         theirs = costs.get((ref, b)) if ref is not None else None
         saved = 1 - cost.total / theirs.total if theirs is not None and theirs.total else None
-        row = D._label(run, p, b) + [D.text(stopping_of(run, p)), calc(cost.total), D.text(ref),
-                                     D.text(basis or None), calc(theirs.total if theirs else None),
+        row = D._label(run, p, b) + [D.text(stopping_of(run, p)),
+                                     tokens_cell(run, (p, b, "tokens_per_path", "total"), cost.total), D.text(ref),
+                                     D.text(basis or None),
+                                     tokens_cell(run, (ref, b, "tokens_per_path", "total"), theirs.total)
+                                     if theirs is not None else D.text(None),
                                      Cell("-" if saved is None else f"{100 * saved:+.1f}%", kind="calc"),
                                      Cell(stopped_text(cost))]
         row += [calc(cost.warmup, "int")] if warm else []
@@ -247,7 +274,9 @@ def stopping_table(run: Run, costs: dict[tuple[str, str], PointCost] | None = No
             "At round: mean (range) of the stopped paths' stopped_at_round. Answer changed: the share of paths whose "
             "final answer differs from their first summary's (summary.json answer_changed_frac). Votes "
             "changed: problems whose vote answer differs from the other point's; wrong→right and "
-            "right→wrong count those votes' verdicts.")
+            "right→wrong count those votes' verdicts. The two points' paths sample alike until a stop "
+            "only where the engine takes per-request seeds (vLLM on CUDA); elsewhere part of a change is "
+            "sampling.")
     return Table("stopping", "Tokens saved by stopping", headers, rows, note)
 
 

@@ -421,6 +421,8 @@ def efficiency_table(run: Run) -> Table:
     note = ("Tokens per path: sampled (written by the model) and injected (summary prompts, peer "
             "messages, answer forcing). Cache hit: prompt tokens served from the prefix cache. "
             "Pass@1 (compat): the reference code's lenient scorer.")
+    if any(run.metric(p, b, "tokens_per_path", "probe") is not None for p, b in _point_bench(run)):
+        note += " Total also counts the answer probes' tokens (sampled and sent) of the points that probed."
     return Table("tokens", "Tokens and efficiency", headers, rows, note)
 
 

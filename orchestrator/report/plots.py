@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.metrics import baseline_of
-from .compare import ACCURACY, fronts
-from .costs import engine_seconds, has_method_columns, point_costs
+from .compare import ACCURACY, compared, fronts
+from .costs import engine_seconds, point_costs
 from .data import Run, is_leap, sort_key
 
 TRANSITION_COLORS = {"wrong_to_right": "#2e7d32", "right_to_wrong": "#c62828",
@@ -225,11 +225,11 @@ ACCURACY_MARKS = {"pass@1": ("o", ":"), "cons@N": ("s", "-")}  # marker, front l
 def accuracy_vs_cost(run: Run) -> Figure | None:
     """Pass@1 and Cons@N of every configuration against its tokens per path (and, when the run
     recorded it, its generation time), one panel per benchmark and cost; filled markers joined
-    by a grey line: the Pareto front. None for a run whose rows lack the method columns."""
-    if not has_method_columns(run.rows):
-        return None
+    by a grey line: the Pareto front. None for a run whose rows lack the method columns, or of a
+    single point."""
     costs = point_costs(run.rows)
-    benches = [b for b in run.benchmarks if any((p, b) in costs and run.metric(p, b) for p in run.order)]
+    entries = compared(run, costs)
+    benches = [b for b in run.benchmarks if any(e[1] == b for e in entries)]
     if not benches:
         return None
     axes_kinds = ["tokens"] + (["time"] if any(engine_seconds(run.run_info, p) is not None for p in run.order) else [])

@@ -201,7 +201,6 @@ def test_ignore_eos_generates_exactly_max_tokens(runner, replica, tok):
 
 
 def test_logprobs_give_one_confidence_per_token(runner, replica, tok):
-    pytest.importorskip("orchestrator.core.confidence")  # the reduction is the core's
     ids = prompt_ids(tok, "What is 6 + 9?")
     plain = gen(runner, replica, path_key="lp0", keep=len(ids), append=[], max_tokens=12, full=ids,
                 ignore_eos=True)

@@ -12,7 +12,7 @@ EXPERIMENTS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml
 
 
 def test_there_are_the_documented_experiments():
-    assert {"demo", "aime_sweep", "paper_main", "single_comm", "t_granularity"} <= set(EXPERIMENTS)
+    assert {"demo", "aime_sweep", "paper_main", "single_comm", "t_granularity", "methods", "methods_demo"} <= set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

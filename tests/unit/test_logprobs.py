@@ -51,7 +51,6 @@ def test_one_confidence_per_token_even_when_positions_are_missing():
 
 
 def test_the_default_reduction_is_the_cores():
-    pytest.importorskip("orchestrator.core.confidence")
     from orchestrator.core.confidence import token_confidence
 
     entries = [{1: lp(-0.25, 1), 2: lp(-0.75, 2)}]

@@ -16,6 +16,7 @@ from orchestrator.core.prompts import load_prompts
 from orchestrator.core.types import GenRequest, PathStateMissing, Problem, ReplicaDead, SamplingSpec, StaleRequest
 from orchestrator.engines.fake import FakeReplica
 from orchestrator.engines.local import LocalHandle
+from tests.drain import drain
 
 PROMPTS = load_prompts(CONF_DIR / "prompts" / "default.yaml")
 PROBLEMS = [Problem(f"p{i}", "synthetic", f"What is {i} + {i}?", str(2 * i)) for i in range(4)]
@@ -81,14 +82,7 @@ def run(replicas, timeout=None, wait_s=None, revive_after=None, **kw):
                     await asyncio.sleep(revive_after)
                     await coord.add_replica(0, LocalHandle(FakeReplica(0, engine=ENGINE)), 8)
                 asyncio.ensure_future(revive())
-            rows, errors = [], []
-            while True:
-                update = await coord.poll(10.0)
-                errors.extend(update.errors)
-                for g in update.groups:
-                    rows.extend(g["paths"])
-                if update.all_done:
-                    break
+            rows, errors = await drain(coord)
             return rows, await coord.stats(), errors
 
     return asyncio.run(main())

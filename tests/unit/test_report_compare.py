@@ -165,7 +165,15 @@ def test_methods_table_tokens_time_accuracy_and_front(run):
     # time: LeaP 12 s, consensus 8 s, DeepConf 7.5 s; pool has no time, so no place on that front
     assert c["pool"]["front (time)"] == "-" and c["deepconf_low"]["front (time)"] == "Pass@1, Cons@N"
     row = next(r for r in table.rows if r[0].text == "leap")
-    assert row[6].src == ("leap", "synthetic", "pass@1") and row[3].kind == "calc" and row[3].src is None
+    assert row[6].src == ("leap", "synthetic", "pass@1") and row[5].kind == "calc" and row[5].src is None
+    # tokens counted from the rows name summary.json's key where it holds the same figure (all but
+    # the probing point when summary.json leaves probes out of its total)
+    assert row[3].src == ("leap", "synthetic", "tokens_per_path", "total")
+    for r in table.rows:
+        src = r[3].src
+        assert src is None or float(r[3].text.replace(",", "")) == pytest.approx(run.metric(*src), abs=0.5)
+        assert src is not None or run.metric(r[0].text, "synthetic", "tokens_per_path", "total") != pytest.approx(
+            float(r[3].text.replace(",", "")), abs=0.5)
 
 
 def test_generation_time_not_recorded(tmp_path):
@@ -257,3 +265,12 @@ def test_old_runs_report_as_before(tmp_path):
     assert "table:methods" not in Path(written["md"]).read_text()
     assert 'id="methods"' not in Path(written["html"]).read_text()
     assert not (run.root / "plots" / "accuracy_vs_tokens.png").exists()
+
+
+def test_a_single_point_has_nothing_to_compare_but_its_stops(tmp_path):
+    rows = [r for r in method_rows() if r["sweep_point"] == "deepconf_low"]
+    run = load_run(write_run(tmp_path / "one", rows, sweep=[SWEEP[4]]))
+    tables = method_tables(run)
+    assert not tables["methods"].rows and "methods" not in figures(run)
+    deep = _cells(tables["stopping"], "deepconf_low")
+    assert (deep["against"], deep["paths stopped"], deep["warm-up"]) == ("-", "4/8 low_confidence", "4")
