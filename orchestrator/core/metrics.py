@@ -45,6 +45,7 @@ from typing import Iterable, Sequence
 from orchestrator.core import votes as voting_rules
 from orchestrator.core.grading import canonical_answer
 from orchestrator.core.methods import find_method
+from orchestrator.core.params import OPTIONAL_DEFAULTS, OPTIONAL_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -325,15 +326,17 @@ SETTING_KEYS = ("mode", "paths", "T", "max_rounds", "top_k", "router", "similari
 BASELINES = ("independent", "compute_matched")  # the baselines a method can be, in report order
 
 
-def is_leap_mode(mode) -> bool:
-    """Whether `mode` is a LeaP point in the tables: a registered method whose paths hear from peers."""
-    found = find_method(mode)
+def is_leap_mode(mode, stopping=None) -> bool:
+    """Whether `mode` (with `leap.stopping`) is a LeaP point in the tables: a registered method
+    whose paths hear from peers."""
+    found = find_method(mode, stopping)
     return found is not None and found.exchanges
 
 
-def baseline_of(mode) -> str | None:
-    """The baseline (one of `BASELINES`) that `mode` is, or None."""
-    found = find_method(mode)
+def baseline_of(mode, stopping=None) -> str | None:
+    """The baseline (one of `BASELINES`) that `mode` is, or None (also when `leap.stopping`
+    gives it another stopping rule than its own)."""
+    found = find_method(mode, stopping)
     return found.baseline if found is not None else None
 
 
@@ -342,17 +345,22 @@ def _get(obj, key: str):
 
 
 def point_settings(params) -> dict:
-    """The facts of a sweep point a report needs, from its LeapParams (or a mapping of them)."""
+    """The facts of a sweep point a report needs, from its LeapParams (or a mapping of them);
+    the knobs of `params.OPTIONAL_KEYS` only where they differ from their defaults."""
     out = {}
     for key in SETTING_KEYS:
         value = _get(params, key)
         out[key] = list(value) if isinstance(value, tuple) else value
+    for key in OPTIONAL_KEYS:
+        value = _get(params, key)
+        if value is not None and value != OPTIONAL_DEFAULTS[key]:
+            out[key] = value
     return out
 
 
 def comm_round_list(settings: dict) -> list[int]:
     """The rounds in which paths of this point exchange summaries (DESIGN.md section 1)."""
-    if not is_leap_mode(settings.get("mode")) or not settings.get("max_rounds"):
+    if not is_leap_mode(settings.get("mode"), settings.get("stopping")) or not settings.get("max_rounds"):
         return []
     last = int(settings["max_rounds"])
     chosen = settings.get("comm_rounds")
@@ -362,12 +370,13 @@ def comm_round_list(settings: dict) -> list[int]:
 def _baselines(settings: dict[str, dict]) -> tuple[str | None, dict[str, str]]:
     """(the independent point, {LeaP point: its compute-matched point})."""
     names = sorted(settings)
-    independent = next((n for n in names if baseline_of(settings[n].get("mode")) == "independent"), None)
-    matched = [n for n in names if baseline_of(settings[n].get("mode")) == "compute_matched"]
+    role = {n: baseline_of(settings[n].get("mode"), settings[n].get("stopping")) for n in names}
+    independent = next((n for n in names if role[n] == "independent"), None)
+    matched = [n for n in names if role[n] == "compute_matched"]
     unlinked = [n for n in matched if not settings[n].get("match_point")]
     pairs = {}
     for n in names:
-        if not is_leap_mode(settings[n].get("mode")):
+        if not is_leap_mode(settings[n].get("mode"), settings[n].get("stopping")):
             continue
         linked = [m for m in matched if settings[m].get("match_point") == n]
         if linked:

@@ -82,11 +82,11 @@ class LeapParams:
 OPTIONAL_KEYS = ("stopping", "consensus_share", "consensus_checks", "probe_tokens", "confidence_window",
                  "confidence_keep", "confidence_warmup", "confidence_top_logprobs", "pool_threshold",
                  "pool_tokens")
-_DEFAULTS = {f.name: f.default for f in fields(LeapParams)}
+OPTIONAL_DEFAULTS = {f.name: f.default for f in fields(LeapParams) if f.name in OPTIONAL_KEYS}
 
 
 def params_record(params) -> dict:
     """The parameters as JSON would give them back (tuples become lists), without the knobs of
     `OPTIONAL_KEYS` that are at their defaults: what fingerprints and checkpoints record."""
     record = json.loads(json.dumps(asdict(params)))
-    return {k: v for k, v in record.items() if k not in OPTIONAL_KEYS or v != _DEFAULTS[k]}
+    return {k: v for k, v in record.items() if k not in OPTIONAL_KEYS or v != OPTIONAL_DEFAULTS[k]}

@@ -100,3 +100,13 @@ def test_records_leave_out_new_keys_at_their_defaults():
     cfg = compose(["engine=fake"])
     fp = fingerprint.make(cfg, {"default": LeapParams()}, load_prompts(prompt_file("default")), [])
     assert not set(OPTIONAL_KEYS) & set(fp["points"]["default"])
+
+
+def test_summary_settings_name_a_combined_method_and_its_changed_knobs():
+    from orchestrator.core.metrics import baseline_of, is_leap_mode, point_settings
+
+    assert not set(OPTIONAL_KEYS) & set(point_settings(LeapParams()))
+    s = point_settings(LeapParams(mode="independent", stopping="consensus", consensus_share=0.5))
+    assert (s["stopping"], s["consensus_share"]) == ("consensus", 0.5) and "probe_tokens" not in s
+    assert baseline_of("independent") == "independent" and baseline_of("independent", "consensus") is None
+    assert is_leap_mode("leap", "confidence") and not is_leap_mode("consensus")

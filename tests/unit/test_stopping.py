@@ -256,3 +256,29 @@ def test_a_group_says_when_it_can_send_a_request():
     for res in [engine.answer(r) for r in reqs]:
         g.on_result(res)
     assert g.can_request() and {p.phase for p in g.paths} == {"probe"}
+
+
+def test_other_methods_snapshot_as_before():
+    from orchestrator.core.snapshot import read_snapshot
+
+    g = make_group(mode="leap", max_rounds=3)
+    engine = ScriptedEngine(g, default_script([5, 4, 5, 9]))
+    while g.barriers_released == 0:
+        for res in [engine.answer(r) for r in g.requests()]:
+            g.on_result(res)
+    header, tokens, confidences = read_snapshot(g.snapshot())
+    assert "rule_state" not in header and all(len(c) == 0 for c in confidences)
+    assert {k for meta in header["paths"] for k in meta} == {
+        "index", "key", "n", "prompt_len", "phase", "round", "in_flight", "finish", "segment_start",
+        "summary_start", "sampled_segments", "spans", "summaries", "requests", "replica", "node"}
+
+
+def test_context_budgets_count_the_pool_by_its_token_cap():
+    from orchestrator.core.budget import first_round
+    from orchestrator.core.params import LeapParams
+
+    routed = first_round(LeapParams(paths=8, top_k=2, summary_tokens=64), PROMPTS, TOK)
+    small = first_round(LeapParams(mode="pool", paths=8, summary_tokens=64, pool_tokens=100), PROMPTS, TOK)
+    large = first_round(LeapParams(mode="pool", paths=8, summary_tokens=64, pool_tokens=10_000), PROMPTS, TOK)
+    assert (routed.k, small.k, large.k) == (2, 8, 8)
+    assert large.peers - small.peers == 8 * 64 - 100

@@ -48,7 +48,7 @@ class Knobs(Protocol):
 class Barrier:
     """A problem's barrier, as a strategy sees it: every active path has written its summary
     (or, where paths do not summarize, has answered its answer probe: `answers` are then the
-    probes' answers and `summaries` their texts)."""
+    probes' answers and `summaries` empty strings)."""
 
     params: Knobs
     problem: Problem
@@ -95,6 +95,12 @@ class Communication:
         """For each waiting path (in order), the peers whose summaries it receives, Peer 1 first;
         an empty list gives the path the no-comments block."""
         raise NotImplementedError
+
+    def received(self, params: Knobs) -> tuple[int, int | None]:
+        """(the most summaries a path receives at a barrier, a cap on their tokens in all or
+        None), for context budgets: leap.top_k of the other paths by default."""
+        others = params.paths - 1
+        return (others if params.top_k == -1 else min(params.top_k, others)), None
 
 
 class StoppingRule:

@@ -8,11 +8,14 @@ summary may be in the pool it receives."""
 from __future__ import annotations
 
 from .. import routing
-from .base import Barrier, Communication, Peers
+from .base import Barrier, Communication, Knobs, Peers
 
 
 class Pooled(Communication):
     needs_lengths = True
+
+    def received(self, params: Knobs) -> tuple[int, int | None]:
+        return params.paths, params.pool_tokens
 
     def route(self, barrier: Barrier) -> list[Peers]:
         n = len(barrier.waiting)
