@@ -12,8 +12,10 @@
   `answer_changed_frac`) and the problems whose vote differs from the reference point's.
 
 Both tables are empty for a run whose rows lack the method columns (`costs.has_method_columns`):
-such a run reports exactly as before; the methods table (and its plot) also for a single point. Cells computed here from the rows carry kind "calc" (a
-number with no summary.json key); Pass@1, Cons@N and answer_changed_frac keep their keys.
+such a run reports exactly as before; the methods table (and its plot) also for a single point.
+Cells computed here from the rows carry kind "calc" (a number with no summary.json key); Pass@1,
+Cons@N, answer_changed_frac and tokens per path where summary.json holds the same figure keep
+their keys.
 """
 
 from __future__ import annotations
@@ -269,14 +271,14 @@ def stopping_table(run: Run, costs: dict[tuple[str, str], PointCost] | None = No
     note = ("Saved: 1 - tokens/path of the point / tokens/path of the point it is set against (the "
             "same communication and settings without early stopping when the run has one, else the "
             "independent baseline; 'basis' says which); probe and warm-up tokens are counted, so it can "
-            "be negative. Paths stopped: by stop_reason, of the point's paths (consensus: the problem agreed and every live "
-            "path was answer-forced; low_confidence: DeepConf stopped the path, left out of the vote). "
-            "At round: mean (range) of the stopped paths' stopped_at_round. Answer changed: the share of paths whose "
-            "final answer differs from their first summary's (summary.json answer_changed_frac). Votes "
-            "changed: problems whose vote answer differs from the other point's; wrong→right and "
-            "right→wrong count those votes' verdicts. The two points' paths sample alike until a stop "
-            "only where the engine takes per-request seeds (vLLM on CUDA); elsewhere part of a change is "
-            "sampling.")
+            "be negative. Paths stopped: by stop_reason, of the point's paths (consensus: the problem "
+            "agreed and every live path was answer-forced; low_confidence: DeepConf stopped the path, "
+            "left out of the vote). At round: mean (range) of the stopped paths' stopped_at_round. "
+            "Answer changed: the share of paths whose final answer differs from their first summary's "
+            "(summary.json answer_changed_frac). Votes changed: problems whose vote answer differs from "
+            "the other point's; wrong→right and right→wrong count those votes' verdicts. The two points' "
+            "paths sample alike until a stop only where the engine takes per-request seeds (vLLM on "
+            "CUDA); elsewhere part of a change is sampling.")
     return Table("stopping", "Tokens saved by stopping", headers, rows, note)
 
 

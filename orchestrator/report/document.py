@@ -230,7 +230,8 @@ def transcript_html(tr: Transcript | None) -> str:
     return "\n".join(parts)
 
 
-def _comparison_html(tables: dict[str, D.Table], figs: dict[str, Figure]) -> list[tuple[str, str, list[str]]]:
+def _comparison_html(tables: dict[str, D.Table],
+                     figs: dict[str, Figure]) -> list[tuple[str, str, list[str]]]:
     """The sections of the method comparison; none for a run whose rows lack the method columns."""
     out = []
     if tables.get("methods") is not None and tables["methods"].rows:
@@ -267,7 +268,8 @@ def render_html(run: D.Run, tables: dict[str, D.Table], figs: dict[str, Figure],
     if "sweep_T" in figs or "sweep_top_k" in figs:
         sections.append(("sweep", "Sweep: accuracy against T and top-k",
                          [figure_html(figs.get("sweep_T")), figure_html(figs.get("sweep_top_k"))]))
-    sections.append(("tokens", "Tokens and efficiency", [table_html(tables["tokens"]), figure_html(figs.get("tokens"))]))
+    sections.append(("tokens", "Tokens and efficiency",
+                     [table_html(tables["tokens"]), figure_html(figs.get("tokens"))]))
     sections += _comparison_html(tables, figs)
     sections += [
         ("transitions", "Answer changes after peer messages",

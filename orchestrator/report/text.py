@@ -148,5 +148,5 @@ def console_text(run: Run, tables: Mapping[str, Table] | None = None) -> str:
     return "\n\n".join(p for p in parts if p)
 
 
-__all__ = ["comparison_text", "console_text", "format_table", "message_line", "plan_text", "problem_table", "sweep_table",
-           "table_text", "tokens_table"]
+__all__ = ["comparison_text", "console_text", "format_table", "message_line", "plan_text", "problem_table",
+           "sweep_table", "table_text", "tokens_table"]
