@@ -71,6 +71,14 @@ async def _run_group(point: str, params, problem: Problem, replica: FakeReplica)
     return group.records(), group.messages
 
 
+async def run_jobs(replica: FakeReplica, jobs, start: bool = True) -> list[tuple[list[dict], list[dict]]]:
+    """Each (point, params, problem) group run to its end on the replica, in order, in-process:
+    [(path rows, messages)]; `start=False` for a replica already started."""
+    if start and hasattr(replica, "start"):
+        await replica.start()
+    return [await _run_group(name, params, problem, replica) for name, params, problem in jobs]
+
+
 def _char_spans(row: dict) -> list[dict]:
     """The spans with character offsets, computed as the path's record would: the length of the
     decoded text up to each token offset."""
@@ -94,17 +102,9 @@ def run_dir(tmp_path_factory) -> Path:
     points = sweep_points(cfg)
     replica = FakeReplica(0, engine={"think_end_prob": 0.05, "run_seed": 1, "max_model_len": 4096})
 
-    async def run_all():
-        if hasattr(replica, "start"):
-            await replica.start()
-        out = []
-        for name, params in points.items():
-            for problem in PROBLEMS:
-                out.append(await _run_group(name, params, problem, replica))
-        return out
-
     rows, messages = [], []
-    for group_rows, group_messages in asyncio.run(run_all()):
+    jobs = [(name, params, problem) for name, params in points.items() for problem in PROBLEMS]
+    for group_rows, group_messages in asyncio.run(run_jobs(replica, jobs)):
         rows += [_cheap_grade(r) for r in group_rows]
         messages += group_messages
     summary = metrics.summarize(rows, points=points)
