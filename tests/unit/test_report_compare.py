@@ -274,3 +274,20 @@ def test_a_single_point_has_nothing_to_compare_but_its_stops(tmp_path):
     assert not tables["methods"].rows and "methods" not in figures(run)
     deep = _cells(tables["stopping"], "deepconf_low")
     assert (deep["against"], deep["paths stopped"], deep["warm-up"]) == ("-", "4/8 low_confidence", "4")
+
+
+def test_two_benchmarks_have_their_own_fronts(tmp_path):
+    rows = method_rows()
+    other = [dict(r, benchmark="other") for r in rows if r["sweep_point"] in ("independent", "pool")]
+    for r in other:  # on "other" the pool is right everywhere: on that benchmark's front
+        if r["sweep_point"] == "pool":
+            r.update(answer=r["gold"], correct=True, correct_compat=True)
+    run = load_run(write_run(tmp_path / "two", rows + other))
+    table = method_tables(run)["methods"]
+    assert table.headers[:2] == ["configuration", "benchmark"]
+    fronts = {(r[0].text, r[1].text): r[table.headers.index("front (tokens)")].text for r in table.rows}
+    # Pass@1 1.0 against independent's 0.625; both vote right everywhere, so independent (fewer
+    # tokens) alone holds the Cons@N front there
+    assert fronts[("pool", "synthetic")] == "-" and fronts[("pool", "other")] == "Pass@1"
+    assert fronts[("independent", "other")] == "Pass@1, Cons@N"
+    assert figures(run)["methods"].png.startswith(b"\x89PNG")

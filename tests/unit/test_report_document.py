@@ -313,8 +313,10 @@ def test_single_point_run_without_baselines(tmp_path, run_dir):
     assert not any("Δ" in c[0] for r in tables["main"] for c in r)
     assert [c[0] for c in tables["main"][-1]][0] == point
     names = {p.name for p in written["plots"]}
-    # no sweep plots, and no accuracy-against-cost plot: one point has nothing to compare with
+    # no sweep plots, and no accuracy-against-cost plot: one point has nothing to be compared with
+    # (test_report_compare.py: a_single_point_has_nothing_to_compare_but_its_stops)
     assert names == {"pass1.png", "tokens.png", "transitions.png", "pass_at_k.png"}
+    assert "table:methods" not in (tmp_path / "report.md").read_text()
     md = (tmp_path / "report.md").read_text()
     assert "Peer 1" in md
     for name in names:
