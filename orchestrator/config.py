@@ -128,6 +128,7 @@ class LeapConfig:
     confidence_keep: float = 10  # confidence: percent of warm-up paths kept above the threshold (10 or 90)
     confidence_warmup: int = 16  # confidence: warm-up paths (the first by index) that set the threshold
     confidence_top_logprobs: int = 20  # confidence: top-k logprobs behind each token's confidence
+    confidence_warmup_first: bool = True  # confidence: the other paths start once the warm-up paths have ended (the paper's schedule)
     pool_threshold: float = 0.9  # pool: a summary at least this similar to a kept one is dropped
     pool_tokens: int = 1024  # pool: summary tokens the shared pool holds at most
 

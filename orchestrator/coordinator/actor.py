@@ -445,8 +445,7 @@ class Coordinator:
                     self._close(g, pend, failed[g.key])
                 elif g.done:
                     self._close(g, pend)
-                elif not any(p.in_flight is None and p.phase in ("segment", "summary", "answer", "force", "probe")
-                             for p in g.paths):
+                elif not g.can_request():
                     self._close(g, pend, RuntimeError(f"group {g.key} is stuck: no request can run"))
                 else:
                     still.append((pend, g))

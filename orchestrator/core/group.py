@@ -102,13 +102,20 @@ class Group(StopChecks):
     def can_request(self) -> bool:
         """Whether `requests()` would return something now (a lock-step schedule that finds a
         live group where it would not is stuck)."""
-        return any(p.in_flight is None and p.phase in REQUEST_PHASES for p in self.paths)
+        return any(self._ready(p) for p in self.paths)
+
+    def _ready(self, p: PathState) -> bool:
+        """The path can send its next request now."""
+        if p.in_flight is not None or p.phase not in REQUEST_PHASES:
+            return False
+        return not (p.phase == "segment" and not p.requests
+                    and self.method.stopping.waits_to_start(self.params, p, self.paths, self.rule_state))
 
     def requests(self) -> list[GenRequest]:
         """Requests for every path that can advance now and has none under way."""
         out = []
         for p in self.paths:
-            if p.in_flight is None and p.phase in REQUEST_PHASES:
+            if self._ready(p):
                 out.append(self._request(p))
                 p.in_flight = p.phase
         return out

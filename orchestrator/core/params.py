@@ -41,6 +41,7 @@ class LeapParams:
     confidence_keep: float = 10  # confidence: percent of warm-up paths above the threshold
     confidence_warmup: int = 16  # confidence: the first paths (by index) that set the threshold
     confidence_top_logprobs: int = 20  # confidence: top-k logprobs behind a token's confidence
+    confidence_warmup_first: bool = True  # confidence: other paths start once the warm-up paths have ended
     pool_threshold: float = 0.9  # pool: a summary this similar to a kept one is dropped
     pool_tokens: int = 1024  # pool: summary tokens in the pool at most
 
@@ -80,7 +81,7 @@ class LeapParams:
 
 
 OPTIONAL_KEYS = ("stopping", "consensus_share", "consensus_checks", "probe_tokens", "confidence_window",
-                 "confidence_keep", "confidence_warmup", "confidence_top_logprobs", "pool_threshold",
+                 "confidence_keep", "confidence_warmup", "confidence_top_logprobs", "confidence_warmup_first", "pool_threshold",
                  "pool_tokens")
 OPTIONAL_DEFAULTS = {f.name: f.default for f in fields(LeapParams) if f.name in OPTIONAL_KEYS}
 

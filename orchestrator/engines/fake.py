@@ -241,8 +241,8 @@ class FakeReplica:
         self._started()
         room = self.max_model_len - len(tokens)
         if room <= 0:
-            return GenResult(key, [], "", "context", prompt_tokens=len(tokens),
-                             replica=self.index, node=self.node)
+            return GenResult(key, [], "", "context", prompt_tokens=len(tokens), replica=self.index,
+                             node=self.node, confidences=self._confidences(req, len(tokens), []))
         limit = min(req.max_tokens, room)
         if req.ignore_eos:
             text, reason, stop_str = self._filler(tokens, req, limit), "length", None
@@ -273,7 +273,8 @@ class FakeReplica:
         self._started()
         room = self.max_model_len - prompt
         if room <= 0:
-            return GenResult(key, [], "", "context", prompt_tokens=prompt, replica=self.index, node=self.node)
+            return GenResult(key, [], "", "context", prompt_tokens=prompt, replica=self.index, node=self.node,
+                             confidences=self._confidences(req, prompt, []))
         new, reason, stop_str = self.writer.write(req, min(req.max_tokens, room))
         self.inflight[req.epoch] += 1
         try:

@@ -514,11 +514,12 @@ class VLLMReplica:
             raise ValueError(f"path {key!r}: empty prompt after the edit")
 
         room = self.max_model_len - len(prompt)
+        no_tokens = [] if request.logprobs > 0 else None  # confidences of no tokens
         if room <= 0:
-            return self._result(key, [], "", "context", None, len(prompt), 0)
+            return self._result(key, [], "", "context", None, len(prompt), 0, no_tokens)
         max_tokens = min(int(request.max_tokens), room)
         if max_tokens <= 0:
-            return self._result(key, [], "", "length", None, len(prompt), 0)
+            return self._result(key, [], "", "length", None, len(prompt), 0, no_tokens)
 
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt

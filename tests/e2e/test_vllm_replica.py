@@ -155,9 +155,9 @@ def test_full_prompt_returns_context_without_engine_call(runner, replica, tok):
     ids = long_prompt(tok, 64)
     filler = (ids * (MAX_MODEL_LEN // len(ids) + 1))[:MAX_MODEL_LEN]
     res = gen(runner, replica, path_key="full", keep=len(filler), append=[], max_tokens=16,
-              full=filler)
+              full=filler, logprobs=20)
     assert res.finish_reason == "context"
-    assert res.token_ids == [] and res.text == ""
+    assert res.token_ids == [] and res.text == "" and res.confidences == []
     assert res.prompt_tokens == MAX_MODEL_LEN
 
 
@@ -224,11 +224,11 @@ def test_a_probe_leaves_the_stored_path_and_reuses_its_prefix(runner, replica, t
     assert stored == ids + first.token_ids
     force = tok.encode("\n\nThe final answer is \\boxed{", add_special_tokens=False)
     probe = gen(runner, replica, path_key="pt|q/0", keep=len(stored), append=force, max_tokens=6,
-                branch=True, kind="answer")
+                branch=True, logprobs=20, kind="probe")
     assert replica._paths["pt|q/0"] == stored  # nothing of the probe entered the path
     assert probe.prompt_tokens == len(stored) + len(force)
     assert probe.cached_tokens >= ((len(stored) - 1) // block) * block  # the path's prefix, reused
-    assert probe.token_ids
+    assert len(probe.confidences) == len(probe.token_ids) >= 1
     # the path goes on from its own tokens, not the probe's
     nxt = gen(runner, replica, path_key="pt|q/0", keep=len(stored), append=[], max_tokens=4)
     assert nxt.prompt_tokens == len(stored) and nxt.cached_tokens >= ((len(stored) - 1) // block) * block

@@ -84,6 +84,15 @@ def test_confidences_one_per_token_deterministic_and_only_when_asked():
     assert asked.confidences[0] == fake_confidence(5, "p|q/0", len(PROMPT), asked.token_ids[0])
 
 
+def test_no_room_left_gives_no_tokens_and_no_confidences():
+    async def go():
+        r = FakeReplica(0, engine={"max_model_len": len(PROMPT)})
+        return await r.generate(segment("p|q/0", len(PROMPT), full=PROMPT, logprobs=20))
+
+    res = run(go)
+    assert res.finish_reason == "context" and res.token_ids == [] and res.confidences == []
+
+
 def test_confidence_levels_differ_between_paths_some_clearly_lower():
     means = [statistics.mean(fake_confidence(0, f"p|q/{i}", pos, 100 + pos % 7) for pos in range(200))
              for i in range(40)]

@@ -1,22 +1,32 @@
 """The replica's reduction of vLLM's sample logprobs to one confidence a token (engines/logprobs.py)."""
 
+import random
 from types import SimpleNamespace
 
 import pytest
 
-from orchestrator.engines.logprobs import positions, token_confidences, top_k_logprobs
+from orchestrator.core.confidence import token_confidence
+from orchestrator.engines.logprobs import flat_top_k, positions, token_confidences, top_k_logprobs
 
 
 def lp(logprob, rank):
     return SimpleNamespace(logprob=logprob, rank=rank)
 
 
-def minus_mean(values):
-    return -sum(values) / len(values) if values else 0.0
+def flat(rows):
+    """FlatLogprobs-like: each row a list of (rank, logprob) entries of one position."""
+    out = SimpleNamespace(start_indices=[], end_indices=[], ranks=[], logprobs=[])
+    for row in rows:
+        out.start_indices.append(len(out.logprobs))
+        for rank, value in row:
+            out.ranks.append(rank)
+            out.logprobs.append(value)
+        out.end_indices.append(len(out.logprobs))
+    return out
 
 
 def test_the_sampled_tokens_extra_entry_is_left_out():
-    # k = 3; the sampled token (id 9) ranks 5th, so vLLM lists 4 entries
+    # k = 3; the sampled token ranks 5th, so vLLM lists 4 entries
     entries = [(5, -4.0), (1, -0.1), (2, -1.0), (3, -2.0)]
     assert top_k_logprobs(entries, 3) == [-0.1, -1.0, -2.0]
 
@@ -35,23 +45,35 @@ def test_only_k_entries_even_if_more_are_listed():
 def test_dict_and_flat_forms_give_the_same_confidences():
     as_dicts = [{9: lp(-4.0, 5), 1: lp(-0.1, 1), 2: lp(-1.0, 2), 3: lp(-2.0, 3)},
                 {2: lp(-0.5, 1), 7: lp(-0.9, 2), 8: lp(-3.0, 3)}]  # sampled token 2 is rank 1
-    flat = SimpleNamespace(start_indices=[0, 4], end_indices=[4, 8],
-                           ranks=[5, 1, 2, 3, 1, 1, 2, 3],
-                           logprobs=[-4.0, -0.1, -1.0, -2.0, -0.5, -0.5, -0.9, -3.0])
+    as_flat = flat([[(5, -4.0), (1, -0.1), (2, -1.0), (3, -2.0)], [(1, -0.5), (1, -0.5), (2, -0.9), (3, -3.0)]])
     want = [pytest.approx(3.1 / 3), pytest.approx(4.4 / 3)]
-    assert token_confidences(as_dicts, 3, 2, minus_mean) == want
-    assert token_confidences(flat, 3, 2, minus_mean) == want
-    assert len(positions(flat)) == 2
+    assert flat_top_k(as_flat, 3, 2) is not None  # vLLM's layout: all positions at once
+    assert token_confidences(as_dicts, 3, 2) == want
+    assert token_confidences(as_flat, 3, 2) == want
+    assert len(positions(as_flat)) == 2
+
+
+def test_all_at_once_equals_the_cores_token_confidence_row_by_row():
+    rng = random.Random(7)
+    k, rows = 20, []
+    for _ in range(50):
+        top = sorted((-rng.expovariate(0.3) for _ in range(k)), reverse=True)
+        sampled = rng.choice([(rng.randint(1, k), None), (rng.randint(k + 1, 900), -rng.uniform(8, 20))])
+        value = top[sampled[0] - 1] if sampled[1] is None else sampled[1]
+        rows.append([(sampled[0], value)] + [(r + 1, v) for r, v in enumerate(top)])
+    got = token_confidences(flat(rows), k, len(rows))
+    assert flat_top_k(flat(rows), k, len(rows)) is not None
+    assert got == [pytest.approx(token_confidence([v for _, v in row[1:]]), rel=1e-12) for row in rows]
+
+
+def test_another_layout_goes_position_by_position():
+    # a position without the sampled entry first: not vLLM's layout, still exactly the top k
+    odd = flat([[(1, -0.5), (2, -1.5)], [(3, -9.0), (1, -0.2), (2, -0.4)]])
+    assert flat_top_k(odd, 2, 2) is None
+    assert token_confidences(odd, 2, 2) == [pytest.approx(1.0), pytest.approx(0.3)]
 
 
 def test_one_confidence_per_token_even_when_positions_are_missing():
-    got = token_confidences([{1: lp(-1.0, 1)}], 1, 3, minus_mean)
-    assert got == [1.0, 0.0, 0.0]
-    assert token_confidences(None, 20, 0, minus_mean) == []
-
-
-def test_the_default_reduction_is_the_cores():
-    from orchestrator.core.confidence import token_confidence
-
-    entries = [{1: lp(-0.25, 1), 2: lp(-0.75, 2)}]
-    assert token_confidences(entries, 2, 1) == [token_confidence([-0.25, -0.75])] == [0.5]
+    assert token_confidences([{1: lp(-1.0, 1)}], 1, 3) == [1.0, 0.0, 0.0]
+    assert token_confidences(flat([[(1, -1.0), (1, -1.0)]]), 1, 2) == [1.0, 0.0]
+    assert token_confidences(None, 20, 0) == []

@@ -12,7 +12,7 @@ from tests.conftest import compose
 
 DEFAULTS = {"stopping": None, "consensus_share": 1.0, "consensus_checks": 2, "probe_tokens": 32,
             "confidence_window": 2048, "confidence_keep": 10, "confidence_warmup": 16,
-            "confidence_top_logprobs": 20, "pool_threshold": 0.9, "pool_tokens": 1024}
+            "confidence_top_logprobs": 20, "confidence_warmup_first": True, "pool_threshold": 0.9, "pool_tokens": 1024}
 
 
 def points(*overrides):
@@ -80,9 +80,19 @@ def test_warmup_must_leave_paths_to_stop():
     with pytest.raises(ConfigError, match=r"leap.confidence_warmup=16 with leap.paths=8"):
         points("leap.mode=deepconf", "leap.paths=8")
     with pytest.raises(ConfigError, match=r"sweep\[0\].confidence_warmup=4"):
-        points("leap.paths=4", "+sweep=[{mode: leap, stopping: confidence, confidence_warmup: 4}]")
+        points("leap.paths=4", "+sweep=[{mode: leap, stopping: confidence, confidence_warmup: 4, "
+               "confidence_warmup_first: false}]")
     points("leap.mode=leap", "leap.paths=8")  # no confidence stopping: the warm-up count is unused
     points("leap.mode=deepconf", "leap.paths=8", "leap.confidence_warmup=2")
+
+
+def test_warmup_first_needs_paths_that_do_not_meet_at_barriers():
+    with pytest.raises(ConfigError, match=r"leap.confidence_warmup_first=true with leap.mode=pool.*=false"):
+        points("leap.mode=pool", "leap.stopping=confidence")
+    (p,) = points("leap.mode=pool", "leap.stopping=confidence", "leap.confidence_warmup_first=false").values()
+    assert not p.confidence_warmup_first and params_record(p)["confidence_warmup_first"] is False
+    (p,) = points("leap.mode=deepconf").values()
+    assert p.confidence_warmup_first and "confidence_warmup_first" not in params_record(p)
 
 
 def test_a_token_budget_belongs_to_a_rule_that_stops_by_tokens():

@@ -1,7 +1,8 @@
 """Every method of issue 18 through the coordinator, in-process over fake replicas (one with a
 latency model): the replicas' own counters equal what the rows record, request by request
 (prompt, cached and new tokens, answer probes included), each point's busy seconds add up to the
-replicas' busy time, and two runs write the same rows."""
+replicas' busy time, two runs write the same rows, and a replica dying mid-run (probes and
+confidence-asking segments move with their paths) changes nothing a path wrote."""
 
 import asyncio
 
@@ -14,7 +15,7 @@ from orchestrator.core.prompts import load_prompts
 from orchestrator.core.types import Problem, SamplingSpec
 from orchestrator.engines.fake import FakeReplica
 from orchestrator.engines.local import LocalHandle
-from tests.drain import drain
+from tests.inprocess import Dies, drain
 
 PROMPTS = load_prompts(CONF_DIR / "prompts" / "default.yaml")
 PROBLEMS = [Problem(f"p{i}", "synthetic", f"What is {i} + {i}?", str(2 * i)) for i in range(3)]
@@ -30,8 +31,8 @@ ENGINES = [{"think_end_prob": 0.05, "summary_words": 6},
            {"think_end_prob": 0.05, "summary_words": 6, "latency": {"step_base_s": 0.01, "max_num_seqs": 8}}]
 
 
-def run():
-    replicas = [FakeReplica(i, engine=e) for i, e in enumerate(ENGINES)]
+def run(replicas=None):
+    replicas = replicas or [FakeReplica(i, engine=e) for i, e in enumerate(ENGINES)]
 
     async def main():
         with VirtualClock().patch_loop():
@@ -63,3 +64,17 @@ def test_replica_counters_equal_the_rows_and_runs_repeat():
         return r["sweep_point"], r["problem_id"], r["path"]
 
     assert sorted(again, key=order) == sorted(rows, key=order)
+
+
+def test_a_replica_dying_mid_run_changes_nothing_the_paths_wrote():
+    def written(rows):
+        keep = ("sweep_point", "problem_id", "path", "text", "answer", "finish_reason", "stop_reason",
+                "stopped_at_round", "sampled_tokens", "probe_tokens", "confidence", "vote_weight", "warmup")
+        return sorted(tuple(r[k] for k in keep) for r in rows)
+
+    rows, errors, _ = run()
+    moved, moved_errors, _ = run([Dies(0, ENGINES[0], good=40), FakeReplica(1, engine=ENGINES[1])])
+    assert not errors and not moved_errors
+    assert any(q["kind"] == "probe" for r in moved for q in r["requests"])
+    assert any(len({q["replica"] for q in r["requests"]}) == 2 for r in moved)  # paths did move
+    assert written(moved) == written(rows)

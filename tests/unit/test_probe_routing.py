@@ -10,28 +10,16 @@ from orchestrator.config import CONF_DIR
 from orchestrator.coordinator.actor import Coordinator
 from orchestrator.core.params import LeapParams
 from orchestrator.core.prompts import load_prompts
-from orchestrator.core.types import GenRequest, ReplicaDead, SamplingSpec
+from orchestrator.core.types import GenRequest, SamplingSpec
 from orchestrator.engines.fake import FakeReplica
 from orchestrator.engines.local import LocalHandle
 from orchestrator.engines.tokenizer import FakeTokenizer
+from tests.inprocess import Dies
 
 TOK = FakeTokenizer()
 KEY = "pt|p0/0"
 PROMPT = TOK.encode("What is 2 + 2?\n<think>\n")
 FORCE = TOK.encode("\n\nSo the final answer is \\boxed{")
-
-
-class Dies(FakeReplica):
-    """Fails like a dead engine from its request number `good` + 1 on."""
-
-    def __init__(self, index, good):
-        super().__init__(index)
-        self.good = good
-
-    async def generate(self, req):
-        if self.served >= self.good:
-            raise ReplicaDead(f"replica {self.index}: engine is dead")
-        return await super().generate(req)
 
 
 class Path:

@@ -16,7 +16,7 @@ from orchestrator.core.prompts import load_prompts
 from orchestrator.core.types import GenRequest, PathStateMissing, Problem, ReplicaDead, SamplingSpec, StaleRequest
 from orchestrator.engines.fake import FakeReplica
 from orchestrator.engines.local import LocalHandle
-from tests.drain import drain
+from tests.inprocess import Dies, drain
 
 PROMPTS = load_prompts(CONF_DIR / "prompts" / "default.yaml")
 PROBLEMS = [Problem(f"p{i}", "synthetic", f"What is {i} + {i}?", str(2 * i)) for i in range(4)]
@@ -34,19 +34,6 @@ class Hangs(FakeReplica):
     async def generate(self, req):
         if self.served >= self.good:
             await asyncio.Event().wait()
-        return await super().generate(req)
-
-
-class Dies(FakeReplica):
-    """Fails like a dead actor after `good` requests."""
-
-    def __init__(self, index, engine, good):
-        super().__init__(index, engine=engine)
-        self.good = good
-
-    async def generate(self, req):
-        if self.served >= self.good:
-            raise ReplicaDead(f"replica {self.index}: engine is dead")
         return await super().generate(req)
 
 

@@ -140,8 +140,27 @@ def deepconf(**kw):
 LOW = {3: 0.5}  # path 3 is unsure, the others sure (confidence 2.0 a token)
 
 
-def test_deepconf_stops_paths_below_the_warmup_threshold():
+def test_deepconf_warmup_first_checks_the_others_from_their_first_segment():
     g = deepconf(confidence_keep=90)
+    engine = BranchingEngine(g, default_script([5, 5, 5, 7]), conf=lambda i, r: LOW.get(i, 2.0))
+    first = g.requests()
+    assert sorted(r.path_key for r in first) == ["pt|p1/0", "pt|p1/1"]  # the warm-up paths alone
+    assert g.can_request() is False  # both under way, the others wait for them
+    for r in first:
+        g.on_result(engine.answer(r))
+    engine.run()
+    rows = g.records()
+    assert [r["warmup"] for r in rows] == [True, True, False, False]
+    first_other = min(i for i, q in enumerate(engine.requests) if q.path_key in ("pt|p1/2", "pt|p1/3"))
+    assert all(g._by_key[q.path_key].index < 2 or i >= first_other for i, q in enumerate(engine.requests))
+    assert not any(q.path_key in ("pt|p1/0", "pt|p1/1") for q in engine.requests[first_other:])  # warm-ups done
+    assert rows[3]["stop_reason"] == "low_confidence" and rows[3]["stopped_at_round"] == 1
+    assert rows[3]["sampled_tokens"] < rows[2]["sampled_tokens"] and rows[3]["vote_weight"] == 0.0
+    assert [r["stop_reason"] for r in rows[:3]] == [None] * 3
+
+
+def test_deepconf_stops_paths_below_the_warmup_threshold():
+    g = deepconf(confidence_keep=90, confidence_warmup_first=False)
     engine = BranchingEngine(g, default_script([5, 5, 5, 7]), conf=lambda i, r: LOW.get(i, 2.0))
     engine.run()
     rows = g.records()
@@ -165,7 +184,7 @@ def test_deepconf_threshold_counts_in_rounds_not_in_arrival_order():
 
     runs = []
     for order in (None, 1, 2, 3):
-        g = deepconf(max_rounds=6)
+        g = deepconf(max_rounds=6, confidence_warmup_first=False)
         BranchingEngine(g, script, conf=lambda i, r: LOW.get(i, 2.0)).run(order=order)
         runs.append(g.records())
     assert all(r == runs[0] for r in runs)
@@ -178,7 +197,7 @@ def test_a_path_ahead_of_the_warmups_waits_for_them():
             return "Sure.</think>", "stop", "</think>"
         return default_script([5, 5, 5, 7])(i, kind, rnd, req)
 
-    g = deepconf(max_rounds=3)
+    g = deepconf(max_rounds=3, confidence_warmup_first=False)
     engine = BranchingEngine(g, script, conf=lambda i, r: LOW.get(i, 2.0))
     first = {r.path_key: r for r in g.requests()}
     g.on_result(engine.answer(first["pt|p1/3"]))  # path 3 ends round 1 before any warm-up

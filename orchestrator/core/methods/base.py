@@ -40,6 +40,7 @@ class Knobs(Protocol):
     confidence_keep: float
     confidence_warmup: int
     confidence_top_logprobs: int
+    confidence_warmup_first: bool
     pool_threshold: float
     pool_tokens: int
 
@@ -147,6 +148,11 @@ class StoppingRule:
 
     def warmup(self, params: Knobs, path: PathState) -> bool:
         """Whether the path is a warm-up path, never stopped by `check_path`."""
+        return False
+
+    def waits_to_start(self, params: Knobs, path: PathState, paths: Sequence[PathState], state: dict) -> bool:
+        """Whether the path, not yet started, must wait before its first segment (e.g. until
+        the warm-up paths have set a threshold); asked again after any other path's result."""
         return False
 
     def vote_weight(self, params: Knobs, path: PathState) -> float:

@@ -7,9 +7,13 @@ end of each segment (so at least every leap.T tokens) on all its windows so far:
 window confidence is below the threshold stops at once, with no forced answer, and has no
 weight in the vote. The vote of the other paths is weighted by their lowest window confidence.
 
+Schedule: by default (leap.confidence_warmup_first, the paper's online algorithm) the other
+paths start only once every warm-up path has ended its thinking, so every one of them is checked
+against the threshold from its first segment end. With confidence_warmup_first=false (needed
+under a communicating mode, whose barriers hold every path together) all paths run at once.
+
 Choices the paper leaves open (README, "Methods"):
-- All paths run at once; the warm-up paths are not run first. "Once the threshold exists" is
-  counted in rounds, so that a run does not depend on which result arrives first: the threshold
+- Paths running together with the warm-up paths: "once the threshold exists" is counted in rounds, so that a run does not depend on which result arrives first: the threshold
   holds from the round R in which the last warm-up path ended its thinking, and a path is
   checked at the ends of its segments of rounds R and later. A path that ends a segment of
   round r while a warm-up path may still end its thinking in round r or earlier waits
@@ -42,6 +46,12 @@ class ConfidenceStop(RoundBudget):
     def warmup(self, params: Knobs, path: PathState) -> bool:
         return path.index < params.confidence_warmup
 
+    def waits_to_start(self, params: Knobs, path: PathState, paths: Sequence[PathState], state: dict) -> bool:
+        if not params.confidence_warmup_first or self.warmup(params, path) or path.requests:
+            return False
+        self.start_round(params, paths, state, path.round)  # sets the threshold once they all ended
+        return "round" not in state
+
     def check_path(self, params: Knobs, path: PathState, paths: Sequence[PathState], state: dict) -> str | None:
         if self.warmup(params, path):
             return None
@@ -69,7 +79,8 @@ class ConfidenceStop(RoundBudget):
             lows = [lowest_window_confidence(p.confidences, params.confidence_window) for p in warm]
             lows = [v for v in lows if v is not None]
             state["threshold"] = confidence_threshold(lows, params.confidence_keep) if lows else None
-            state["round"] = max(earliest, default=1)
+            # warm-up first: no other path has started, each is checked from its first segment
+            state["round"] = 1 if params.confidence_warmup_first else max(earliest, default=1)
             return state["round"]
         later = max(earliest, default=1)
         return later if later > round_ else None

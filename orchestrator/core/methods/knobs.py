@@ -43,7 +43,16 @@ def check_knobs(values: dict, key: Callable[[str], str]) -> None:
     for name in ("consensus_checks", "probe_tokens", "confidence_window", "confidence_warmup",
                  "confidence_top_logprobs", "pool_tokens"):
         _integer(key(name), values[name], 1)
-    rule = method(values["mode"], stopping).stopping
+    chosen = method(values["mode"], stopping)
+    rule = chosen.stopping
+    first = values["confidence_warmup_first"]
+    if not isinstance(first, bool):
+        raise KnobError(f"{key('confidence_warmup_first')}={first!r} must be true or false")
+    if rule.vote == "confidence" and first and chosen.communication.exchanges:
+        raise KnobError(f"{key('confidence_warmup_first')}=true with {key('mode')}={values['mode']}: paths that "
+                        f"meet at barriers cannot wait for the warm-up paths to finish first; set "
+                        f"{key('confidence_warmup_first')}=false (all paths run together, checked once the "
+                        f"threshold exists)")
     if rule.vote == "confidence" and values["confidence_warmup"] >= values["paths"]:
         raise KnobError(f"{key('confidence_warmup')}={values['confidence_warmup']} with {key('paths')}="
                           f"{values['paths']}: confidence stopping never stops a warm-up path, so it needs "
