@@ -434,9 +434,27 @@ def validate(cfg: Config) -> dict[str, LeapParams]:
     check_cluster_keys(cfg)
     check_model_path(cfg)
     points = sweep_points(cfg)
+    check_logprobs(cfg, points)
     for message in setting_warnings(cfg, points):
         _warn_once(message)
     return points
+
+
+VLLM_MAX_LOGPROBS = 20  # vLLM's default `max_logprobs`: the most top logprobs a request may ask for
+
+
+def check_logprobs(cfg: Config, points: dict[str, LeapParams]) -> None:
+    """A confidence point asks vLLM for top logprobs; more than the engine allows would fail
+    every one of its requests mid-run, so it is refused here, naming both keys."""
+    if cfg.engine.kind != "vllm":
+        return
+    allowed = int((cfg.engine.vllm_args or {}).get("max_logprobs", VLLM_MAX_LOGPROBS))
+    for name, p in points.items():
+        asked = p.method.stopping.logprobs(p)
+        if asked > allowed:
+            raise ConfigError(f"sweep point '{name}': leap.confidence_top_logprobs={asked} is more than vLLM "
+                              f"allows a request (max_logprobs={allowed}); lower it or set "
+                              f"engine.vllm_args.max_logprobs={asked}")
 
 
 def check_cluster_keys(cfg: Config) -> None:

@@ -120,3 +120,11 @@ def test_summary_settings_name_a_combined_method_and_its_changed_knobs():
     assert (s["stopping"], s["consensus_share"]) == ("consensus", 0.5) and "probe_tokens" not in s
     assert baseline_of("independent") == "independent" and baseline_of("independent", "consensus") is None
     assert is_leap_mode("leap", "confidence") and not is_leap_mode("consensus")
+
+
+def test_more_top_logprobs_than_vllm_allows_is_refused_before_the_run():
+    with pytest.raises(ConfigError, match=r"confidence_top_logprobs=32 is more than vLLM allows.*max_logprobs=32"):
+        validate(compose(["engine=cpu", "leap.mode=deepconf", "leap.confidence_top_logprobs=32"]))
+    validate(compose(["engine=cpu", "leap.mode=deepconf", "leap.confidence_top_logprobs=32",
+                      "+engine.vllm_args.max_logprobs=32"]))
+    validate(compose(["engine=cpu", "leap.mode=leap", "leap.confidence_top_logprobs=32"]))  # asks for none
