@@ -36,6 +36,7 @@ import math
 from collections import OrderedDict, deque
 from dataclasses import dataclass, replace
 
+from .busy import point_of
 from .profile import Decode, Prefill, Profile
 
 UNBOUNDED_KV = 1 << 40  # tokens: a latency model without a KV capacity never evicts
@@ -194,7 +195,7 @@ class Engine:
         return out
 
     def _point(self, key: str) -> list[float]:
-        point = key.split("|", 1)[0]
+        point = point_of(key)
         got = self.by_point.get(point)
         if got is None:
             got = self.by_point[point] = [0, 0]

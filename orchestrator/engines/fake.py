@@ -35,7 +35,7 @@ from ..core.types import GenRequest, GenResult, PathStateMissing, StaleRequest
 from . import node_id
 from ..telemetry import Telemetry
 from .batching import Engine, LatencyModel
-from .busy import BusyClock
+from .busy import BusyClock, point_of
 from .profile import Profile, load as load_profile
 from .tokenizer import FakeTokenizer
 
@@ -297,7 +297,7 @@ class FakeReplica:
             finally:
                 self.running -= 1
                 self.tm.running_requests(self.running)
-            self.busy_by_point[key.split("|", 1)[0]] += share
+            self.busy_by_point[point_of(key)] += share
             if req.epoch < self.epoch:  # a later coordinator took over while this one ran
                 raise StaleRequest(f"replica {self.index}: request for {key} outlived coordinator generation "
                                    f"{req.epoch}")

@@ -665,7 +665,7 @@ class VLLMReplica:
             "new_tokens": st["new_tokens"],
             "prompt_tokens": st["prompt_tokens"],
             "cached_tokens": st["cached_tokens"],
-            "running": self._running,
+            "running": self.busy.running,
             "capacity": self.capacity,
             "window_s": round(now - st["window_start"], 4),
         }
@@ -691,7 +691,6 @@ class VLLMReplica:
         """Zero the counters; busy time (whole and per sweep point) counts afresh from now."""
         now = time.monotonic()
         if not keep_running:
-            self._running = 0
             self.busy = BusyClock(now)
         self.busy.reset(now)
         self._stats: dict[str, Any] = dict(
@@ -704,8 +703,7 @@ class VLLMReplica:
             self.busy.start(key, now)
         else:
             self.busy.end(key, now)
-        self._running += delta
-        self.tm.running_requests(self._running)
+        self.tm.running_requests(self.busy.running)
         if delta > 0:
             self._stats["requests"] += 1
             if self._stats["first_request_t"] is None:
