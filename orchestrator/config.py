@@ -611,8 +611,8 @@ def path_budget(p: LeapParams) -> tuple[int, int, int] | None:
     comm = 0
     if p.method.exchanges:
         comm = len(p.comm_rounds) if p.comm_rounds is not None else p.max_rounds - 1
-    k, cap = p.method.communication.received(p)
-    heard = k * p.summary_tokens if cap is None else min(k * p.summary_tokens, cap)
+    k, _ = p.method.communication.received(p)
+    heard = p.method.communication.heard_tokens(p)
     injected = comm * (p.summary_tokens + heard + _INJECT_FRAME) + max(p.summary_tokens, p.answer_tokens) + _INJECT_FRAME
     return sampled, injected, k
 

@@ -57,13 +57,13 @@ def first_round(params: LeapParams, prompts: PromptSet, tok: Tokenizer, kind: st
     # a merge at the seam
     summary = n("\n\n") + max(n(t + " ") for t in prompts.triggers) + max(n(o) for o in prompts.openers) \
         + params.summary_tokens + repair
-    k, cap = params.method.communication.received(params)
+    k, _ = params.method.communication.received(params)
     if k == 0:
         peers = n(prompts.no_comments)
     else:
         opener_rest = max(n(o.split(SUMMARY_OPEN, 1)[1]) for o in prompts.openers)
-        summaries = k * params.summary_tokens if cap is None else min(k * params.summary_tokens, cap)
-        peers = n(prompts.peer_block([""] * k)) + k * (opener_rest + repair) + summaries
+        heard = params.method.communication.heard_tokens(params)
+        peers = n(prompts.peer_block([""] * k)) + k * (opener_rest + repair) + heard
     return FirstRound(segment=segment, summary=summary, peers=peers, ending=ending, k=k)
 
 

@@ -25,8 +25,10 @@ HOLD = "hold"  # `StoppingRule.check_path`: not decidable yet, ask again when an
 class Knobs(Protocol):
     """The `LeapParams` fields the built-in strategies read (a strategy may read any other)."""
 
+    paths: int
     T: int
     max_rounds: int
+    summary_tokens: int
     comm_rounds: tuple[int, ...] | None
     top_k: int
     router: str
@@ -102,6 +104,12 @@ class Communication:
         None), for context budgets: leap.top_k of the other paths by default."""
         others = params.paths - 1
         return (others if params.top_k == -1 else min(params.top_k, others)), None
+
+    def heard_tokens(self, params: Knobs) -> int:
+        """The most summary tokens a path receives at a barrier: `received`'s count of
+        summaries of leap.summary_tokens each, within its cap."""
+        k, cap = self.received(params)
+        return k * params.summary_tokens if cap is None else min(k * params.summary_tokens, cap)
 
 
 class StoppingRule:
