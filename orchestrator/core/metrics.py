@@ -46,6 +46,7 @@ from orchestrator.core import votes as voting_rules
 from orchestrator.core.grading import canonical_answer
 from orchestrator.core.methods import find_method
 from orchestrator.core.params import OPTIONAL_DEFAULTS, OPTIONAL_KEYS
+from orchestrator.core.rows import probe_cost
 
 logger = logging.getLogger(__name__)
 
@@ -215,7 +216,7 @@ def _token_means(paths: list[dict]) -> dict[str, float | None]:
     sent tokens, counted in the total) only where some path probed."""
     sampled = [int(p.get("sampled_tokens") or 0) for p in paths]
     injected = [int(p.get("injected_tokens") or 0) for p in paths]
-    probes = [int(p.get("probe_tokens") or 0) + int(p.get("probe_prompt_tokens") or 0) for p in paths]
+    probes = [probe_cost(p) for p in paths]
     out = {
         "sampled": _round(_mean(sampled)),
         "injected": _round(_mean(injected)),

@@ -113,3 +113,14 @@ def span_rows(tok: Tokenizer, p: PathState, text: str) -> list[dict]:
         r["char_start"] = offsets[i] if exact else None
         r["char_end"] = offsets[i] + len(pieces[i]) if exact else None
     return rows
+
+
+def probe_cost(row) -> int:
+    """The tokens of a path row's answer probes, sampled and sent (in neither `sampled_tokens`
+    nor `injected_tokens`; 0 for rows without the columns)."""
+    return int(row.get("probe_tokens") or 0) + int(row.get("probe_prompt_tokens") or 0)
+
+
+def path_tokens(row) -> int:
+    """Every token the engines did for a path row: sampled + injected + its answer probes'."""
+    return int(row.get("sampled_tokens") or 0) + int(row.get("injected_tokens") or 0) + probe_cost(row)

@@ -13,6 +13,7 @@ import logging
 from .data import DatasetError, load_problems
 from ..config import Config, prompt_file, validate
 from ..core.prompts import load_prompts
+from ..core.rows import path_tokens
 from ..core.types import Problem
 
 log = logging.getLogger(__name__)
@@ -45,9 +46,7 @@ def matched_items(rows: list[dict], points, later: list[tuple[str, Problem]]) ->
     has no rows for is skipped (logged)."""
     used: dict[tuple[str, str], list[int]] = {}
     for row in rows:
-        probes = (row.get("probe_tokens") or 0) + (row.get("probe_prompt_tokens") or 0)
-        used.setdefault((row["sweep_point"], row["problem_id"]), []).append(
-            row["sampled_tokens"] + row["injected_tokens"] + probes)
+        used.setdefault((row["sweep_point"], row["problem_id"]), []).append(path_tokens(row))
     items = []
     for point, problem in later:
         tokens = used.get((points[point].match_point, problem.id))

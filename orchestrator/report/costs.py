@@ -16,6 +16,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from ..core.rows import path_tokens, probe_cost
+
 # the paths.parquet columns of the method comparison (CONTRACT18.md)
 METHOD_COLUMNS = ("stop_reason", "stopped_at_round", "probe_tokens", "probe_prompt_tokens", "warmup",
                   "confidence", "vote_weight", "vote")
@@ -52,12 +54,6 @@ def _int(value: Any) -> int:
     return int(value or 0)
 
 
-def path_tokens(row: Mapping) -> int:
-    """A path's tokens: sampled + injected + its answer probes' sampled and injected tokens."""
-    return (_int(row.get("sampled_tokens")) + _int(row.get("injected_tokens"))
-            + _int(row.get("probe_tokens")) + _int(row.get("probe_prompt_tokens")))
-
-
 def point_costs(rows: Iterable[Mapping]) -> dict[tuple[str, str], PointCost]:
     """{(sweep_point, benchmark): PointCost} over the rows."""
     sums: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
@@ -69,7 +65,7 @@ def point_costs(rows: Iterable[Mapping]) -> dict[tuple[str, str], PointCost]:
         s = sums[key]
         s[0] += _int(r.get("sampled_tokens"))
         s[1] += _int(r.get("injected_tokens"))
-        s[2] += _int(r.get("probe_tokens")) + _int(r.get("probe_prompt_tokens"))
+        s[2] += probe_cost(r)
         cost.warmup += bool(r.get("warmup"))
         if r.get("stop_reason"):
             cost.stopped[str(r["stop_reason"])] += 1
