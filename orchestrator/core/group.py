@@ -290,7 +290,7 @@ class Group(StopChecks):
         summaries = [q.summaries[-1] for q in waiting]
         lengths = None
         if self.method.communication.needs_lengths:
-            lengths = tuple(len(self.tok.encode(text)) for text in summaries)
+            lengths = self.peers.lengths(waiting) or tuple(len(self.tok.encode(text)) for text in summaries)
         barrier = Barrier(self.params, self.problem, round_, tuple(waiting), tuple(summaries),
                           tuple(self.paths), embed=self.embed, similarity=self.peers.matrix(waiting),
                           lengths=lengths, state=self.rule_state)

@@ -22,6 +22,7 @@ class PeerBlocks:
         self._parts = prompts.peer_block_parts()
         self._pieces: dict[str, TokenIds] = {}
         self._summary_ids: dict[int, TokenIds] = {}  # a summary's ids and the line suffix's
+        self._lengths: dict[int, int] = {}  # a summary's tokens (without the suffix)
         self._texts: dict[int, str] = {}
         self._sim_row: dict[int, dict[int, float]] = {}
 
@@ -30,6 +31,7 @@ class PeerBlocks:
         text = p.summaries[-1]
         if self._parts is not None:
             entry = TokenIds(self.tok.encode(text))
+            self._lengths[p.index] = len(entry)
             entry.extend(self._piece(self._parts[2]))
             self._summary_ids[p.index] = entry
         if self.similarity in routing.STRING_SIMILARITIES:
@@ -50,6 +52,12 @@ class PeerBlocks:
             return None
         return [[1.0 if a is b else rows[a.index][b.index] for b in waiting] for a in waiting]
 
+    def lengths(self, waiting: list[PathState]) -> tuple[int, ...] | None:
+        """The waiting paths' summary lengths in tokens, as encoded on arrival (None: compute)."""
+        if any(q.index not in self._lengths for q in waiting):
+            return None
+        return tuple(self._lengths[q.index] for q in waiting)
+
     def block(self, summaries: list[str], waiting: list[PathState], peers) -> list[int] | TokenIds:
         """The peer block's token ids: cached pieces around each summary's ids (array copies
         only), or an encode of the whole block when the prompt file's templates cannot be split."""
@@ -68,6 +76,7 @@ class PeerBlocks:
 
     def clear(self) -> None:
         self._summary_ids.clear()
+        self._lengths.clear()
         self._texts.clear()
         self._sim_row.clear()
 
