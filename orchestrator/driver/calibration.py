@@ -66,7 +66,7 @@ from ..errors import ConfigError, EngineError, LeapError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUDGET_S = 160.0  # the whole calibration, engine start included, when it can be
+DEFAULT_BUDGET_S = 150.0  # the whole calibration, engine start included, when it can be
 MIN_MEASURE_S = 30.0  # measuring gets at least this long, however long the start took
 RESERVE_S = 6.0  # kept back for shutting the engine down
 SHORT_PROMPT = 16  # tokens of a short prompt (and of the fixed-cost request)

@@ -26,11 +26,17 @@ from ..core.types import GenRequest
 from ..engines.batching import Engine, LatencyModel
 from ..engines.profile import Profile
 
-REPLAY_PROMPT = 160  # unique prompt tokens a replay path starts from
-REPLAY_APPEND = 48  # tokens appended before each later request (a peer block)
+REPLAY_PROMPT = 96  # unique prompt tokens a replay path starts from
+REPLAY_APPEND = 32  # tokens appended before each later request (a peer block)
 REPLAY_ROUNDS = 3  # requests per replay path
 REPLAY_PATHS = 1.5  # replay paths per batch slot: a queue, as an oversubscribed run keeps
-REPLAY_SHARE = 0.25  # of the measuring budget
+REPLAY_SHARE = 0.35  # of the measuring budget
+# A run's engines spend most of their time decoding full batches (W2 here: about two thirds by
+# the step model, the rest prefilling appended blocks), so the replay's tokens are sized for
+# decode to take at least this share of its modelled time; with less, the factor measures the
+# prefill and request overheads and misses the decode steps' error.
+REPLAY_DECODE_SHARE = 0.6
+MIN_NEW, MAX_NEW = 16, 128  # new tokens per replay request
 
 
 async def replay(bench, max_seqs: int, stops: list[str], new: int) -> dict:
@@ -86,12 +92,15 @@ def replay_s(profile: Profile, shapes: list[list[tuple[int, int, int]]]) -> floa
 
 def replay_tokens(profile: Profile, max_seqs: int, budget_s: float) -> int:
     """New tokens per replay request so that the replay takes about `budget_s` by the fitted
-    step model (16 to 128)."""
+    step model, and at least enough for decode to take REPLAY_DECODE_SHARE of it (MIN_NEW to
+    MAX_NEW: the budget gives way to the share)."""
     paths = max(int(math.ceil(REPLAY_PATHS * max_seqs)), 2)
     step = profile.step_s(max_seqs, max_seqs * (REPLAY_PROMPT + REPLAY_ROUNDS * REPLAY_APPEND))
     prefill = paths * (REPLAY_PROMPT + (REPLAY_ROUNDS - 1) * REPLAY_APPEND) * profile.prefill.s_per_token
-    per_token = paths * REPLAY_ROUNDS / max_seqs * step
-    return int(min(128, max(16, (budget_s - prefill) / max(per_token, 1e-9))))
+    per_token = max(paths * REPLAY_ROUNDS / max_seqs * step, 1e-9)
+    by_budget = (budget_s - prefill) / per_token
+    by_share = REPLAY_DECODE_SHARE / (1 - REPLAY_DECODE_SHARE) * prefill / per_token
+    return int(min(MAX_NEW, max(MIN_NEW, by_budget, by_share)))
 
 
 def with_replay(prof: Profile, replayed: dict, predicted_s: float, at_once: int) -> Profile:

@@ -346,3 +346,32 @@ def test_with_replay_records_the_factor():
     assert profiles.from_dict(got.to_dict()).replay_factor == pytest.approx(1.2)  # saved and read back
     old = {k: v for k, v in prof.to_dict().items() if k != "replay_factor"}  # a profile written before it existed
     assert profiles.from_dict(old).replay_factor == 1.0
+
+
+def _replay_shapes(max_seqs: int, new: int) -> list[list[tuple[int, int, int]]]:
+    """The (prompt, kept, new) requests `replay.replay` sends, for `new` tokens a request."""
+    paths = int(np.ceil(replay.REPLAY_PATHS * max_seqs))
+    shapes = []
+    for _ in range(paths):
+        kept, shape = 0, []
+        for r in range(replay.REPLAY_ROUNDS):
+            append = replay.REPLAY_PROMPT if r == 0 else replay.REPLAY_APPEND
+            shape.append((kept + append, kept, new))
+            kept += append + new
+        shapes.append(shape)
+    return shapes
+
+
+@pytest.mark.parametrize("budget_s", [1.0, 60.0])
+def test_the_replay_is_mostly_decode_as_a_run_is(budget_s):
+    # slow prefill (as on a CPU): a replay sized by the budget alone would be mostly prefill and
+    # miss the decode steps' error; its decode must take at least REPLAY_DECODE_SHARE of it
+    prof = Profile(key={}, decode=TRUE, prefill=Prefill(0.004, 0.0, 2048), kv_capacity_tokens=1 << 20,
+                   block_size=16, max_num_seqs=16)
+    new = replay.replay_tokens(prof, 16, budget_s)
+    assert replay.MIN_NEW <= new <= replay.MAX_NEW
+    total = replay.replay_s(prof, _replay_shapes(16, new))
+    prefill_only = replay.replay_s(prof, _replay_shapes(16, 1))
+    assert (total - prefill_only) / total >= replay.REPLAY_DECODE_SHARE - 0.1
+    if budget_s > 50:  # a roomy budget (past what the share needs) is spent, within the estimate's reach
+        assert total == pytest.approx(budget_s, rel=0.35)
