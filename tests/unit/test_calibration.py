@@ -350,16 +350,8 @@ def test_with_replay_records_the_factor():
 
 def _replay_shapes(max_seqs: int, new: int) -> list[list[tuple[int, int, int]]]:
     """The (prompt, kept, new) requests `replay.replay` sends, for `new` tokens a request."""
-    paths = int(np.ceil(replay.REPLAY_PATHS * max_seqs))
-    shapes = []
-    for _ in range(paths):
-        kept, shape = 0, []
-        for r in range(replay.REPLAY_ROUNDS):
-            append = replay.REPLAY_PROMPT if r == 0 else replay.REPLAY_APPEND
-            shape.append((kept + append, kept, new))
-            kept += append + new
-        shapes.append(shape)
-    return shapes
+    bench = _Bench([_StatefulReplica()], None, vocab=1000, seed=0)
+    return asyncio.run(replay.replay(bench, max_seqs, [], new))["shapes"]
 
 
 @pytest.mark.parametrize("budget_s", [1.0, 60.0])
