@@ -220,15 +220,6 @@ def register() -> None:
     cs.store(name="schema", node=Config)
 
 
-def compose(overrides: list[str]) -> Config:
-    """The config `python -m orchestrator OVERRIDES` runs with (schema defaults + conf/ YAML +
-    overrides), composed with Hydra's API: for entry points that take options of their own
-    beside the overrides (`python -m orchestrator.plan`, the benchmarks)."""
-    register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return to_config(hydra_compose(config_name="config", overrides=list(overrides)))
-
-
 def to_config(cfg: DictConfig | dict) -> Config:
     """Merge a composed config onto the schema (type-checked) and return the dataclass."""
     base = OmegaConf.structured(Config)

@@ -199,13 +199,6 @@ def load(path: str | Path) -> Profile:
 SHIPPED_DIR = Path(__file__).resolve().parent / "profiles"
 
 
-def cache_dir() -> Path:
-    """Where measured profiles are kept: `$LEAP_PROFILE_DIR`, else
-    `~/.cache/leap-orchestrator/profiles/`."""
-    env = os.environ.get("LEAP_PROFILE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "leap-orchestrator" / "profiles"
-
-
 def cache_path(key: dict, directory: str | Path | None = None) -> Path:
     """The cache file of the profile keyed `key`: readable words of the key and a hash of all of it."""
     words = "-".join(str(key.get(k, "")) for k in ("model", "dtype", "engine"))
