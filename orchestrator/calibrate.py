@@ -1,7 +1,8 @@
 """`python -m orchestrator.calibrate [OVERRIDES ...] [--out PROFILE] [--budget-s SECONDS]`
 
-Measures the engine a run with these Hydra overrides would start (one replica, as its replica 0,
-in this process and without Ray) and writes its profile: decode step time against batch size and
+Measures the engine a run with these Hydra overrides would start (its replica 0, started as the
+run starts it: Ray and the replica actors, with the run's other replicas beside it where they
+share this machine's cores) and writes its profile: decode step time against batch size and
 context, prefill throughput (cached and uncached), the KV cache's capacity in tokens, the
 start-up phases (see `orchestrator.driver.calibration`). The config is composed exactly as
 `python -m orchestrator OVERRIDES` composes it, and checked the same way before any engine
@@ -13,7 +14,7 @@ by its key, and also to `--out` when given. The engine's own output goes to PROF
 cache file's .log). `--budget-s` bounds the whole calibration, engine start included (default
 150 s): the measuring gets what the start leaves, at least min(30 s, budget / 3).
 
-    python -m orchestrator.calibrate engine=cpu model=smollm2 --out smollm2-cpu.json
+    python -m orchestrator.calibrate engine=cpu model=smollm2 replicas.gpus_per_replica=0 --out smollm2-cpu.json
     python -m orchestrator.calibrate model.path=random:qwen2.5-1.5b --out h100.json   # on a GPU
 """
 
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 
 from .config import Config, compose, validate
-from .driver.calibration import DEFAULT_BUDGET_S, calibrate, check_calibratable
+from .driver.calibration import DEFAULT_BUDGET_S, calibrate, check_calibratable, colocated, engine_logs
 from .driver.replicas import model_path
 from .engines.profile import Profile, cache_path
 from .errors import report
@@ -35,7 +36,7 @@ from .errors import report
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         prog="python -m orchestrator.calibrate",
-        description="Measure the configured engine (one replica, no Ray) and write its profile.")
+        description="Measure the configured engine (the run's replica 0, as a Ray actor) and write its profile.")
     ap.add_argument("overrides", nargs="*", help="the run's Hydra overrides, e.g. engine=cpu model=smollm2")
     ap.add_argument("--out", help="also write the profile here (it always goes to the profile cache)")
     ap.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S,
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         if target is not None:
             paths.append(prof.save(target))
         print(summary(prof, paths))
-        print(f"calibrated in {time.monotonic() - t0:.0f} s; engine log {log_file}")
+        print(f"calibrated in {time.monotonic() - t0:.0f} s; engine log {engine_logs(log_file, colocated(cfg))}")
         return 0
     except KeyboardInterrupt:
         print("interrupted: nothing written", file=sys.stderr)

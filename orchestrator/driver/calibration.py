@@ -1,11 +1,14 @@
 """Calibration: measure one replica of the configured engine and write the `Profile` the
 simulator needs (`python -m orchestrator.calibrate`, `ensure_profile`).
 
-One `VLLMReplica` is started in this process, without Ray, with exactly the engine options the
-run gives its replica 0 (`replicas.engine_options`), and driven under asyncio. Where the run's
-other replicas share this machine's cores (a CPU engine on a local Ray: `colocated`), they are
-started too, bound as the run binds them, and every measurement runs on all of them at once
-(timed on replica 0): a run's replicas slow each other down, and the profile's key says how
+The engines are started as a run starts them: Ray (`ray.address`, a local Ray by default), the
+run's placement, and replica actors with exactly the engine options a run gives them
+(`Cluster.create_replicas`); this process drives them as the coordinator does, each request a
+call to an actor. Measured in-process instead, the same requests took 8-12% less time here (2
+cores: the actors' own processes, Ray's daemons, and the niceness Ray gives its workers), which
+the plan then missed. Where the run's other replicas share this machine's cores (a CPU engine on
+a local Ray: `colocated`), they are started too, and every measurement runs on all of them at
+once (timed on replica 0): a run's replicas slow each other down, and the profile's key says how
 many ran (`cpu: MODEL xTHREADS, N at once`). Requests use
 random token ids (no tokenizer, no prefix shared by accident) and `ignore_eos`, so each
 generates exactly the tokens asked for. What is measured, within a wall-time budget:
@@ -38,7 +41,6 @@ A run (`python -m orchestrator`) never calibrates: it uses a profile only when o
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import json
 import logging
@@ -46,23 +48,25 @@ import math
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 from huggingface_hub import try_to_load_from_cache
+from ray.exceptions import RayError
 
+from .cluster import Cluster
 from .replay import REPLAY_SHARE, replay, replay_s, replay_tokens, with_replay
 from .replicas import engine_options
 from ..config import Config, sampling_spec
 from ..core.prompts import SUMMARY_CLOSE, THINK_END
-from ..core.types import EngineStartError, GenRequest
+from ..core.types import GenRequest
 from ..engines import profile as profiles
 from ..engines.profile import Decode, Prefill, Profile
-from ..engines.vllm_replica import VLLMReplica, cpu_bind, cpu_has_bf16
-from ..errors import ConfigError, EngineError, LeapError
+from ..engines.vllm_replica import cpu_bind, cpu_has_bf16
+from ..errors import ConfigError, LeapError, remote_cause
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +326,7 @@ class _Bench:
     (`colocated`) get the same batches at the same moment, so replica 0 is timed with the CPU
     contention of a run."""
 
-    def __init__(self, reps: list[VLLMReplica], sampling, vocab: int, seed: int) -> None:
+    def __init__(self, reps: list[_Remote], sampling, vocab: int, seed: int) -> None:
         self.reps, self.sampling = reps, sampling
         self.rng = np.random.default_rng(seed)
         self.low, self.high = min(100, vocab // 4), vocab  # skip the special tokens at the start
@@ -336,7 +340,7 @@ class _Bench:
         (replica 0's seconds, replica 0's results)."""
         batch = next(self._ids)
 
-        async def one(i: int, rep: VLLMReplica) -> tuple[float, list]:
+        async def one(i: int, rep: _Remote) -> tuple[float, list]:
             reqs = [GenRequest(path_key=f"cal-{batch}-{i}-{j}", keep=len(p), append=[], full=p,
                                max_tokens=new, min_tokens=new, ignore_eos=True,
                                sampling=self.sampling, kind="floor") for j, p in enumerate(prompts)]
@@ -357,7 +361,7 @@ class _Bench:
 class _Measure:
     """The measurements of one started replica, within `budget_s` seconds."""
 
-    def __init__(self, rep: VLLMReplica, info: dict, bench: _Bench, budget_s: float,
+    def __init__(self, rep: _Remote, info: dict, bench: _Bench, budget_s: float,
                  say: Say) -> None:
         self.rep, self.info, self.bench, self.say = rep, info, bench, say
         self.deadline = time.monotonic() + budget_s
@@ -500,69 +504,117 @@ def check_calibratable(cfg: Config) -> None:
 
 def calibrate(cfg: Config, model_path: str, budget_s: float = DEFAULT_BUDGET_S,
               say: Optional[Say] = None, log_file: Optional[str] = None) -> Profile:
-    """Start replica 0's engine, measure it and return its profile (see the module docstring).
-    `budget_s` bounds the whole call: measuring gets what the engine's start leaves (less a
-    reserve for shutting down), at least min(30 s, budget_s / 3). `say` gets a line per step (default: stderr); the engine's own output
-    goes to `log_file` (default: OUTPUT_DIR/logs/calibrate.log)."""
+    """Start the run's replica actors, measure replica 0 and return its profile (see the module
+    docstring). `budget_s` bounds the whole call: measuring gets what Ray's and the engines' start
+    leaves (less a reserve for shutting down), at least min(30 s, budget_s / 3). `say` gets a line
+    per step (default: stderr); the engines' own output goes to `log_file` (default:
+    OUTPUT_DIR/logs/calibrate.log; with several replicas, one file each, numbered)."""
     check_calibratable(cfg)
     close = None
     if say is None:
         say, close = _console()
     log_file = log_file or str(Path(cfg.output_dir).resolve() / "logs" / "calibrate.log")
+    k = colocated(cfg)
+    logs = engine_logs(log_file, k)
+    also = f", {k} replicas as the run places them" if k > 1 else ""
+    say(f"calibrate: starting {cfg.model.path} ({engine_name()}{also}, as the run's Ray replica actors; "
+        f"engine log {logs})")
+    t0 = time.monotonic()
+    cluster = Cluster.start(replace(cfg, replicas=replace(cfg.replicas, count=k)))
     try:
-        return asyncio.run(_calibrate(cfg, model_path, budget_s, say, log_file))
+        cluster.create_replicas(model_path, log_file=logs)
+        return asyncio.run(_calibrate(cfg, cluster, budget_s, say, t0))
+    except RayError as exc:  # an actor died (its engine crashed, it ran out of memory)
+        raise CalibrationError(f"a replica failed while being measured: {remote_cause(exc)} "
+                               f"(engine log {logs})") from None
     finally:
-        gc.collect()  # the engine's client now, not at interpreter exit (its __del__ fails there)
+        cluster.teardown()
         if close is not None:
             close()
 
 
-async def _calibrate(cfg: Config, model_path: str, budget_s: float, say: Say, log_file: str) -> Profile:
-    t0 = time.monotonic()
-    opts = dict(engine_options(cfg), log_file=log_file)
-    k = colocated(cfg)
-    # the co-located replicas share the log file (fds 1 and 2 are the process's, not a replica's)
-    # and start one after the other (each engine reads its core binding from this process's
-    # environment when it starts)
-    reps = [VLLMReplica(i, model_path, opts, cfg.leap.seed + i) for i in range(k)]
-    also = f", {k} replicas as the run places them" if k > 1 else ""
-    say(f"calibrate: starting {cfg.model.path} ({engine_name()}{also}; engine log {log_file})")
-    started: list[VLLMReplica] = []
-    try:
-        for rep in reps:
-            task = asyncio.create_task(rep.start())
-            shown = ""
-            while not task.done():
-                phases = (await rep.startup_status())["phases"]
-                if phases and phases[-1]["name"] != shown:
-                    shown = phases[-1]["name"]
-                    say(f"  start-up{f' (replica {rep.index})' if k > 1 else ''}: {shown}")
-                await asyncio.wait([task], timeout=1.0)
-            started.append(rep)
-            try:
-                got = task.result()
-            except EngineStartError as exc:
-                raise EngineError(str(exc)) from None
-            if rep is reps[0]:
-                info = got
-        start_s = time.monotonic() - t0
-        config = checkpoint_config(model_path)
-        vocab = int((config or {}).get("vocab_size") or 1000)
-        bench = _Bench(reps, sampling_spec(cfg), _tokenizer_size(model_path, vocab), cfg.leap.seed)
-        measure_s = max(min(MIN_MEASURE_S, budget_s / 3), budget_s - (time.monotonic() - t0) - RESERVE_S)
-        say(f"engine up in {start_s:.1f} s; measuring for {measure_s:.0f} s")
-        load0 = os.getloadavg()[0]
+def engine_logs(log_file: str, replicas: int) -> str:
+    """Where the calibrated engines log: `log_file` for one replica, else one file each,
+    "{index}" standing for the replica's index."""
+    if replicas == 1:
+        return log_file
+    path = Path(log_file)
+    return str(path.with_suffix("")) + "-{index}" + path.suffix
+
+
+class _Remote:
+    """A replica actor as `_Bench` and the replay drive a replica: `generate` and `drop`, each
+    call's result awaited on this process's event loop."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    async def generate(self, request: GenRequest):
+        return await self.handle.generate.remote(request)
+
+    async def drop(self, path_keys: list[str]) -> None:
+        await self.handle.drop.remote(path_keys)
+
+
+async def _calibrate(cfg: Config, cluster: Cluster, budget_s: float, say: Say, t0: float) -> Profile:
+    reps = [_Remote(h) for h in cluster.replicas]
+    k = len(reps)
+    info = (await _started(cluster, say))[0]
+    start_s = time.monotonic() - t0
+    config = checkpoint_config(cluster.model)
+    vocab = int((config or {}).get("vocab_size") or 1000)
+    bench = _Bench(reps, sampling_spec(cfg), _tokenizer_size(cluster.model, vocab), cfg.leap.seed)
+    measure_s = max(min(MIN_MEASURE_S, budget_s / 3), budget_s - (time.monotonic() - t0) - RESERVE_S)
+    say(f"engine up in {start_s:.1f} s; measuring for {measure_s:.0f} s")
+    load0 = os.getloadavg()[0]
+
+    async def measure() -> tuple[dict, Profile, dict]:
         measured = await _Measure(reps[0], info, bench, measure_s, say).run(REPLAY_SHARE)
         fitted = _profile(cfg, info, config, measured, start_s, time.monotonic() - t0, budget_s, (load0, load0))
         new = replay_tokens(fitted, fitted.max_num_seqs, REPLAY_SHARE * measure_s)
-        replayed = await replay(bench, fitted.max_num_seqs, [THINK_END, SUMMARY_CLOSE], new)
-        load1 = os.getloadavg()[0]
+        return measured, fitted, await replay(bench, fitted.max_num_seqs, [THINK_END, SUMMARY_CLOSE], new)
+
+    # the budget sizes every step, so this is far off unless an engine stopped answering
+    deadline = 2 * measure_s + 120
+    try:
+        measured, fitted, replayed = await asyncio.wait_for(measure(), deadline)
+    except asyncio.TimeoutError:
+        raise CalibrationError(f"measuring took more than {deadline:.0f} s (planned {measure_s:.0f} s): "
+                               f"an engine stopped answering? See the engine logs") from None
     finally:
-        for r in reversed(started):  # the last to point fds 1 and 2 at the log puts them back first
-            await r.shutdown()
+        await _shutdown(cluster)
+    load1 = os.getloadavg()[0]
     predicted = await asyncio.to_thread(replay_s, fitted, replayed["shapes"])
     prof = _profile(cfg, info, config, measured, start_s, time.monotonic() - t0, budget_s, (load0, load1))
     return with_replay(prof, replayed, predicted, k)
+
+
+async def _started(cluster: Cluster, say: Say) -> list[dict]:
+    """The replicas' `info()` once their engines are up (`Cluster.await_replicas`, which has its
+    deadline: replicas.start_timeout_s), saying each start-up phase replica 0 enters."""
+    waiting = asyncio.create_task(asyncio.to_thread(cluster.await_replicas))
+    first, shown = cluster.replicas[0], ""
+    while not waiting.done():
+        try:
+            phases = (await asyncio.wait_for(first.startup_status.remote(), 10))["phases"]
+        except (asyncio.TimeoutError, RayError):  # the wait below says why, if it was fatal
+            phases = []
+        if phases and phases[-1]["name"] != shown:
+            shown = phases[-1]["name"]
+            say(f"  start-up: {shown}")
+        await asyncio.wait([waiting], timeout=1.0)
+    return waiting.result()
+
+
+async def _shutdown(cluster: Cluster, timeout_s: float = 60.0) -> None:
+    """Shut the engines down (their processes exit cleanly); the actors are killed after."""
+    calls = [h.shutdown.remote() for h in cluster.replicas]
+    done, late = await asyncio.wait([asyncio.ensure_future(c) for c in calls], timeout=timeout_s)
+    for f in done:
+        if f.exception() is not None:
+            log.warning("shutting an engine down: %s", f.exception())
+    if late:
+        log.warning("%d engine(s) did not shut down within %.0f s; their actors are killed", len(late), timeout_s)
 
 
 def _tokenizer_size(model_path: str, vocab: int) -> int:
@@ -629,7 +681,7 @@ def _profile(cfg: Config, info: dict, config: dict | None, m: dict, start_s: flo
         model_bytes=mb,
         fitted_from=fitted_from,
         notes=notes,
-        measurements={"decode": fit, "prefill": pre, "fixed_request_s": m["fixed_s"],
+        measurements={"calibration": profiles.CALIBRATION, "decode": fit, "prefill": pre, "fixed_request_s": m["fixed_s"],
                       "engine_start_s": round(start_s, 2), "total_s": round(total_s, 2),
                       "budget_s": budget_s, "engine": {k: info.get(k) for k in (
                           "max_model_len", "attention_backend", "versions", "gpu_names")}},
@@ -650,8 +702,10 @@ def ensure_profile(cfg: Config, model_path: str, budget_s: float = DEFAULT_BUDGE
         except profiles.ProfileError as exc:
             log.warning("%s; measuring again", exc)
         else:
-            if found.key == key:
+            if found.key == key and not profiles.outdated(found):
                 return found
+            if profiles.outdated(found):
+                log.warning("%s was measured by an older calibration; measuring again", path)
     prof = calibrate(cfg, model_path, budget_s, say, log_file=str(path.with_suffix(".log")))
     if prof.key != key:
         log.warning("the engine loaded %s, expected %s: the profile is kept under what it loaded",

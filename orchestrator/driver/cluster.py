@@ -45,6 +45,7 @@ class Cluster:
         self.ray = ray_facts  # {"mode": "local" | "joined" | "existing", "address"}
         self.run_id = run_id  # the prefix of the run's actor and placement-group names
         self.model: str | None = None
+        self.log_file: str | None = None  # the replicas' engine log, when not the run's logs/
         self.placement: Placement | None = None
         self.replicas: list = []  # slot i: replica i's handle (a replacement takes its slot)
         self.created: list = []  # every replica handle made, for teardown
@@ -62,10 +63,12 @@ class Cluster:
         return f"{self.run_id}-{suffix}"
 
     # -- replicas ----------------------------------------------------------------------------------
-    def create_replicas(self, model: str) -> list:
+    def create_replicas(self, model: str, log_file: str | None = None) -> list:
         """Place the run (a bundle per replica, plus the coordinator's CPU) and create the replica
-        actors; their engines start loading at once (`await_replicas` waits for them)."""
+        actors; their engines start loading at once (`await_replicas` waits for them). Their
+        engines log to `log_file` ("{index}": the replica's) when given, else to the run's logs/."""
         self.model = model
+        self.log_file = log_file
         self.placement = place(self.cfg, self.actor_name(PLACEMENT_NAME), self.actor_name(COORDINATOR_NAME),
                                can_grow(self.cfg, self.ray["mode"]))
         self.starts = []
@@ -77,7 +80,7 @@ class Cluster:
 
     def _replica(self, i: int):
         handle = replicas.actor(self.cfg, self.actor_name(REPLICA_NAME.format(i)), self.model,
-                                self.placement.replica_group, i, self.placement.gpus)
+                                self.placement.replica_group, i, self.placement.gpus, self.log_file)
         self.created.append(handle)
         return handle
 

@@ -53,8 +53,9 @@ def engine_options(cfg: Config) -> dict:
     return opts
 
 
-def actor(cfg: Config, name: str, model: str, pg, i: int, gpus: float):
-    """Replica i's actor in bundle i of placement group `pg` (named, not yet started)."""
+def actor(cfg: Config, name: str, model: str, pg, i: int, gpus: float, log_file: str | None = None):
+    """Replica i's actor in bundle i of placement group `pg` (named, not yet started); its engine
+    logs to `log_file` ("{index}" is the replica's index) instead of the run's logs/ when given."""
     rc = cfg.replicas
     options = dict(
         name=name, namespace=cfg.ray.namespace,
@@ -63,8 +64,11 @@ def actor(cfg: Config, name: str, model: str, pg, i: int, gpus: float):
         # vLLM logs every step of its start-up at INFO; keep the driver's console readable
         runtime_env={"env_vars": {"VLLM_LOGGING_LEVEL": os.environ.get("VLLM_LOGGING_LEVEL", "WARNING")}},
     )
+    opts = engine_options(cfg)
+    if log_file:
+        opts["log_file"] = log_file
     return create_named(ray.remote(replica_class(cfg.engine.kind)).options(**options),
-                        (i, model, engine_options(cfg), cfg.leap.seed + i))
+                        (i, model, opts, cfg.leap.seed + i))
 
 
 def await_started(cfg: Config, replicas: list, starts: list | None = None) -> list[dict]:

@@ -40,6 +40,10 @@ from pathlib import Path
 VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent / "profiles"
 KEY_FIELDS = ("model", "engine", "dtype", "device")
+# How `python -m orchestrator.calibrate` measures, recorded in a profile's measurements: 2, through
+# the run's Ray replica actors (1, its engines in the calibrating process, measured steps 8-12%
+# faster than a run's on a 2-core machine). A cached profile of an older method is measured again.
+CALIBRATION = 2
 _WILD = (None, "", "auto", "any")
 DTYPE_BYTES = {"float32": 4, "float": 4, "fp32": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp16": 2,
                "bf16": 2, "fp8": 1, "float8": 1}
@@ -253,16 +257,29 @@ def cache_dir() -> Path:
     return (Path(base).expanduser() if base else Path.home() / ".cache" / "leap-orchestrator") / "profiles"
 
 
+def outdated(prof: Profile) -> bool:
+    """Whether `prof` was measured by an older calibration (`CALIBRATION`); profiles written by
+    hand or fitted elsewhere (no replay recorded) are not."""
+    m = prof.measurements
+    return "replay" in m and m.get("calibration") != CALIBRATION
+
+
 def known_profiles(dirs: list[Path] | None = None) -> list[tuple[Profile, Path]]:
     """Every readable profile in the cache directory, then the shipped ones (unreadable files
-    are skipped with a warning)."""
+    and outdated measurements are skipped with a warning)."""
     out = []
     for d in dirs if dirs is not None else [cache_dir(), SHIPPED_DIR]:
         for path in sorted(Path(d).glob("*.json")) if Path(d).is_dir() else []:
             try:
-                out.append((load(path), path))
+                prof = load(path)
             except ProfileError as exc:
                 log.warning("skipping profile %s", exc)
+                continue
+            if outdated(prof):
+                log.warning("skipping profile %s: measured by an older calibration; run "
+                            "python -m orchestrator.calibrate again", path)
+                continue
+            out.append((prof, path))
     return out
 
 

