@@ -77,7 +77,6 @@ SHORT_PROMPT = 16  # tokens of a short prompt (and of the fixed-cost request)
 TAIL = 8  # unique tokens after the shared long prefix
 N_A = 3  # new tokens of a point's first run: the prefill step and two decode steps
 MIN_STEPS, MAX_STEPS = 4, 256  # decode steps a point's difference covers
-_DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
 _DTYPE_NAMES = {"float": "float32", "float32": "float32", "half": "float16", "float16": "float16",
                 "bfloat16": "bfloat16", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -361,9 +360,8 @@ class _Bench:
 class _Measure:
     """The measurements of one started replica, within `budget_s` seconds."""
 
-    def __init__(self, rep: _Remote, info: dict, bench: _Bench, budget_s: float,
-                 say: Say) -> None:
-        self.rep, self.info, self.bench, self.say = rep, info, bench, say
+    def __init__(self, info: dict, bench: _Bench, budget_s: float, say: Say) -> None:
+        self.info, self.bench, self.say = info, bench, say
         self.deadline = time.monotonic() + budget_s
         self.budget_s = budget_s
         self.max_len = int(info["max_model_len"])
@@ -569,7 +567,7 @@ async def _calibrate(cfg: Config, cluster: Cluster, budget_s: float, say: Say, t
     load0 = os.getloadavg()[0]
 
     async def measure() -> tuple[dict, Profile, dict]:
-        measured = await _Measure(reps[0], info, bench, measure_s, say).run(REPLAY_SHARE)
+        measured = await _Measure(info, bench, measure_s, say).run(REPLAY_SHARE)
         fitted = _profile(cfg, info, config, measured, start_s, time.monotonic() - t0, budget_s, (load0, load0))
         new = replay_tokens(fitted, fitted.max_num_seqs, REPLAY_SHARE * measure_s)
         return measured, fitted, await replay(bench, fitted.max_num_seqs, [THINK_END, SUMMARY_CLOSE], new)
@@ -648,7 +646,7 @@ def _profile(cfg: Config, info: dict, config: dict | None, m: dict, start_s: flo
     mb = None
     if config:
         try:
-            mb = profiles.model_bytes(config, _DTYPE_BYTES.get(str(info.get("dtype")), 2))
+            mb = profiles.model_bytes(config, profiles.dtype_bytes(info.get("dtype")))
         except (KeyError, TypeError, ValueError) as exc:
             log.warning("model bytes unknown: config.json lacks %s", exc)
     batches = sorted({p.batch for p in points})
@@ -702,9 +700,9 @@ def ensure_profile(cfg: Config, model_path: str, budget_s: float = DEFAULT_BUDGE
         except profiles.ProfileError as exc:
             log.warning("%s; measuring again", exc)
         else:
-            if found.key == key and not profiles.outdated(found):
-                return found
-            if profiles.outdated(found):
+            if found.key == key:
+                if not profiles.outdated(found):
+                    return found
                 log.warning("%s was measured by an older calibration; measuring again", path)
     prof = calibrate(cfg, model_path, budget_s, say, log_file=str(path.with_suffix(".log")))
     if prof.key != key:

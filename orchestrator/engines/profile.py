@@ -46,7 +46,7 @@ KEY_FIELDS = ("model", "engine", "dtype", "device")
 CALIBRATION = 2
 _WILD = (None, "", "auto", "any")
 DTYPE_BYTES = {"float32": 4, "float": 4, "fp32": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp16": 2,
-               "bf16": 2, "fp8": 1, "float8": 1}
+               "bf16": 2, "fp8": 1, "float8": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
 
 log = logging.getLogger(__name__)
 
@@ -198,9 +198,6 @@ def load(path: str | Path) -> Profile:
     except (OSError, ValueError) as exc:
         raise ProfileError(f"{path}: not a readable profile ({exc})") from None
     return from_dict(data, str(path))
-
-
-SHIPPED_DIR = Path(__file__).resolve().parent / "profiles"
 
 
 def cache_path(key: dict, directory: str | Path | None = None) -> Path:

@@ -128,7 +128,7 @@ def test_measuring_recovers_the_step_model(monkeypatch):
     info = {"max_model_len": 2048, "block_size": 32, "kv_cache_tokens": 90_000, "capacity": 16}
     bench = _Bench([rep], None, vocab=1000, seed=0)
     lines: list[str] = []
-    m = asyncio.run(_Measure(rep, info, bench, 60.0, lines.append).run())
+    m = asyncio.run(_Measure(info, bench, 60.0, lines.append).run())
     assert clock.t <= 60.0 * 1.1  # the budget holds
     batches = {p.batch for p in m["points"]}
     assert {1, 16} <= batches and len(m["points"]) >= 6
@@ -146,7 +146,7 @@ def test_measuring_recovers_the_step_model(monkeypatch):
 
 def test_the_first_three_points_span_batch_and_context():
     info = {"max_model_len": 2048, "block_size": 32, "kv_cache_tokens": 0, "capacity": 16}
-    plan = _Measure(None, info, None, 10.0, print)._plan()
+    plan = _Measure(info, None, 10.0, print)._plan()
     assert plan[:3] == [(1, "short"), (16, "short"), (1, "long")]
     assert sorted(plan) == sorted((b, k) for b in (1, 2, 4, 8, 16) for k in ("short", "long"))
     assert [b for b, k in plan if k == "short"] == [1, 16, 4, 8, 2]  # extremes, then middle first
