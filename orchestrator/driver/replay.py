@@ -26,11 +26,21 @@ from ..core.types import GenRequest
 from ..engines.batching import Engine, LatencyModel
 from ..engines.profile import Profile
 
-REPLAY_PROMPT = 96  # unique prompt tokens a replay path starts from
-REPLAY_APPEND = 32  # tokens appended before each later request (a peer block)
-REPLAY_ROUNDS = 3  # requests per replay path
-REPLAY_PATHS = 1.5  # replay paths per batch slot: a queue, as an oversubscribed run keeps
-REPLAY_SHARE = 0.35  # of the measuring budget
+# The replay's requests are shaped like a run's on this machine's workloads (per request, from
+# run_info.json's replica_stats: W2 719 prompt tokens, 103 of them uncached, 92 new; the demo
+# 508, 91 and 66): contexts of hundreds of tokens and a block of about a hundred new prompt
+# tokens before each request. A replay of short contexts (96-token prompts, 32-token blocks, 1.5
+# paths a slot) gave the demo's bf16 engines 0.80-0.91 of the step model where the demo's runs
+# took 0.95-1.26 of it (its real lengths planned), and one shaped like the demo's requests
+# (300-token prompts, 120-token blocks, 4 requests, 12 paths) 1.07-1.08. This one is as near
+# that as the 3-minute budget allows on a CPU, where prefill is slow.
+REPLAY_PROMPT = 128  # unique prompt tokens a replay path starts from
+REPLAY_APPEND = 64  # tokens appended before each later request (a peer block)
+REPLAY_ROUNDS = 3  # requests per replay path (4 took W2's calibration to 177 s of its 180)
+REPLAY_PATHS = 1.0  # replay paths per batch slot (W2 keeps 2 a slot, the demo 0.75)
+# of the measuring budget: the replay sets the level of every plan and a single one varies by
+# 5-15% here, so it gets about as long as the decode points together
+REPLAY_SHARE = 0.45
 # A run's engines spend most of their time decoding full batches (W2 here: about two thirds by
 # the step model, the rest prefilling appended blocks), so the replay's tokens are sized for
 # decode to take at least this share of its modelled time; with less, the factor measures the
@@ -40,11 +50,12 @@ MIN_NEW, MAX_NEW = 16, 128  # new tokens per replay request
 
 
 async def replay(bench, max_seqs: int, stops: list[str], new: int) -> dict:
-    """A LeaP-shaped workload on every replica at once, timed on replica 0: REPLAY_PATHS x
+    """A LeaP-shaped workload on every replica at once, timed on each: REPLAY_PATHS x
     `max_seqs` paths, each REPLAY_ROUNDS requests that generate `new` tokens with the run's stop
     strings (EOS held back by min_tokens), a REPLAY_APPEND-token block appended to the path
     before each later request, which goes on from the path's cached prefix, as a run's
-    requests do. Returns the seconds and every path's (prompt, kept, new) requests."""
+    requests do. Returns the replicas' mean seconds (and each one's) and every path's
+    (prompt, kept, new) requests."""
     paths = max(int(math.ceil(REPLAY_PATHS * max_seqs)), 2)
     prompts = [bench.tokens(REPLAY_PROMPT) for _ in range(paths)]
     appends = [[bench.tokens(REPLAY_APPEND) for _ in range(REPLAY_ROUNDS)] for _ in range(paths)]
@@ -67,8 +78,10 @@ async def replay(bench, max_seqs: int, stops: list[str], new: int) -> dict:
         await asyncio.gather(*(path(rep, i, j, shapes[j]) for j in range(paths)))
         return time.perf_counter() - t0, shapes
 
-    (seconds, shapes), *_ = await asyncio.gather(*(replica(i, r) for i, r in enumerate(bench.reps)))
-    return {"seconds": seconds, "paths": paths, "new_tokens": new, "shapes": shapes}
+    timed = await asyncio.gather(*(replica(i, r) for i, r in enumerate(bench.reps)))
+    each = [t for t, _ in timed]  # the co-located replicas ran the same requests at once
+    return {"seconds": sum(each) / len(each), "each_s": each, "paths": paths, "new_tokens": new,
+            "shapes": timed[0][1]}
 
 
 def replay_s(profile: Profile, shapes: list[list[tuple[int, int, int]]]) -> float:
@@ -111,9 +124,10 @@ def with_replay(prof: Profile, replayed: dict, predicted_s: float, at_once: int)
     where = f"on each of {at_once} replicas at once" if at_once > 1 else "on the replica"
     text = (f"; a LeaP-shaped replay ({replayed['paths']} paths x {REPLAY_ROUNDS} requests {where}, "
             f"{REPLAY_APPEND} tokens appended before each later request, the run's stop strings): "
-            f"{replayed['seconds']:.1f} s measured, {predicted_s:.1f} s by the step model -> replay_factor "
-            f"{factor:.3f}")
+            f"{replayed['seconds']:.1f} s measured{' (their mean)' if at_once > 1 else ''}, "
+            f"{predicted_s:.1f} s by the step model -> replay_factor {factor:.3f}")
     record = {"seconds": round(replayed["seconds"], 3), "predicted_s": round(predicted_s, 3),
+              "each_s": [round(t, 3) for t in replayed.get("each_s", [replayed["seconds"]])],
               "paths": replayed["paths"], "requests": requests, "new_tokens": new, "at_once": at_once}
     return replace(prof, replay_factor=round(factor, 4), fitted_from=prof.fitted_from + text,
                    measurements={**prof.measurements, "replay": record})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -313,15 +314,16 @@ def test_shipped_h100_profile_reproduces_the_floor():
 class _StatefulReplica:
     """Keeps each path's tokens as a replica does; every request generates `max_tokens`."""
 
-    def __init__(self) -> None:
+    def __init__(self, delay_s: float = 0.0) -> None:
         self.paths: dict[str, list[int]] = {}
         self.requests: list = []
+        self.delay_s = delay_s
 
     async def generate(self, req):
         state = list(req.full) if req.full is not None else self.paths[req.path_key]
         prompt = state[: req.keep] + list(req.append)
         self.requests.append(req)
-        await asyncio.sleep(0)
+        await asyncio.sleep(self.delay_s)
         self.paths[req.path_key] = prompt + [7] * req.max_tokens
         return GenResult(path_key=req.path_key, token_ids=[7] * req.max_tokens, text="", finish_reason="length",
                          prompt_tokens=len(prompt))
@@ -332,10 +334,16 @@ class _StatefulReplica:
 
 
 def test_the_replay_goes_on_from_each_paths_prefix_on_every_replica():
-    reps = [_StatefulReplica(), _StatefulReplica()]
+    reps = [_StatefulReplica(0.0), _StatefulReplica(0.01)]
     bench = _Bench(reps, None, vocab=1000, seed=0)
     got = asyncio.run(replay.replay(bench, 4, ["</think>"], 10))
-    assert got["paths"] == 6  # 1.5 paths per batch slot
+    paths = math.ceil(replay.REPLAY_PATHS * 4)
+    assert got["paths"] == paths
+    # each replica is timed and the factor takes their mean: the slow one (every request of its
+    # paths, one after another, 10 ms) counts, the instant one barely does
+    slow = replay.REPLAY_ROUNDS * 0.01
+    assert got["each_s"][0] < slow <= got["each_s"][1]
+    assert got["seconds"] == pytest.approx(sum(got["each_s"]) / 2)
     for shape in got["shapes"]:
         prompts = [p for p, _, _ in shape]
         kept = [k for _, k, _ in shape]
@@ -344,7 +352,7 @@ def test_the_replay_goes_on_from_each_paths_prefix_on_every_replica():
             assert kept[r] == prompts[r - 1] + 10
             assert prompts[r] == kept[r] + replay.REPLAY_APPEND
     for rep in reps:  # the same load on each co-located replica, with the run's stop strings
-        assert len(rep.requests) == 6 * replay.REPLAY_ROUNDS
+        assert len(rep.requests) == paths * replay.REPLAY_ROUNDS
         assert all(r.stop == ["</think>"] and r.min_tokens == 10 for r in rep.requests)
         assert rep.paths == {}  # dropped afterwards
 
