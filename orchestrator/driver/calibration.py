@@ -8,10 +8,10 @@ call to an actor. Measured in-process instead, the same requests took 8-12% less
 cores: the actors' own processes, Ray's daemons, and the niceness Ray gives its workers), which
 the plan then missed. Where the run's other replicas share this machine's cores (a CPU engine on
 a local Ray: `colocated`), they are started too, and every measurement runs on all of them at
-once (timed on replica 0): a run's replicas slow each other down, and the profile's key says how
-many ran (`cpu: MODEL xTHREADS, N at once`). Requests use
-random token ids (no tokenizer, no prefix shared by accident) and `ignore_eos`, so each
-generates exactly the tokens asked for. What is measured, within a wall-time budget:
+once (timed on replica 0; the replay on each): a run's replicas slow each other down, and the
+profile's key says how many ran (`cpu: MODEL xTHREADS, N at once`). Requests use random token
+ids (no tokenizer, no prefix shared by accident) and `ignore_eos`, so each generates exactly the
+tokens asked for. What is measured, within a wall-time budget:
 
 - decode step time against batch size (1, 2, 4, ... up to `max_num_seqs`) and context (a short
   unique prompt; a long prompt that all sequences of the batch share from the prefix cache, each

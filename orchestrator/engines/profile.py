@@ -40,10 +40,12 @@ from pathlib import Path
 VERSION = 1
 SHIPPED_DIR = Path(__file__).resolve().parent / "profiles"
 KEY_FIELDS = ("model", "engine", "dtype", "device")
-# How `python -m orchestrator.calibrate` measures, recorded in a profile's measurements: 2, through
-# the run's Ray replica actors (1, its engines in the calibrating process, measured steps 8-12%
-# faster than a run's on a 2-core machine). A cached profile of an older method is measured again.
-CALIBRATION = 2
+# How `python -m orchestrator.calibrate` measures, recorded in a profile's measurements: 3, its
+# replay shaped like a run's requests and timed on every co-located replica; 2, through the run's
+# Ray replica actors, with a short-context replay; 1, its engines in the calibrating process
+# (steps 8-12% faster than a run's on a 2-core machine). A cached profile of an older method is
+# measured again.
+CALIBRATION = 3
 _WILD = (None, "", "auto", "any")
 DTYPE_BYTES = {"float32": 4, "float": 4, "fp32": 4, "bfloat16": 2, "float16": 2, "half": 2, "fp16": 2,
                "bf16": 2, "fp8": 1, "float8": 1, "float8_e4m3fn": 1, "float8_e5m2": 1}
