@@ -339,8 +339,8 @@ def test_the_replay_goes_on_from_each_paths_prefix_on_every_replica():
     got = asyncio.run(replay.replay(bench, 4, ["</think>"], 10))
     paths = math.ceil(replay.REPLAY_PATHS * 4)
     assert got["paths"] == paths
-    # each replica is timed and the factor takes their mean: the slow one (every request of its
-    # paths, one after another, 10 ms) counts, the instant one barely does
+    # each replica is timed and the factor takes their mean: on the slow one a path's requests
+    # take 10 ms each, one after another; the instant one takes almost nothing
     slow = replay.REPLAY_ROUNDS * 0.01
     assert got["each_s"][0] < slow <= got["each_s"][1]
     assert got["seconds"] == pytest.approx(sum(got["each_s"]) / 2)
