@@ -7,14 +7,16 @@ does now). Prints each workload's seconds in both ways and the difference; `--js
     python benchmarks/actor_cost.py --reps 3 --json actor_cost.json
     python benchmarks/actor_cost.py -- +experiment=demo           # other overrides (after --)
 
-Workloads, each on every replica at once (timed on replica 0), as calibration runs them:
-  batch16   16 sequences, 64-token random prompts, exactly 200 new tokens each
+Workloads, each on every replica at once, as calibration runs them:
+  batch16   16 sequences, 64-token random prompts, exactly 200 new tokens each (timed on replica 0)
   batch24   24 sequences (more than a batch: a queue), the same
-  replay    calibration's LeaP-shaped replay (`orchestrator/driver/replay.py`), 64 new tokens a request
+  replay    calibration's LeaP-shaped replay (`orchestrator/driver/replay.py`), 64 new tokens a
+            request (the replicas' mean time)
 
-Measured 2026-12-03 here (2 cores; means of 4-6 runs a way): through the actors +8.5%, +9.3%
-and +11.8%; one later round of this script gave +0.2%, +14.1% and +6.2%. Single runs vary by up
-to 10%, so take several (`--reps`) on a quiet machine.
+Measured 2026-12-03 here (2 cores; means of 4-6 runs a way), with the replay of that morning
+(96-token prompts, 1.5 paths a slot, timed on replica 0): through the actors +8.5%, +9.3% and
++11.8%; one later round of this script gave +0.2%, +14.1% and +6.2%. Single runs vary by up to
+10%, so take several (`--reps`) on a quiet machine.
 """
 
 from __future__ import annotations
