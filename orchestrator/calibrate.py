@@ -12,9 +12,10 @@ The profile goes to the profile cache (`$LEAP_PROFILE_DIR`, else
 `~/.cache/leap-orchestrator/profiles/`), where `python -m orchestrator.plan` and the run look it up
 by its key, and also to `--out` when given. The engine's own output goes to PROFILE.log (or the
 cache file's .log). `--budget-s` bounds the whole calibration, engine start included (default
-150 s): the measuring gets what the start leaves, at least min(30 s, budget / 3).
+150 s): the measuring gets what the start leaves, at least half the budget (a start slowed by
+a busy machine makes the calibration run past its budget rather than measure too little).
 
-    python -m orchestrator.calibrate engine=cpu model=smollm2 replicas.gpus_per_replica=0 --out smollm2-cpu.json
+    python -m orchestrator.calibrate engine=cpu model=smollm2 --out smollm2-cpu.json
     python -m orchestrator.calibrate model.path=random:qwen2.5-1.5b --out h100.json   # on a GPU
 """
 

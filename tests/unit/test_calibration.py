@@ -169,6 +169,17 @@ def _profile(key: dict) -> Profile:
     return Profile(key=key, decode=TRUE, prefill=Prefill(0.002, 0.0, 2048), kv_capacity_tokens=1024)
 
 
+def test_a_slow_start_leaves_measuring_half_the_budget_not_the_scraps():
+    # a quiet start (55 s of 150): measuring gets the rest, less the shutdown's reserve, and no note
+    assert calibration.measure_budget(150.0, 55.0) == (150.0 - 55.0 - calibration.RESERVE_S, None)
+    # a start slowed by a busy machine (124 s): half the budget, and the reason, which goes to the
+    # profile's notes; the calibration then runs past its budget
+    measure_s, late = calibration.measure_budget(150.0, 124.0)
+    assert measure_s == 75.0 and "124 s of the 150 s budget" in late
+    # a start that used the whole budget and more still gets the floor
+    assert calibration.measure_budget(60.0, 200.0)[0] == 30.0
+
+
 def test_expected_dtype():
     assert calibration.expected_dtype("float32", None, on_cpu=True) == "float32"
     assert calibration.expected_dtype("half", None, on_cpu=False) == "float16"
