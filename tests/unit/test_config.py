@@ -55,6 +55,13 @@ def test_oversubscription_defaults_by_hardware(overrides, expected):
     assert oversubscription(cfg) == expected
 
 
+def test_the_cpu_engine_asks_ray_for_no_gpu_unless_told():
+    cfg = compose(["engine=cpu"])
+    assert cfg.replicas.gpus_per_replica == 0 and cfg.engine.kind == "vllm" and cfg.engine.max_num_seqs == 16
+    assert compose(["engine=cpu", "replicas.gpus_per_replica=2"]).replicas.gpus_per_replica == 2
+    assert compose(["engine=vllm"]).replicas.gpus_per_replica == 1
+
+
 def test_gpqa_uses_eight_paths():
     assert compose(["dataset=gpqa_diamond"]).leap.paths == 8
 
