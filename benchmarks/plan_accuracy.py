@@ -1,7 +1,10 @@
 """How close the plan comes: for each workload, plan it first (the planner API, through the same
 code a run plans itself with: `orchestrator.driver.plan_check`), then run it for real
 (`python -m orchestrator` in a subprocess, into a temporary output directory), and print
-predicted against measured generation time (and wall time) with the error; `--json` writes it.
+predicted against measured generation time (and wall time) with the error, and the plan again
+with the path lengths the run sampled (what is left of the error is the time model's, not the
+lengths': the run plans from the budget, an upper bound where paths stop at EOS); `--json`
+writes it.
 
     python benchmarks/plan_accuracy.py                      # W2, the demo, W2 independent (5+ min each)
     python benchmarks/plan_accuracy.py --only w2 --json plan_accuracy.json
@@ -69,13 +72,15 @@ def compose(overrides: list[str]):
         return to_config(hydra_compose(config_name="config", overrides=overrides))
 
 
-def plan(overrides: list[str]) -> dict:
+def plan(overrides: list[str], lengths_from: Path | None = None) -> dict:
     """{"predicted": run_info.json's `predicted` or None (no profile applies), "plan_s"}: the
-    config, problems and model as the run will have them, then the run's own planning step."""
+    config, problems and model as the run will have them, then the run's own planning step; with
+    `lengths_from` (a finished run's directory), its path lengths instead of the budget's."""
     from orchestrator.config import prompt_file, validate
     from orchestrator.core.prompts import load_prompts
     from orchestrator.driver import plan_check
     from orchestrator.driver.data import load_problems
+    from orchestrator.driver.planner import load_lengths
     from orchestrator.driver.replicas import model_path
 
     cfg = compose(overrides)
@@ -84,7 +89,8 @@ def plan(overrides: list[str]) -> dict:
     problems = load_problems(cfg.dataset.name, path=cfg.dataset.path, limit=cfg.dataset.limit,
                              seed=cfg.leap.seed, hub_id=cfg.dataset.hub_id, split=cfg.dataset.split)
     todo = [(pt, pb) for pt in points for pb in problems]
-    facts = plan_check.check(cfg, points, prompts, problems, todo, model_path(cfg))
+    lengths = load_lengths(lengths_from) if lengths_from is not None else None
+    facts = plan_check.check(cfg, points, prompts, problems, todo, model_path(cfg), lengths)
     return {"predicted": facts.get("predicted"), "plan_s": facts.get("plan_s")}
 
 
@@ -108,13 +114,19 @@ def error_pct(predicted, measured) -> float | None:
     return round(100 * (predicted - measured) / measured, 1)
 
 
-def compare(name: str, overrides: list[str], planned: dict, measured: dict) -> dict:
+def compare(name: str, overrides: list[str], planned: dict, measured: dict, replanned: dict | None = None) -> dict:
+    """One workload's row: the plan (from the budget's lengths, as the run plans itself) against
+    the run, and the plan again with the run's own path lengths (`replanned_*`), which tells the
+    time model's error from the lengths' (a path that stops at EOS ends before its budget)."""
     predicted = planned.get("predicted") or {}
     row = {"workload": name, "overrides": overrides, "plan_s": planned.get("plan_s"),
            "profile": predicted.get("profile"), "plan_error": predicted.get("error"), **measured}
     for key in ("generation_s", "wall_s"):
         row[f"predicted_{key}"] = predicted.get(key)
         row[f"{key}_error_pct"] = error_pct(predicted.get(key), measured.get(key))
+    again = (replanned or {}).get("predicted") or {}
+    row["replanned_generation_s"] = again.get("generation_s")
+    row["replanned_error_pct"] = error_pct(again.get("generation_s"), measured.get("generation_s"))
     return row
 
 
@@ -123,10 +135,11 @@ def table(rows: list[dict]) -> str:
         return "-" if value is None else fmt.format(value)
 
     head = ["workload", "gen predicted", "gen measured", "error", "wall predicted", "wall measured", "error",
-            "plan s"]
+            "plan s", "gen, run's lengths", "error"]
     body = [[r["workload"], cell(r["predicted_generation_s"]), cell(r["generation_s"]),
              cell(r["generation_s_error_pct"], "{:+.1f}%"), cell(r["predicted_wall_s"]), cell(r["wall_s"]),
-             cell(r["wall_s_error_pct"], "{:+.1f}%"), cell(r["plan_s"], "{:.2f}")] for r in rows]
+             cell(r["wall_s_error_pct"], "{:+.1f}%"), cell(r["plan_s"], "{:.2f}"),
+             cell(r.get("replanned_generation_s")), cell(r.get("replanned_error_pct"), "{:+.1f}%")] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
     lines = ["  ".join(str(c).rjust(w) if j else str(c).ljust(w) for j, (c, w) in enumerate(zip(r, widths)))
              for r in [head, ["-" * w for w in widths], *body]]
@@ -154,7 +167,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"== {name}: planning", flush=True)
             planned = plan(overrides)
             print(f"== {name}: running (python -m orchestrator ... output_dir={root / name})", flush=True)
-            rows.append(compare(name, overrides, planned, measure(overrides, root / name, args.timeout)))
+            measured = measure(overrides, root / name, args.timeout)
+            # planned again with the lengths the run sampled: what is left of the error is the time model's
+            replanned = plan(overrides, root / name) if (root / name / "paths.parquet").is_file() else None
+            rows.append(compare(name, overrides, planned, measured, replanned))
     finally:
         if args.keep:
             print(f"output directories under {root}")

@@ -9,7 +9,8 @@ real coordinator runs over simulated replicas on a virtual clock (`driver/planne
 
 The engines' speed comes from a profile (`engine.profile=FILE`, else `find_profile`: a measured
 one for the run's model and device, else the nearest one scaled to the model; a fake run without
-a profile uses its `engine.latency`). The first line says which, and how it was scaled.
+a profile uses its `engine.latency`). The first line says which, how it was scaled, and the
+correction earlier runs on the same engines measured (`engines/history.py`), if any.
 `--lengths-from DIR` draws path lengths from an earlier run's paths.parquet (default: a fake
 engine's own lengths; every path's whole budget for a real model). `--out` writes the figures
 as JSON (`Prediction.to_dict()`). Exit status as the run's (2: fix the command or config).
@@ -25,6 +26,7 @@ from pathlib import Path
 from .config import compose
 from .driver.planner import PlanError, load_lengths, model_files, predict, run_key
 from .driver.phases import load_inputs
+from .engines import history
 from .engines.batching import LatencyModel
 from .engines.profile import ProfileError, find_profile
 from .errors import ConfigError, report
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         points, prompts, problems = load_inputs(cfg)
         tokenizer, model_config, notes = model_files(cfg)
         profile, source = find(cfg, model_config)
+        if cfg.engine.kind != "fake":  # as the run plans: earlier runs on these engines correct the speed
+            profile, learned = history.corrected(profile)
+            source += history.describe(learned)
         lengths = load_lengths(args.lengths_from) if args.lengths_from else None
         pred = predict(cfg, points, prompts, problems, profile, lengths, source=source, tokenizer=tokenizer,
                        notes=notes)

@@ -5,10 +5,13 @@ the figures it then measures; the report shows one against the other (`report.da
 
     facts = plan_check.check(cfg, points, prompts, problems, todo, model)
     # {} when no profile applies; else {"predicted": Prediction.to_dict() | {"error": ...}, "plan_s": s}
+    facts = plan_check.recheck(cfg, points, prompts, problems, todo, model, rows, measured_s)
+    # after the run: {"replanned": {generation_s, wall_s, ...}}, the plan with the run's own lengths
 
 A profile applies when `engine.profile` names one, or when the engine is a real one and
 `engines.profile.find_profile` finds one for its key (an exact profile, or the nearest one on the
-same kind of device, scaled by the model's bytes). A plan that fails never fails the run: a
+same kind of device, scaled by the model's bytes). For a real engine, earlier runs with the same
+profile correct its speed (`engines.history`), and each finished run records its own ratio. A plan that fails never fails the run: a
 warning, and `predicted: {"error": ...}`. The console shows one line before the run starts:
 
     plan: generation ~5:42, wall ~6:10 (exact profile ~/.cache/leap-orchestrator/profiles/...; planned in 0.8 s)
@@ -24,7 +27,9 @@ from tqdm import tqdm
 from . import calibration, console, planner
 from ..config import Config
 from ..core.types import Problem
+from ..engines import history
 from ..engines import profile as profiles
+from ..engines.counted import lengths_from_rows
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +40,12 @@ def profile_key(cfg: Config, model: str) -> dict:
     return calibration.profile_key(cfg, model)
 
 
-def check(cfg: Config, points: dict, prompts, problems: list[Problem], todo: list[tuple], model: str) -> dict:
+def check(cfg: Config, points: dict, prompts, problems: list[Problem], todo: list[tuple], model: str,
+          lengths: dict | None = None, announce: bool = True) -> dict:
     """run_info.json's `predicted` and `plan_s` for the groups `todo` ((point, problem) pairs),
-    or {} when no profile applies. Never raises (but for Ctrl-C)."""
+    or {} when no profile applies. Never raises (but for Ctrl-C). `lengths`: path lengths from an
+    earlier run (`planner.load_lengths`; a run plans with its budget's); `announce`: print the
+    plan's line."""
     explicit = cfg.engine.profile
     if cfg.engine.kind == "fake" and not explicit:
         return {}  # the fake engine's time is its latency model, not an engine's: nothing to plan
@@ -51,6 +59,10 @@ def check(cfg: Config, points: dict, prompts, problems: list[Problem], todo: lis
                  "goes on without a plan", profile_key(cfg, model))
         return {}
     profile, source = found
+    learned = None
+    if cfg.engine.kind != "fake":  # a real engine's earlier runs correct its profile's speed
+        profile, learned = history.corrected(profile)
+        source += history.describe(learned)
     wanted = {pt for pt, _ in todo}
     wanted |= {points[pt].match_point for pt in wanted if points[pt].match_point in points}
     ids = {pb.id for _, pb in todo}
@@ -60,14 +72,48 @@ def check(cfg: Config, points: dict, prompts, problems: list[Problem], todo: lis
         tokenizer = None if cfg.engine.kind == "fake" else model
         predicted = planner.predict(cfg, {pt: p for pt, p in points.items() if pt in wanted}, prompts,
                                     [pb for pb in problems if pb.id in ids], profile, source=source,
-                                    tokenizer=tokenizer).to_dict()
+                                    lengths=lengths, tokenizer=tokenizer).to_dict()
     except Exception as exc:  # the plan is advice: whatever breaks it is a warning
         return _failed(exc, source, t0)
     plan_s = round(time.monotonic() - t0, 3)
     predicted["profile"] = predicted.get("profile") or source
+    if learned is not None:
+        predicted["history"] = learned
     predicted.setdefault("plan_s", plan_s)
-    console.line(line(predicted, plan_s))
+    if announce:
+        console.line(line(predicted, plan_s))
     return {"predicted": predicted, "plan_s": plan_s}
+
+
+REPLANNED = ("generation_s", "wall_s", "sampled_tokens", "injected_tokens", "cache_hit_rate")
+
+
+def recheck(cfg: Config, points: dict, prompts, problems: list[Problem], todo: list[tuple], model: str,
+            rows: list[dict], measured_s: float | None = None) -> dict:
+    """run_info.json's `replanned`, after a run that planned itself: the same plan again with the
+    path lengths the run sampled (`rows`: its paths, by sweep_point, problem_id, finish_reason and
+    requests) instead of the budget's. The budget is an upper bound where paths stop at EOS (W2
+    independent: 24,010 sampled tokens of 28,672), so the plan's error mixes the lengths' with the
+    time model's; this one has only the time model's. {} when there is nothing to plan again."""
+    wanted = {(pt, pb.id) for pt, pb in todo}
+    mine = [r for r in rows if (r.get("sweep_point"), r.get("problem_id")) in wanted]
+    if not mine:
+        return {}
+    facts = check(cfg, points, prompts, problems, todo, model, lengths_from_rows(mine, "this run"), announce=False)
+    predicted = facts.get("predicted")
+    if not predicted:
+        return {}
+    if predicted.get("error"):
+        return {"replanned": {"error": predicted["error"]}}
+    again = {k: predicted.get(k) for k in REPLANNED}
+    again.update(paths=len(mine), plan_s=facts.get("plan_s"))
+    gen = again.get("generation_s")
+    if isinstance(gen, (int, float)) and measured_s:
+        console.line(f"plan with this run's path lengths: generation ~{tqdm.format_interval(gen)} "
+                     f"(measured {tqdm.format_interval(measured_s)}, {100 * (gen - measured_s) / measured_s:+.1f}%)")
+    if predicted.get("history") and measured_s:  # the next plan on these engines learns from this run
+        again["speed_ratio"] = history.record(predicted["history"], measured_s, gen, cfg.output_dir)
+    return {"replanned": again}
 
 
 def _failed(exc: BaseException, source: str | None, t0: float) -> dict:

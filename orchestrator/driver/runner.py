@@ -5,7 +5,8 @@ starts (a bad config costs nothing), takes the output directory (a lock, and a f
 refuses a rerun with other settings), skips groups already finished there (resume), runs the
 rest in phases (`loop.RunLoop`: compute-matched points after the points they match; when an
 engine profile applies, after planning itself: `plan_check`), and then
-consolidates what finished into the result files and the report, even when the run failed.
+consolidates what finished into the result files and the report, even when the run failed (a
+run that planned itself and finished plans again with the path lengths it sampled).
 """
 
 from __future__ import annotations
@@ -127,9 +128,11 @@ def _run_locked(cfg: Config, points, prompts, problems, store: ResultStore, fp: 
         summary["_incomplete"] = _incomplete(missing, failure, facts.get("failed_groups", []))
     t_write = time.monotonic()
     store.consolidate(summary)
-    store.write_json("run_info.json", {"wall_s": round(time.monotonic() - started, 3),
-                                       "writing_s": round(time.monotonic() - t_write, 3),
-                                       "groups_run": len(todo), "groups_skipped": skipped,
+    times = {"wall_s": round(time.monotonic() - started, 3), "writing_s": round(time.monotonic() - t_write, 3)}
+    if todo and failure is None and not missing and "predicted" in facts:  # the clock has stopped
+        rows = paths_t.select(["sweep_point", "problem_id", "finish_reason", "requests"]).to_pylist()
+        facts.update(plan_check.recheck(cfg, points, prompts, problems, todo, model, rows, facts.get("generation_s")))
+    store.write_json("run_info.json", {**times, "groups_run": len(todo), "groups_skipped": skipped,
                                        "complete": not missing, **facts})
     if paths_t.num_rows:  # a run with nothing finished has nothing to report
         _report(cfg, store, paths_t, summary)

@@ -658,10 +658,13 @@ def plan_error(predicted: Any, measured: Any, style: str) -> str:
 
 def plan_table(run: Run) -> Table:
     """What the run's plan predicted (run_info.json's `predicted`, written before the run started)
-    against what the run measured, with the error; no rows when the run made no plan, and a note
-    only when its plan failed."""
+    against what the run measured, with the error, and beside them the plan made again with the
+    run's own path lengths (`replanned`) when there is one; no rows when the run made no plan,
+    and a note only when its plan failed."""
     predicted = run.run_info.get("predicted")
-    headers = ["figure", "predicted", "measured", "error"]
+    again = run.run_info.get("replanned")
+    again = again if isinstance(again, dict) and not again.get("error") else None
+    headers = ["figure", "predicted", "measured", "error"] + (["run's lengths", "error"] if again else [])
     if not isinstance(predicted, dict):
         return Table("plan", "Plan vs run", headers, [])
     if predicted.get("error"):
@@ -672,11 +675,19 @@ def plan_table(run: Run) -> Table:
         value, measured = predicted.get(key), _measured(run, measured_key)
         if value is None:
             continue
-        rows.append([Cell(label, kind="head"), Cell(fmt(value, style), kind="num"),
-                     Cell(fmt(measured, style), kind="num"), Cell(plan_error(value, measured, style), kind="num")])
+        row = [Cell(label, kind="head"), Cell(fmt(value, style), kind="num"),
+               Cell(fmt(measured, style), kind="num"), Cell(plan_error(value, measured, style), kind="num")]
+        if again:
+            row += [Cell(fmt(again.get(key), style), kind="num"),
+                    Cell(plan_error(again.get(key), measured, style), kind="num")]
+        rows.append(row)
     note = (f"Predicted before the run by the plan ({predicted.get('profile') or 'profile not named'}), "
             f"measured by the run. Error: (predicted - measured) / measured; for the hit rate, the "
             f"difference in percentage points.")
+    if again:
+        note += (f" Run's lengths: the same plan made again after the run with the path lengths it "
+                 f"sampled ({again.get('paths')} paths) instead of the budget's, an upper bound where paths "
+                 f"stop early; what is left of its error is the time model's.")
     if predicted.get("bound"):
         note += f" Bound: {predicted['bound']}."
     return Table("plan", "Plan vs run", headers, rows, note)

@@ -131,3 +131,21 @@ def test_a_random_shape_is_planned_from_its_sizes_without_building_it():
     assert config["hidden_size"] == 3584 and config["num_key_value_heads"] == 4 and config["vocab_size"] % 128 == 0
     assert "tiny" in tokenizer  # the tokenizer it is built with: the tiny model's
     assert not notes
+
+
+def test_the_cli_plan_takes_the_correction_earlier_runs_measured(tiny_run, tmp_path, monkeypatch, capsys):
+    from orchestrator.engines import history
+
+    monkeypatch.setenv("LEAP_PROFILE_DIR", str(tmp_path / "cache"))
+    prof = placeholder()
+    prof.save(tmp_path / "p.json")
+    args = ["model.path=builtin:tiny", "replicas.gpus_per_replica=0", "dataset.limit=2", "leap.paths=4",
+            "leap.T=128", "leap.max_rounds=2", "leap.summary_tokens=32", "leap.answer_tokens=16",
+            "engine.max_model_len=4096", f"+engine.profile={tmp_path / 'p.json'}", f"output_dir={tmp_path / 'o'}"]
+    assert main([*args, "--out", str(tmp_path / "a.json")]) == 0
+    assert "from the last" not in capsys.readouterr().out.splitlines()[0]
+    history.record(history.corrected(prof)[1], 150.0, 100.0)  # a run took 1.5x its replan
+    assert main([*args, "--out", str(tmp_path / "b.json")]) == 0
+    assert capsys.readouterr().out.splitlines()[0].endswith("x1.500 from the last 1 run(s) on these engines")
+    a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
+    assert b["sampled_tokens"] == a["sampled_tokens"] and 1.3 < b["generation_s"] / a["generation_s"] < 1.55

@@ -37,18 +37,28 @@ def test_rows_table_and_json(bench, tmp_path, monkeypatch, capsys):
                 "demo": {"rc": 1, "elapsed_s": 10.0, "generation_s": None, "wall_s": None, "run_predicted": None}}
     current = {}
 
-    def plan(overrides):
+    def plan(overrides, lengths_from=None):
         current["name"] = "w2" if "dataset.limit=8" in overrides else "demo"
+        if lengths_from is not None:  # planned again with the run's own lengths: only w2's run wrote paths
+            assert current["name"] == "w2" and lengths_from.name == "w2"
+            return {"predicted": {"generation_s": 291.0}, "plan_s": 1.0}
         return planned[current["name"]]
 
+    def measure(overrides, out, timeout):
+        if measured[current["name"]]["rc"] == 0:
+            out.mkdir(parents=True)
+            (out / "paths.parquet").write_bytes(b"")
+        return measured[current["name"]]
+
     monkeypatch.setattr(bench, "plan", plan)
-    monkeypatch.setattr(bench, "measure", lambda overrides, out, timeout: measured[current["name"]])
+    monkeypatch.setattr(bench, "measure", measure)
     out = tmp_path / "acc.json"
     rows = bench.main(["--only", "w2", "--only", "demo", "--fake", "--json", str(out)])
     assert rows[0]["generation_s_error_pct"] == 10.0 and rows[0]["wall_s_error_pct"] == -10.0
-    assert rows[1]["generation_s_error_pct"] is None
+    assert rows[0]["replanned_generation_s"] == 291.0 and rows[0]["replanned_error_pct"] == -3.0
+    assert rows[1]["generation_s_error_pct"] is None and rows[1]["replanned_error_pct"] is None
     text = capsys.readouterr().out
-    assert "+10.0%" in text and "w2: exact profile P" in text and "demo: no profile: nothing predicted" in text
+    assert "+10.0%" in text and "-3.0%" in text and "w2: exact profile P" in text and "demo: no profile: nothing predicted" in text
     assert "the run failed (exit 1)" in text
     data = json.loads(out.read_text())
     assert data["fake"] is True and [r["workload"] for r in data["workloads"]] == ["w2", "demo"]

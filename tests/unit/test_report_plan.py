@@ -55,6 +55,22 @@ def test_plan_vs_run_in_the_console_text_and_both_documents(tmp_path):
     assert "## Plan vs run" in md and "<!-- table:plan -->" in md and "| generation time (s) | 360.0 | 342.7 | +5.0% |" in md
 
 
+def test_the_plan_made_again_with_the_runs_lengths_sits_beside_the_plan(tmp_path):
+    again = {"generation_s": 336.0, "wall_s": 356.0, "sampled_tokens": 1000, "injected_tokens": 150,
+             "cache_hit_rate": 0.8, "paths": 4, "plan_s": 0.6}
+    root = results(tmp_path, {"generation_s": 342.7, "wall_s": 400.0, "predicted": PREDICTED, "replanned": again})
+    t = D.plan_table(report.load_results(root))
+    assert t.headers[-2:] == ["run's lengths", "error"] and "4 paths" in t.note
+    cells = {r[0].text: [c.text for c in r[1:]] for r in t.rows}
+    assert cells["generation time (s)"] == ["360.0", "342.7", "+5.0%", "336.0", "-2.0%"]
+    assert cells["sampled tokens"] == ["1,100", "1,000", "+10.0%", "1,000", "+0.0%"]
+    md = report.write_report(root, plots=False)["md"].read_text()
+    assert "| generation time (s) | 360.0 | 342.7 | +5.0% | 336.0 | -2.0% |" in md
+    # a plan that failed the second time leaves the table as it was
+    failed = results(tmp_path, {"generation_s": 342.7, "predicted": PREDICTED, "replanned": {"error": "E: x"}})
+    assert D.plan_table(report.load_results(failed)).headers == ["figure", "predicted", "measured", "error"]
+
+
 def test_a_failed_plan_says_so_and_a_run_without_one_shows_nothing(tmp_path):
     (tmp_path / "failed").mkdir()
     failed = results(tmp_path / "failed", {"generation_s": 3.0, "predicted": {"error": "NotImplementedError: no planner"}})

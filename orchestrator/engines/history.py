@@ -1,0 +1,116 @@
+"""What earlier runs on the same engines measured against their plan, and the correction the next
+plan takes from it.
+
+A calibration is one moment of the machine: on the 2-core CPU machine here, the same replay took
+up to 9% (float32) and 18% (bf16) longer from one minute to the next, so a profile's
+`replay_factor` carries that moment's error into every plan made with it. Each run that planned
+itself and finished measures the truth for its own workload: after it, the run plans again with
+the path lengths it sampled (`driver.plan_check.recheck`), and measured over replanned generation
+time is how far the profile's speed was off, free of the lengths' error. That ratio is appended
+to `runs.jsonl` in the profile cache (`profile.cache_dir()`), under the profile's digest; a later
+plan with the same profile (the run's own, and `python -m orchestrator.plan`) multiplies its
+`replay_factor` by the median of the last `WINDOW` ratios and says so on its first line. A new
+calibration has a new digest, so it starts with no history; deleting runs.jsonl forgets it all.
+
+    prof, learned = corrected(prof)  # learned: {"digest", "factor", "runs"}
+    record(learned, measured_s=67.1, replanned_s=56.1, output_dir="outputs/demo")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import statistics
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from .profile import Profile, cache_dir
+
+log = logging.getLogger(__name__)
+
+HISTORY_FILE = "runs.jsonl"
+WINDOW = 5  # the last runs whose median corrects a plan
+PLAUSIBLE = (0.25, 4.0)  # a ratio outside this is a broken run (or clock), not the engines' speed
+
+
+def digest(prof: Profile) -> str:
+    """A short fingerprint of what sets a plan's speed: the key, the fitted step and prefill
+    model, the KV capacity and the replay factor (a new calibration differs in all of them)."""
+    data = {"key": prof.key, "decode": asdict(prof.decode), "prefill": asdict(prof.prefill),
+            "kv": prof.kv_capacity_tokens, "replay_factor": prof.replay_factor, "fitted_from": prof.fitted_from}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def history_file() -> Path:
+    return cache_dir() / HISTORY_FILE
+
+
+def ratios(key: str, path: Path | None = None) -> list[float]:
+    """The measured-over-planned ratios recorded for the profile digest `key`, oldest first
+    (lines that cannot be read are skipped)."""
+    path = path or history_file()
+    out = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:  # no history yet
+        return out
+    for line in lines:
+        try:
+            entry = json.loads(line)
+            ratio = float(entry["ratio"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        if entry.get("digest") == key and PLAUSIBLE[0] <= ratio <= PLAUSIBLE[1]:
+            out.append(ratio)
+    return out
+
+
+def corrected(prof: Profile, path: Path | None = None) -> tuple[Profile, dict]:
+    """`prof` with its replay factor times the median of the last WINDOW runs' ratios (itself
+    when there are none), and {"digest", "factor", "runs"} for `record` and the plan's line."""
+    key = digest(prof)
+    recent = ratios(key, path)[-WINDOW:]
+    if not recent:
+        return prof, {"digest": key, "factor": 1.0, "runs": 0}
+    factor = round(statistics.median(recent), 4)
+    note = (f"speed corrected x{factor:.3f}: the median of the last {len(recent)} run(s) on these engines, "
+            f"measured over planned ({history_file() if path is None else path})")
+    out = replace(prof, replay_factor=prof.replay_factor * factor, notes=[*prof.notes, note])
+    return out, {"digest": key, "factor": factor, "runs": len(recent)}
+
+
+def describe(learned: dict | None) -> str:
+    """The words a plan's first line adds for a correction; "" for none."""
+    if not learned or not learned.get("runs"):
+        return ""
+    return f"; x{learned['factor']:.3f} from the last {learned['runs']} run(s) on these engines"
+
+
+def record(learned: dict, measured_s: float, replanned_s: float, output_dir: str = "",
+           path: Path | None = None) -> float | None:
+    """Append a finished run's ratio for the profile `learned` names (`corrected`'s dict, with
+    the factor its replan used): measured over replanned time, times that factor, so the ratio is
+    against the profile as calibrated. Returns the ratio, or None when nothing was written (a
+    figure missing, or the cache not writable: a warning, never a failed run)."""
+    if not (isinstance(measured_s, (int, float)) and isinstance(replanned_s, (int, float))
+            and measured_s > 0 and replanned_s > 0 and math.isfinite(measured_s) and math.isfinite(replanned_s)):
+        return None
+    ratio = round(measured_s / replanned_s * float(learned.get("factor") or 1.0), 4)
+    entry = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "digest": learned["digest"], "ratio": ratio,
+             "measured_s": round(measured_s, 3), "replanned_s": round(replanned_s, 3),
+             "factor_used": learned.get("factor"), "output_dir": str(output_dir)}
+    path = path or history_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+    except OSError as exc:
+        log.warning("could not record the run's speed in %s (%s); later plans go uncorrected", path, exc)
+        return None
+    return ratio
+
+
+__all__ = ["WINDOW", "corrected", "describe", "digest", "record", "ratios"]
