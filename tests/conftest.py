@@ -2,7 +2,10 @@
 loop and tokenizer for the tests that drive a real engine (tests/e2e, tests/gpu)."""
 
 import asyncio
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,10 @@ import pytest
 # Local test clusters opt out of Ray's default token authentication, which would otherwise leave
 # ~/.ray/auth_token behind and switch on authentication for every later cluster on the machine.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The tests neither read nor write the developer's engine profiles and run history (the profile
+# cache): a run in a test plans only with a profile it names, as it does on a clean CI machine.
+os.environ["LEAP_PROFILE_DIR"] = tempfile.mkdtemp(prefix="leap-test-profiles-")
+atexit.register(shutil.rmtree, os.environ["LEAP_PROFILE_DIR"], True)
 
 REPO = Path(__file__).resolve().parents[1]
 LEAP_EVAL = (REPO / ".." / "shared" / "data" / "leap_eval").resolve()
