@@ -1,10 +1,10 @@
 """How close the plan comes: for each workload, plan it first (the planner API, through the same
 code a run plans itself with: `orchestrator.driver.plan_check`), then run it for real
 (`python -m orchestrator` in a subprocess, into a temporary output directory), and print
-predicted against measured generation time (and wall time) with the error, and the plan again
-with the path lengths the run sampled (what is left of the error is the time model's, not the
-lengths': the run plans from the budget, an upper bound where paths stop at EOS); `--json`
-writes it.
+predicted against measured generation time (and wall time) with the error, and the plan the run
+made again with the path lengths it sampled (run_info.json's `replanned`: what is left of its
+error is the time model's, not the lengths': the run plans from the budget, an upper bound where
+paths stop at EOS); `--json` writes it.
 
     python benchmarks/plan_accuracy.py                      # W2, the demo, W2 independent (5+ min each)
     python benchmarks/plan_accuracy.py --only w2 --json plan_accuracy.json
@@ -72,15 +72,13 @@ def compose(overrides: list[str]):
         return to_config(hydra_compose(config_name="config", overrides=overrides))
 
 
-def plan(overrides: list[str], lengths_from: Path | None = None) -> dict:
+def plan(overrides: list[str]) -> dict:
     """{"predicted": run_info.json's `predicted` or None (no profile applies), "plan_s"}: the
-    config, problems and model as the run will have them, then the run's own planning step; with
-    `lengths_from` (a finished run's directory), its path lengths instead of the budget's."""
+    config, problems and model as the run will have them, then the run's own planning step."""
     from orchestrator.config import prompt_file, validate
     from orchestrator.core.prompts import load_prompts
     from orchestrator.driver import plan_check
     from orchestrator.driver.data import load_problems
-    from orchestrator.driver.planner import load_lengths
     from orchestrator.driver.replicas import model_path
 
     cfg = compose(overrides)
@@ -89,8 +87,7 @@ def plan(overrides: list[str], lengths_from: Path | None = None) -> dict:
     problems = load_problems(cfg.dataset.name, path=cfg.dataset.path, limit=cfg.dataset.limit,
                              seed=cfg.leap.seed, hub_id=cfg.dataset.hub_id, split=cfg.dataset.split)
     todo = [(pt, pb) for pt in points for pb in problems]
-    lengths = load_lengths(lengths_from) if lengths_from is not None else None
-    facts = plan_check.check(cfg, points, prompts, problems, todo, model_path(cfg), lengths)
+    facts = plan_check.check(cfg, points, prompts, problems, todo, model_path(cfg))
     return {"predicted": facts.get("predicted"), "plan_s": facts.get("plan_s")}
 
 
@@ -104,7 +101,7 @@ def measure(overrides: list[str], out: Path, timeout_s: float) -> dict:
     info_file = out / "run_info.json"
     info = json.loads(info_file.read_text()) if info_file.is_file() else {}
     return {"rc": rc, "elapsed_s": round(time.monotonic() - t0, 3), "generation_s": info.get("generation_s"),
-            "wall_s": info.get("wall_s"), "run_predicted": info.get("predicted")}
+            "wall_s": info.get("wall_s"), "run_predicted": info.get("predicted"), "run_replanned": info.get("replanned")}
 
 
 def error_pct(predicted, measured) -> float | None:
@@ -114,17 +111,18 @@ def error_pct(predicted, measured) -> float | None:
     return round(100 * (predicted - measured) / measured, 1)
 
 
-def compare(name: str, overrides: list[str], planned: dict, measured: dict, replanned: dict | None = None) -> dict:
+def compare(name: str, overrides: list[str], planned: dict, measured: dict) -> dict:
     """One workload's row: the plan (from the budget's lengths, as the run plans itself) against
-    the run, and the plan again with the run's own path lengths (`replanned_*`), which tells the
-    time model's error from the lengths' (a path that stops at EOS ends before its budget)."""
+    the run, and the plan the run made again with its own path lengths (`replanned_*`: run_info's
+    `replanned`, made before the run recorded its speed), which tells the time model's error from
+    the lengths' (a path that stops at EOS ends before its budget)."""
     predicted = planned.get("predicted") or {}
     row = {"workload": name, "overrides": overrides, "plan_s": planned.get("plan_s"),
            "profile": predicted.get("profile"), "plan_error": predicted.get("error"), **measured}
     for key in ("generation_s", "wall_s"):
         row[f"predicted_{key}"] = predicted.get(key)
         row[f"{key}_error_pct"] = error_pct(predicted.get(key), measured.get(key))
-    again = (replanned or {}).get("predicted") or {}
+    again = measured.get("run_replanned") or {}
     row["replanned_generation_s"] = again.get("generation_s")
     row["replanned_error_pct"] = error_pct(again.get("generation_s"), measured.get("generation_s"))
     return row
@@ -167,10 +165,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"== {name}: planning", flush=True)
             planned = plan(overrides)
             print(f"== {name}: running (python -m orchestrator ... output_dir={root / name})", flush=True)
-            measured = measure(overrides, root / name, args.timeout)
-            # planned again with the lengths the run sampled: what is left of the error is the time model's
-            replanned = plan(overrides, root / name) if (root / name / "paths.parquet").is_file() else None
-            rows.append(compare(name, overrides, planned, measured, replanned))
+            rows.append(compare(name, overrides, planned, measure(overrides, root / name, args.timeout)))
     finally:
         if args.keep:
             print(f"output directories under {root}")

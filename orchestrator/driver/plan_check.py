@@ -5,14 +5,15 @@ the figures it then measures; the report shows one against the other (`report.da
 
     facts = plan_check.check(cfg, points, prompts, problems, todo, model)
     # {} when no profile applies; else {"predicted": Prediction.to_dict() | {"error": ...}, "plan_s": s}
-    facts = plan_check.recheck(cfg, points, prompts, problems, todo, model, rows, measured_s)
+    facts = plan_check.recheck(cfg, points, prompts, problems, todo, model, rows, measured_s, wall_s)
     # after the run: {"replanned": {generation_s, wall_s, ...}}, the plan with the run's own lengths
 
 A profile applies when `engine.profile` names one, or when the engine is a real one and
 `engines.profile.find_profile` finds one for its key (an exact profile, or the nearest one on the
 same kind of device, scaled by the model's bytes). For a real engine, earlier runs with the same
-profile correct its speed (`engines.history`), and each finished run records its own ratio. A plan that fails never fails the run: a
-warning, and `predicted: {"error": ...}`. The console shows one line before the run starts:
+profile correct its speed (`engines.history`), and each finished run records its own ratio. A
+plan that fails never fails the run: a warning, and `predicted: {"error": ...}`. The console
+shows one line before the run starts:
 
     plan: generation ~5:42, wall ~6:10 (exact profile ~/.cache/leap-orchestrator/profiles/...; planned in 0.8 s)
 """
@@ -72,7 +73,8 @@ def check(cfg: Config, points: dict, prompts, problems: list[Problem], todo: lis
         tokenizer = None if cfg.engine.kind == "fake" else model
         predicted = planner.predict(cfg, {pt: p for pt, p in points.items() if pt in wanted}, prompts,
                                     [pb for pb in problems if pb.id in ids], profile, source=source,
-                                    lengths=lengths, tokenizer=tokenizer).to_dict()
+                                    lengths=lengths, tokenizer=tokenizer,
+                                    fixed_s=(learned or {}).get("fixed_s")).to_dict()
     except Exception as exc:  # the plan is advice: whatever breaks it is a warning
         return _failed(exc, source, t0)
     plan_s = round(time.monotonic() - t0, 3)
@@ -89,7 +91,7 @@ REPLANNED = ("generation_s", "wall_s", "sampled_tokens", "injected_tokens", "cac
 
 
 def recheck(cfg: Config, points: dict, prompts, problems: list[Problem], todo: list[tuple], model: str,
-            rows: list[dict], measured_s: float | None = None) -> dict:
+            rows: list[dict], measured_s: float | None = None, wall_s: float | None = None) -> dict:
     """run_info.json's `replanned`, after a run that planned itself: the same plan again with the
     path lengths the run sampled (`rows`: its paths, by sweep_point, problem_id, finish_reason and
     requests) instead of the budget's. The budget is an upper bound where paths stop at EOS (W2
@@ -112,7 +114,8 @@ def recheck(cfg: Config, points: dict, prompts, problems: list[Problem], todo: l
         console.line(f"plan with this run's path lengths: generation ~{tqdm.format_interval(gen)} "
                      f"(measured {tqdm.format_interval(measured_s)}, {100 * (gen - measured_s) / measured_s:+.1f}%)")
     if predicted.get("history") and measured_s:  # the next plan on these engines learns from this run
-        again["speed_ratio"] = history.record(predicted["history"], measured_s, gen, cfg.output_dir)
+        fixed = wall_s - measured_s if isinstance(wall_s, (int, float)) else None
+        again["speed_ratio"] = history.record(predicted["history"], measured_s, gen, cfg.output_dir, fixed_s=fixed)
     return {"replanned": again}
 
 

@@ -262,10 +262,13 @@ def _engine_options(cfg: Config, profile: Profile) -> dict:
 
 # -- the plan -----------------------------------------------------------------------------------------
 def predict(cfg: Config, points: dict, prompts, problems: list, profile: Profile, lengths: dict | None = None,
-            *, source: str | None = None, tokenizer: str | None = None, notes: list[str] | None = None) -> Prediction:
+            *, source: str | None = None, tokenizer: str | None = None, notes: list[str] | None = None,
+            fixed_s: float | None = None) -> Prediction:
     """Simulate the run `cfg` (its checked sweep `points`, `prompts`, `problems`) on engines
     that behave as `profile` says; see the module docstring. `source`: the profile line
-    (`find_profile`'s); `tokenizer`: a directory with the run's tokenizer (None: the fake's)."""
+    (`find_profile`'s); `tokenizer`: a directory with the run's tokenizer (None: the fake's);
+    `fixed_s`: the wall time outside generation, when earlier runs measured it (else the
+    profile's start-up phases and DRIVER_FIXED_S)."""
     t_plan = time.perf_counter()
     notes = list(notes or [])
     fake = cfg.engine.kind == "fake"
@@ -292,7 +295,7 @@ def predict(cfg: Config, points: dict, prompts, problems: list, profile: Profile
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return _simulate(cfg, points, problems, profile, notes, source, reps, handles, coordinator, t_plan)
+        return _simulate(cfg, points, problems, profile, notes, source, reps, handles, coordinator, t_plan, fixed_s)
     finally:
         if collecting:
             gc.enable()
@@ -300,7 +303,7 @@ def predict(cfg: Config, points: dict, prompts, problems: list, profile: Profile
 
 
 def _simulate(cfg: Config, points: dict, problems: list, profile: Profile, notes: list[str], source: str | None,
-              reps: list, handles: list, coordinator, t_plan: float) -> Prediction:
+              reps: list, handles: list, coordinator, t_plan: float, fixed_s: float | None = None) -> Prediction:
     """The groups through the coordinator, phase by phase, on a virtual clock; the figures."""
     rows: list[dict] = []
     done_at: dict[str, float] = {}
@@ -335,6 +338,8 @@ def _simulate(cfg: Config, points: dict, problems: list, profile: Profile, notes
         barriers = calls(coordinator, "stats")
     by_point = [r.point_figures() for r in reps]
     startup = float(sum((profile.startup_s or {}).values()))
+    if fixed_s is not None:  # earlier runs measured the start and the driver's share together
+        startup = max(float(fixed_s) - DRIVER_FIXED_S, 0.0)
     pred = _figures(cfg, profile, points, rows, stats, by_point, done_at, finished, barriers, startup)
     pred.profile = source or f"profile {profile.describe()}"
     pred.notes = notes + [n for n in profile.notes if n not in pred.profile]

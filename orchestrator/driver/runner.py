@@ -131,7 +131,8 @@ def _run_locked(cfg: Config, points, prompts, problems, store: ResultStore, fp: 
     times = {"wall_s": round(time.monotonic() - started, 3), "writing_s": round(time.monotonic() - t_write, 3)}
     if todo and failure is None and not missing and "predicted" in facts:  # the clock has stopped
         rows = paths_t.select(["sweep_point", "problem_id", "finish_reason", "requests"]).to_pylist()
-        facts.update(plan_check.recheck(cfg, points, prompts, problems, todo, model, rows, facts.get("generation_s")))
+        facts.update(plan_check.recheck(cfg, points, prompts, problems, todo, model, rows, facts.get("generation_s"),
+                                        times["wall_s"]))
     store.write_json("run_info.json", {**times, "groups_run": len(todo), "groups_skipped": skipped,
                                        "complete": not missing, **facts})
     if paths_t.num_rows:  # a run with nothing finished has nothing to report

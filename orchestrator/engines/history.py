@@ -9,11 +9,15 @@ the path lengths it sampled (`driver.plan_check.recheck`), and measured over rep
 time is how far the profile's speed was off, free of the lengths' error. That ratio is appended
 to `runs.jsonl` in the profile cache (`profile.cache_dir()`), under the profile's digest; a later
 plan with the same profile (the run's own, and `python -m orchestrator.plan`) multiplies its
-`replay_factor` by the median of the last `WINDOW` ratios and says so on its first line. A new
-calibration has a new digest, so it starts with no history; deleting runs.jsonl forgets it all.
+`replay_factor` by the median of the last `WINDOW` ratios and says so on its first line. Each
+run also records its wall less generation time (the start of Ray, the engines and the
+coordinator, the context check, writing: 65-96 s in this machine's CPU runs, where the
+profile's start-up phases and the planner's fixed driver time say 49-53 s); their median
+replaces that part of the next plan's wall time. A new calibration has a new digest, so it
+starts with no history; deleting runs.jsonl forgets it all.
 
     prof, learned = corrected(prof)  # learned: {"digest", "factor", "runs"}
-    record(learned, measured_s=67.1, replanned_s=56.1, output_dir="outputs/demo")
+    record(learned, measured_s=67.1, replanned_s=56.1, output_dir="outputs/demo", fixed_s=95.7)
 """
 
 from __future__ import annotations
@@ -48,9 +52,9 @@ def history_file() -> Path:
     return cache_dir() / HISTORY_FILE
 
 
-def ratios(key: str, path: Path | None = None) -> list[float]:
-    """The measured-over-planned ratios recorded for the profile digest `key`, oldest first
-    (lines that cannot be read are skipped)."""
+def entries(key: str, path: Path | None = None) -> list[dict]:
+    """The runs recorded for the profile digest `key`, oldest first (lines that cannot be read,
+    and ratios no engine's speed explains, are skipped)."""
     path = path or history_file()
     out = []
     try:
@@ -64,22 +68,34 @@ def ratios(key: str, path: Path | None = None) -> list[float]:
         except (ValueError, KeyError, TypeError):
             continue
         if entry.get("digest") == key and PLAUSIBLE[0] <= ratio <= PLAUSIBLE[1]:
-            out.append(ratio)
+            out.append(entry)
     return out
+
+
+def ratios(key: str, path: Path | None = None) -> list[float]:
+    """The measured-over-planned ratios recorded for the profile digest `key`, oldest first."""
+    return [float(e["ratio"]) for e in entries(key, path)]
 
 
 def corrected(prof: Profile, path: Path | None = None) -> tuple[Profile, dict]:
     """`prof` with its replay factor times the median of the last WINDOW runs' ratios (itself
-    when there are none), and {"digest", "factor", "runs"} for `record` and the plan's line."""
+    when there are none), and {"digest", "factor", "runs", "fixed_s"} for `record`, the plan's
+    line and its wall time: `fixed_s` is the median of those runs' wall less generation time
+    (Ray's and the engines' start, the coordinator's, the context check, writing), None when
+    none recorded it."""
     key = digest(prof)
-    recent = ratios(key, path)[-WINDOW:]
+    recent = entries(key, path)[-WINDOW:]
     if not recent:
-        return prof, {"digest": key, "factor": 1.0, "runs": 0}
-    factor = round(statistics.median(recent), 4)
+        return prof, {"digest": key, "factor": 1.0, "runs": 0, "fixed_s": None}
+    factor = round(statistics.median(float(e["ratio"]) for e in recent), 4)
+    fixed = [float(e["fixed_s"]) for e in recent if isinstance(e.get("fixed_s"), (int, float)) and e["fixed_s"] >= 0]
+    fixed_s = round(statistics.median(fixed), 1) if fixed else None
     note = (f"speed corrected x{factor:.3f}: the median of the last {len(recent)} run(s) on these engines, "
             f"measured over planned ({history_file() if path is None else path})")
+    if fixed_s is not None:
+        note += f"; wall = generation + {fixed_s:.0f} s, their median outside generation"
     out = replace(prof, replay_factor=prof.replay_factor * factor, notes=[*prof.notes, note])
-    return out, {"digest": key, "factor": factor, "runs": len(recent)}
+    return out, {"digest": key, "factor": factor, "runs": len(recent), "fixed_s": fixed_s}
 
 
 def describe(learned: dict | None) -> str:
@@ -90,11 +106,12 @@ def describe(learned: dict | None) -> str:
 
 
 def record(learned: dict, measured_s: float, replanned_s: float, output_dir: str = "",
-           path: Path | None = None) -> float | None:
+           path: Path | None = None, fixed_s: float | None = None) -> float | None:
     """Append a finished run's ratio for the profile `learned` names (`corrected`'s dict, with
     the factor its replan used): measured over replanned time, times that factor, so the ratio is
-    against the profile as calibrated. Returns the ratio, or None when nothing was written (a
-    figure missing, or the cache not writable: a warning, never a failed run)."""
+    against the profile as calibrated; and `fixed_s`, its wall less generation time. Returns the
+    ratio, or None when nothing was written (a figure missing, or the cache not writable: a
+    warning, never a failed run)."""
     if not (isinstance(measured_s, (int, float)) and isinstance(replanned_s, (int, float))
             and measured_s > 0 and replanned_s > 0 and math.isfinite(measured_s) and math.isfinite(replanned_s)):
         return None
@@ -102,6 +119,8 @@ def record(learned: dict, measured_s: float, replanned_s: float, output_dir: str
     entry = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "digest": learned["digest"], "ratio": ratio,
              "measured_s": round(measured_s, 3), "replanned_s": round(replanned_s, 3),
              "factor_used": learned.get("factor"), "output_dir": str(output_dir)}
+    if isinstance(fixed_s, (int, float)) and fixed_s >= 0:
+        entry["fixed_s"] = round(fixed_s, 3)
     path = path or history_file()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,4 +132,4 @@ def record(learned: dict, measured_s: float, replanned_s: float, output_dir: str
     return ratio
 
 
-__all__ = ["WINDOW", "corrected", "describe", "digest", "record", "ratios"]
+__all__ = ["WINDOW", "corrected", "describe", "digest", "entries", "record", "ratios"]

@@ -18,7 +18,7 @@ def prof(**kw):
 def test_no_history_no_correction(tmp_path):
     p = prof(replay_factor=1.2)
     out, learned = history.corrected(p, tmp_path / "runs.jsonl")
-    assert out is p and learned == {"digest": history.digest(p), "factor": 1.0, "runs": 0}
+    assert out is p and learned == {"digest": history.digest(p), "factor": 1.0, "runs": 0, "fixed_s": None}
     assert history.describe(learned) == ""
 
 
@@ -39,6 +39,20 @@ def test_the_median_of_the_last_runs_scales_the_replay_factor(tmp_path):
         history.record(learned, 90.0, 100.0, path=path)
     assert history.ratios(learned["digest"], path)[-history.WINDOW:] == [1.2, 1.2, 0.9, 0.9, 0.9]
     assert history.corrected(p, path)[1]["factor"] == 0.9
+    assert history.corrected(p, path)[1]["fixed_s"] is None  # no run recorded its time outside generation
+
+
+def test_the_wall_time_outside_generation_is_the_median_of_the_runs_that_recorded_it(tmp_path):
+    path = tmp_path / "runs.jsonl"
+    p = prof()
+    _, learned = history.corrected(p, path)
+    history.record(learned, 100.0, 100.0, path=path)  # an older run without it
+    for fixed in (70.0, 96.0, 84.0):
+        history.record(learned, 100.0, 100.0, path=path, fixed_s=fixed)
+    history.record(learned, 100.0, 100.0, path=path, fixed_s=-3.0)  # a broken clock: not recorded
+    out, again = history.corrected(p, path)
+    assert again["fixed_s"] == 84.0 and again["runs"] == 5 and "wall = generation + 84 s" in out.notes[-1]
+    assert [e.get("fixed_s") for e in history.entries(again["digest"], path)] == [None, 70.0, 96.0, 84.0, None]
 
 
 def test_other_profiles_broken_lines_and_implausible_ratios_are_ignored(tmp_path):

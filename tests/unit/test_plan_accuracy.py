@@ -33,25 +33,17 @@ def test_rows_table_and_json(bench, tmp_path, monkeypatch, capsys):
     planned = {"w2": {"predicted": {"generation_s": 330.0, "wall_s": 360.0, "profile": "exact profile P"},
                       "plan_s": 1.25},
                "demo": {"predicted": None, "plan_s": None}}
-    measured = {"w2": {"rc": 0, "elapsed_s": 400.0, "generation_s": 300.0, "wall_s": 400.0, "run_predicted": None},
+    measured = {"w2": {"rc": 0, "elapsed_s": 400.0, "generation_s": 300.0, "wall_s": 400.0, "run_predicted": None,
+                       "run_replanned": {"generation_s": 291.0, "paths": 64}},  # the run's plan with its lengths
                 "demo": {"rc": 1, "elapsed_s": 10.0, "generation_s": None, "wall_s": None, "run_predicted": None}}
     current = {}
 
-    def plan(overrides, lengths_from=None):
+    def plan(overrides):
         current["name"] = "w2" if "dataset.limit=8" in overrides else "demo"
-        if lengths_from is not None:  # planned again with the run's own lengths: only w2's run wrote paths
-            assert current["name"] == "w2" and lengths_from.name == "w2"
-            return {"predicted": {"generation_s": 291.0}, "plan_s": 1.0}
         return planned[current["name"]]
 
-    def measure(overrides, out, timeout):
-        if measured[current["name"]]["rc"] == 0:
-            out.mkdir(parents=True)
-            (out / "paths.parquet").write_bytes(b"")
-        return measured[current["name"]]
-
     monkeypatch.setattr(bench, "plan", plan)
-    monkeypatch.setattr(bench, "measure", measure)
+    monkeypatch.setattr(bench, "measure", lambda overrides, out, timeout: measured[current["name"]])
     out = tmp_path / "acc.json"
     rows = bench.main(["--only", "w2", "--only", "demo", "--fake", "--json", str(out)])
     assert rows[0]["generation_s_error_pct"] == 10.0 and rows[0]["wall_s_error_pct"] == -10.0

@@ -136,26 +136,29 @@ def test_earlier_runs_correct_the_plan_and_a_finished_run_records_its_own(tmp_pa
     base = profiles.from_dict(PROFILE)
     lookup["found"] = (base, "exact profile smollm2-cpu.json")
     _, learned = history.corrected(base)
-    history.record(learned, 110.0, 100.0)  # an earlier run took 1.1x its replan
+    history.record(learned, 110.0, 100.0, fixed_s=80.0)  # an earlier run took 1.1x its replan, and 80 s more
     used = []
 
     def predict(cfg_, points_, prompts, problems, profile, lengths=None, **kw):
         used.append((profile.replay_factor, lengths))
+        assert kw["fixed_s"] == (80.0 if len(used) == 1 else 90.0)  # the wall's part outside generation
         return prediction(generation_s=100.0 if lengths is None else 90.0)
 
     monkeypatch.setattr(planner, "predict", predict)
     facts = plan_check.check(cfg, points, None, PROBLEMS, todo, str(tmp_path))
     assert used[0][0] == base.replay_factor * 1.1
-    assert facts["predicted"]["history"] == {"digest": history.digest(base), "factor": 1.1, "runs": 1}
+    assert facts["predicted"]["history"] == {"digest": history.digest(base), "factor": 1.1, "runs": 1, "fixed_s": 80.0}
     assert "x1.100 from the last 1 run(s) on these engines" in facts["predicted"]["profile"]
     assert "x1.100 from the last 1 run(s)" in capsys.readouterr().out
-    # the run is over (99 s measured): planned again with its lengths, and its ratio recorded
+    # the run is over (99 s of generation, 199 s wall): planned again with its lengths, its ratio recorded
+    history.record(learned, 110.0, 100.0, fixed_s=100.0)  # (another run meanwhile: the replan's median is 90 s)
     rows = [{"sweep_point": pt, "problem_id": pb.id, "finish_reason": "eos",
              "requests": [{"kind": "segment", "new_tokens": 50}]} for pt, pb in todo]
-    again = plan_check.recheck(cfg, points, None, PROBLEMS, todo, str(tmp_path), rows, 99.0)["replanned"]
+    again = plan_check.recheck(cfg, points, None, PROBLEMS, todo, str(tmp_path), rows, 99.0, 199.0)["replanned"]
     assert used[1][1]["paths"] == len(todo) and used[1][0] == base.replay_factor * 1.1
     assert again["generation_s"] == 90.0 and again["speed_ratio"] == round(99.0 / 90.0 * 1.1, 4)
-    assert history.ratios(history.digest(base)) == [1.1, again["speed_ratio"]]
+    assert history.ratios(history.digest(base)) == [1.1, 1.1, again["speed_ratio"]]
+    assert history.entries(history.digest(base))[-1]["fixed_s"] == 100.0
     # a fake run's time is its latency model: it neither takes nor gives a correction
     fake_cfg, fake_points, fake_todo = setup(tmp_path, "engine=fake")
     fake_cfg.engine.profile = "p.json"
