@@ -72,14 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg = compose(overrides)
         points, prompts, problems = load_inputs(cfg)
         tokenizer, model_config, notes = model_files(cfg)
-        profile, source = find(cfg, model_config)
-        learned = {}
-        if cfg.engine.kind != "fake":  # as the run plans: earlier runs on these engines correct the speed
-            profile, learned = history.corrected(profile)
-            source += history.describe(learned)
+        # as the run plans: earlier runs on these engines correct the speed
+        profile, source, learned = history.for_plan(*find(cfg, model_config), cfg.engine.kind)
         lengths = load_lengths(args.lengths_from) if args.lengths_from else None
         pred = predict(cfg, points, prompts, problems, profile, lengths, source=source, tokenizer=tokenizer,
-                       notes=notes, fixed_s=learned.get("fixed_s"))
+                       notes=notes, fixed_s=(learned or {}).get("fixed_s"))
     except Exception as exc:  # one paragraph and an exit status, as a run's failure
         return report(exc)
     print(pred.text(), flush=True)

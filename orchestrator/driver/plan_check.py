@@ -59,11 +59,7 @@ def check(cfg: Config, points: dict, prompts, problems: list[Problem], todo: lis
         log.info("plan: no engine profile for %s (python -m orchestrator.calibrate writes one); the run "
                  "goes on without a plan", profile_key(cfg, model))
         return {}
-    profile, source = found
-    learned = None
-    if cfg.engine.kind != "fake":  # a real engine's earlier runs correct its profile's speed
-        profile, learned = history.corrected(profile)
-        source += history.describe(learned)
+    profile, source, learned = history.for_plan(*found, cfg.engine.kind)  # earlier runs' correction
     wanted = {pt for pt, _ in todo}
     wanted |= {points[pt].match_point for pt in wanted if points[pt].match_point in points}
     ids = {pb.id for _, pb in todo}

@@ -122,7 +122,8 @@ def _run_locked(cfg: Config, points, prompts, problems, store: ResultStore, fp: 
         failure = exc
     facts.update(recovery.facts())
     paths_t, _ = store.read_parts()
-    summary = metrics.summarize(paths_t.to_pylist(), points=points)
+    rows = paths_t.to_pylist()
+    summary = metrics.summarize(rows, points=points)
     missing = [(pt, pb.id) for pt in points for pb in problems if not store.is_done(pt, pb.id)]
     if missing:
         summary["_incomplete"] = _incomplete(missing, failure, facts.get("failed_groups", []))
@@ -130,7 +131,6 @@ def _run_locked(cfg: Config, points, prompts, problems, store: ResultStore, fp: 
     store.consolidate(summary)
     times = {"wall_s": round(time.monotonic() - started, 3), "writing_s": round(time.monotonic() - t_write, 3)}
     if todo and failure is None and not missing and "predicted" in facts:  # the clock has stopped
-        rows = paths_t.select(["sweep_point", "problem_id", "finish_reason", "requests"]).to_pylist()
         facts.update(plan_check.recheck(cfg, points, prompts, problems, todo, model, rows, facts.get("generation_s"),
                                         times["wall_s"]))
     store.write_json("run_info.json", {**times, "groups_run": len(todo), "groups_skipped": skipped,

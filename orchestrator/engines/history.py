@@ -16,7 +16,8 @@ profile's start-up phases and the planner's fixed driver time say 49-53 s); thei
 replaces that part of the next plan's wall time. A new calibration has a new digest, so it
 starts with no history; deleting runs.jsonl forgets it all.
 
-    prof, learned = corrected(prof)  # learned: {"digest", "factor", "runs"}
+    prof, source, learned = for_plan(prof, source, engine_kind)  # learned: corrected()'s dict
+    prof, learned = corrected(prof)  # learned: {"digest", "factor", "runs", "fixed_s"}
     record(learned, measured_s=67.1, replanned_s=56.1, output_dir="outputs/demo", fixed_s=95.7)
 """
 
@@ -72,11 +73,6 @@ def entries(key: str, path: Path | None = None) -> list[dict]:
     return out
 
 
-def ratios(key: str, path: Path | None = None) -> list[float]:
-    """The measured-over-planned ratios recorded for the profile digest `key`, oldest first."""
-    return [float(e["ratio"]) for e in entries(key, path)]
-
-
 def corrected(prof: Profile, path: Path | None = None) -> tuple[Profile, dict]:
     """`prof` with its replay factor times the median of the last WINDOW runs' ratios (itself
     when there are none), and {"digest", "factor", "runs", "fixed_s"} for `record`, the plan's
@@ -96,6 +92,16 @@ def corrected(prof: Profile, path: Path | None = None) -> tuple[Profile, dict]:
         note += f"; wall = generation + {fixed_s:.0f} s, their median outside generation"
     out = replace(prof, replay_factor=prof.replay_factor * factor, notes=[*prof.notes, note])
     return out, {"digest": key, "factor": factor, "runs": len(recent), "fixed_s": fixed_s}
+
+
+def for_plan(prof: Profile, source: str, engine_kind: str) -> tuple[Profile, str, dict | None]:
+    """What a plan (the run's own, and `python -m orchestrator.plan`) plans with: a real engine's
+    profile `corrected` and its `source` line saying so; a fake engine's as it is (its time is
+    its latency model, which no run measures), with no history (None)."""
+    if engine_kind == "fake":
+        return prof, source, None
+    prof, learned = corrected(prof)
+    return prof, source + describe(learned), learned
 
 
 def describe(learned: dict | None) -> str:
@@ -132,4 +138,4 @@ def record(learned: dict, measured_s: float, replanned_s: float, output_dir: str
     return ratio
 
 
-__all__ = ["WINDOW", "corrected", "describe", "digest", "entries", "record", "ratios"]
+__all__ = ["WINDOW", "corrected", "describe", "digest", "entries", "for_plan", "record"]

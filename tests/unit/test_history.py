@@ -37,7 +37,7 @@ def test_the_median_of_the_last_runs_scales_the_replay_factor(tmp_path):
     # only the last WINDOW runs count: 1.3, 1.2, 1.2 after 1.1 ... and the later 0.9s
     for _ in range(3):
         history.record(learned, 90.0, 100.0, path=path)
-    assert history.ratios(learned["digest"], path)[-history.WINDOW:] == [1.2, 1.2, 0.9, 0.9, 0.9]
+    assert [e["ratio"] for e in history.entries(learned["digest"], path)][-history.WINDOW:] == [1.2, 1.2, 0.9, 0.9, 0.9]
     assert history.corrected(p, path)[1]["factor"] == 0.9
     assert history.corrected(p, path)[1]["fixed_s"] is None  # no run recorded its time outside generation
 

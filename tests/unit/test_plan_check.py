@@ -157,7 +157,7 @@ def test_earlier_runs_correct_the_plan_and_a_finished_run_records_its_own(tmp_pa
     again = plan_check.recheck(cfg, points, None, PROBLEMS, todo, str(tmp_path), rows, 99.0, 199.0)["replanned"]
     assert used[1][1]["paths"] == len(todo) and used[1][0] == base.replay_factor * 1.1
     assert again["generation_s"] == 90.0 and again["speed_ratio"] == round(99.0 / 90.0 * 1.1, 4)
-    assert history.ratios(history.digest(base)) == [1.1, 1.1, again["speed_ratio"]]
+    assert [e["ratio"] for e in history.entries(history.digest(base))] == [1.1, 1.1, again["speed_ratio"]]
     assert history.entries(history.digest(base))[-1]["fixed_s"] == 100.0
     # a fake run's time is its latency model: it neither takes nor gives a correction
     fake_cfg, fake_points, fake_todo = setup(tmp_path, "engine=fake")
