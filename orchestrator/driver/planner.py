@@ -107,6 +107,7 @@ class Prediction:
     plan_s: float
     startup_s: float = 0.0
     driver_s: float = DRIVER_FIXED_S
+    runs_fixed_s: float | None = None  # the wall's part outside generation as earlier runs measured it
     kv_capacity_tokens: int | None = None
     preemptions: int = 0
     notes: list[str] = field(default_factory=list)
@@ -117,7 +118,7 @@ class Prediction:
 
         return {"profile": self.profile, **figs(self.total), "bound": self.bound,
                 "points": {name: figs(f) for name, f in self.points.items()}, "plan_s": round(self.plan_s, 2),
-                "startup_s": self.startup_s, "driver_s": self.driver_s,
+                "startup_s": self.startup_s, "driver_s": self.driver_s, "runs_fixed_s": self.runs_fixed_s,
                 "kv_capacity_tokens": self.kv_capacity_tokens, "preemptions": self.preemptions,
                 "notes": list(self.notes)}
 
@@ -138,10 +139,11 @@ class Prediction:
         lines += [row(n, f) for n, f in self.points.items()]
         lines += ["-" * len(head), row("total", self.total)]
         cap = f"{self.kv_capacity_tokens:,}" if self.kv_capacity_tokens else "unbounded"
+        fixed = (f"{self.runs_fixed_s:.0f} s outside generation (earlier runs' median)" if self.runs_fixed_s is not None
+                 else f"{self.startup_s:.0f} s engine start-up + {self.driver_s:.0f} s driver")
         lines.append(f"KV: peak {self.total.peak_kv_tokens or 0:,} of {cap} tokens a replica; "
                      f"{self.total.evictions or 0:,} evictions, {self.total.recomputed_tokens or 0:,} tokens "
-                     f"recomputed, {self.preemptions:,} preemptions. wall = generation + {self.startup_s:.0f} s engine "
-                     f"start-up + {self.driver_s:.0f} s driver")
+                     f"recomputed, {self.preemptions:,} preemptions. wall = generation + {fixed}")
         lines.append(f"bound: {self.bound}")
         lines.append(f"(planned in {self.plan_s:.1f} s)")
         return "\n".join(lines)
@@ -341,6 +343,7 @@ def _simulate(cfg: Config, points: dict, problems: list, profile: Profile, notes
     if fixed_s is not None:  # earlier runs measured the start and the driver's share together
         startup = max(float(fixed_s) - DRIVER_FIXED_S, 0.0)
     pred = _figures(cfg, profile, points, rows, stats, by_point, done_at, finished, barriers, startup)
+    pred.runs_fixed_s = None if fixed_s is None else round(float(fixed_s), 1)
     pred.profile = source or f"profile {profile.describe()}"
     pred.notes = notes + [n for n in profile.notes if n not in pred.profile]
     pred.plan_s = time.perf_counter() - t_plan

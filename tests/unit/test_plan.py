@@ -146,8 +146,11 @@ def test_the_cli_plan_takes_the_correction_earlier_runs_measured(tiny_run, tmp_p
     assert "from the last" not in capsys.readouterr().out.splitlines()[0]
     history.record(history.corrected(prof)[1], 150.0, 100.0, fixed_s=120.0)  # a run took 1.5x its replan
     assert main([*args, "--out", str(tmp_path / "b.json")]) == 0
-    assert capsys.readouterr().out.splitlines()[0].endswith("x1.500 from the last 1 run(s) on these engines")
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].endswith("x1.500 from the last 1 run(s) on these engines")
+    assert "wall = generation + 120 s outside generation (earlier runs' median)" in out  # not called start-up
     a, b = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
     assert b["sampled_tokens"] == a["sampled_tokens"] and 1.3 < b["generation_s"] / a["generation_s"] < 1.55
     # the wall's part outside generation: the profile's start-up (5 s) and the driver's 10 s, then the run's 120 s
     assert abs(a["wall_s"] - a["generation_s"] - 15.0) < 0.11 and abs(b["wall_s"] - b["generation_s"] - 120.0) < 0.11
+    assert a["runs_fixed_s"] is None and b["runs_fixed_s"] == 120.0
