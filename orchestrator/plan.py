@@ -11,8 +11,9 @@ The engines' speed comes from a profile (`engine.profile=FILE`, else `find_profi
 one for the run's model and device, else the nearest one scaled to the model; a fake run without
 a profile uses its `engine.latency`). The first line says which, how it was scaled, and the
 correction earlier runs on the same engines measured (`engines/history.py`), if any.
-`--lengths-from DIR` draws path lengths from an earlier run's paths.parquet (default: a fake
-engine's own lengths; every path's whole budget for a real model). `--out` writes the figures
+`--lengths-from DIR` draws path lengths from an earlier run's paths.parquet, each sweep point
+from that run's point of the same name when it had one (default: a fake engine's own lengths;
+every path's whole budget for a real model). `--out` writes the figures
 as JSON (`Prediction.to_dict()`). Exit status as the run's (2: fix the command or config).
 """
 

@@ -11,7 +11,8 @@ points they match, their budgets from the simulated results).
 What paths write: a fake engine writes what it always writes (a plan of a fake run predicts that
 run); for a real model every path uses its whole budget, unless `lengths` (an earlier run's
 distribution, `load_lengths`) says otherwise: then each path's thinking ends where a path drawn
-from that run ended (`engines/counted.py`). A real model's prompts and injected text are
+from that run (from its sweep point of the same name, when it had one) ended
+(`engines/counted.py`). A real model's prompts and injected text are
 counted with its tokenizer when it can be loaded here, else in the fake tokenizer's bytes.
 
 Figures (`Prediction.to_dict()`), in total and per sweep point: generation_s (first request to
@@ -239,6 +240,21 @@ def load_lengths(output_dir: str | Path) -> dict:
     return lengths_from_rows(rows, source=str(output_dir))
 
 
+def lengths_note(lengths: dict, names: list[str]) -> str:
+    """The plan's note on where its path lengths come from: the earlier run's paths, and which
+    of the plan's sweep points draw from a point of the same name there."""
+    own = [n for n in names if (lengths.get("points") or {}).get(n, {}).get("think")]
+    text = (f"path lengths drawn from {lengths.get('source') or 'an earlier run'} "
+            f"({lengths.get('paths', len(lengths.get('think', [])))} paths")
+    if own and len(own) == len(names):
+        return text + ("; each sweep point from its own)" if len(names) > 1 else ")")
+    if own:
+        return text + f"; {len(own)} of {len(names)} sweep points from their own, the others from all)"
+    if lengths.get("points"):
+        return text + "; no sweep point of these names there: every point draws from all)"
+    return text + ")"
+
+
 def _engine_options(cfg: Config, profile: Profile) -> dict:
     """What each simulated replica is built with: the profile, and what the run's config sets
     beside it (a fake run's own latency keys; a vLLM run's batch size and prefill chunk)."""
@@ -279,8 +295,7 @@ def predict(cfg: Config, points: dict, prompts, problems: list, profile: Profile
     if not fake or lengths is not None:
         writer = CountedWriter(load_tokenizer(tok_spec), lengths, seed=cfg.leap.seed)
     if lengths is not None:
-        notes.append(f"path lengths drawn from {lengths.get('source') or 'an earlier run'} "
-                     f"({lengths.get('paths', len(lengths.get('think', [])))} paths)")
+        notes.append(lengths_note(lengths, list(points)))
     elif not fake:
         notes.append("every path uses its whole budget (no --lengths-from): an upper bound")
     engine = _engine_options(cfg, profile)

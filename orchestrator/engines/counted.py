@@ -12,6 +12,10 @@ How long things are (`Lengths`, a dict; see `lengths_from_rows`):
             "eos", or None: it ran to its budget); a path of the plan draws one (by seed and
             path key) and ends its thinking there. Absent: every path uses its whole budget.
   summary, answer, force    lengths of those requests, one drawn per request. Absent: the cap.
+  points    the same four per sweep point of the earlier run ({name: {think, ...}}): a path of
+            the plan draws from its own point's when the earlier run had a point of that name
+            (an independent baseline's paths stop at EOS far sooner than a LeaP point's), else
+            from all of them.
 """
 
 from __future__ import annotations
@@ -19,29 +23,37 @@ from __future__ import annotations
 from ..core.prompts import SUMMARY_CLOSE, THINK_END
 from ..core.rng import stable_int
 from ..core.types import GenRequest
+from .busy import point_of
 
 FILLER = "Step: combining the two cases gives the same count, so the sum checks out again.\n\n"
 
 
 def lengths_from_rows(rows: list[dict], source: str = "") -> dict:
-    """`Lengths` from an earlier run's path rows (paths.parquet: finish_reason, requests)."""
-    think, summary, answer, force = [], [], [], []
+    """`Lengths` from an earlier run's path rows (paths.parquet: sweep_point, finish_reason,
+    requests): all of them, and per sweep point under "points"."""
+    pooled = _pools()
+    points: dict[str, dict] = {}
     for row in rows:
+        mine = [pooled]
+        if row.get("sweep_point") is not None:
+            mine.append(points.setdefault(str(row["sweep_point"]), _pools()))
         seg = 0
         for q in row.get("requests") or []:
             kind, n = q.get("kind"), int(q.get("new_tokens") or 0)
             if kind == "segment":
                 seg += n
-            elif kind == "summary":
-                summary.append(n)
-            elif kind == "answer":
-                answer.append(n)
-            elif kind == "force":
-                force.append(n)
+            elif kind in ("summary", "answer", "force"):
+                for pools in mine:
+                    pools[kind].append(n)
         finish = row.get("finish_reason")
-        think.append([seg, finish if finish in ("think_end", "eos") else None])
-    return {"source": source, "paths": len(rows), "think": think, "summary": summary, "answer": answer,
-            "force": force}
+        for pools in mine:
+            pools["think"].append([seg, finish if finish in ("think_end", "eos") else None])
+            pools["paths"] += 1
+    return {"source": source, **pooled, "points": points}
+
+
+def _pools() -> dict:
+    return {"paths": 0, "think": [], "summary": [], "answer": [], "force": []}
 
 
 class CountedWriter:
@@ -62,8 +74,16 @@ class CountedWriter:
         self.sampled.pop(key, None)
         self.drawn.pop(key, None)
 
+    def _pool(self, pool: str, key: str) -> list:
+        """The path `key`'s lengths of `pool`: its sweep point's in the earlier run, where that
+        point had some, else the whole run's."""
+        own = (self.lengths.get("points") or {}).get(point_of(key))
+        if own and own.get(pool):
+            return own[pool]
+        return self.lengths.get(pool) or []
+
     def _draw(self, pool: str, key: str, default: int) -> int:
-        values = self.lengths.get(pool)
+        values = self._pool(pool, key)
         if not values:
             return default
         n = self.drawn.get(key, 0)
@@ -81,7 +101,7 @@ class CountedWriter:
         if req.ignore_eos or not (req.branch or kind in ("segment", "summary", "answer", "force")):
             return self._fill(limit), "length", None
         if req.branch:  # an answer probe: an answer's length, drawn without moving the path's own draws
-            values = self.lengths.get("answer")
+            values = self._pool("answer", key)
             n = int(values[stable_int(self.seed, "probe", key, req.keep) % len(values)]) if values else req.max_tokens
             return self._ending(n, limit, [self.eos], "eos", None)
         if kind == "segment":
@@ -93,7 +113,7 @@ class CountedWriter:
         return self._ending(n, limit, [self.eos], "eos", None)
 
     def _segment(self, key: str, limit: int) -> tuple[list[int], str, str | None]:
-        think = self.lengths.get("think")
+        think = self._pool("think", key)
         done = self.sampled.get(key, 0)
         total, end = None, None
         if think:

@@ -96,6 +96,33 @@ def test_lengths_from_an_earlier_run_end_the_thinking_there(tiny_run):
     assert any("drawn from earlier" in n for n in pred.notes)
 
 
+def test_each_sweep_point_draws_the_lengths_its_own_point_had(tiny_run):
+    tokenizer = tiny_run[4]
+    cfg = compose(["model.path=builtin:tiny", "replicas.gpus_per_replica=0", "dataset.limit=2", "leap.paths=4",
+                   "leap.T=128", "leap.max_rounds=2", "leap.summary_tokens=32", "leap.answer_tokens=16",
+                   "engine.max_model_len=4096", "+sweep=[{name: indep, mode: independent}, {name: leap}]"])
+    points, prompts, problems = load_inputs(cfg)
+
+    def row(point: str, think: int, answer: int) -> dict:
+        return {"sweep_point": point, "finish_reason": "think_end",
+                "requests": [{"kind": "segment", "new_tokens": think}, {"kind": "answer", "new_tokens": answer}]}
+
+    # the earlier run's independent paths stopped after 20 tokens, its LeaP paths after 100
+    earlier = [row("indep", 20, 4), row("indep", 20, 4), row("leap", 100, 8)]
+    lengths = lengths_from_rows(earlier, source="earlier")
+    assert lengths["paths"] == 3 and lengths["points"]["indep"]["think"] == [[20, "think_end"], [20, "think_end"]]
+    pred = predict(cfg, points, prompts, problems, placeholder(), lengths, tokenizer=tokenizer)
+    paths = len(problems) * 4
+    assert pred.points["indep"].sampled_tokens == paths * (20 + 4)
+    assert pred.points["leap"].sampled_tokens == paths * (100 + 8)  # one segment (T=128): no barrier met
+    assert any("each sweep point from its own" in n for n in pred.notes)
+    # a run with no point of these names: every point draws from all its paths
+    renamed = lengths_from_rows([{**r, "sweep_point": "other"} for r in earlier], source="earlier")
+    mixed = predict(cfg, points, prompts, problems, placeholder(), renamed, tokenizer=tokenizer)
+    assert mixed.points["indep"].sampled_tokens > paths * 24
+    assert any("every point draws from all" in n for n in mixed.notes)
+
+
 def test_lengths_need_a_finished_run(tmp_path):
     with pytest.raises(PlanError, match="no paths.parquet"):
         load_lengths(tmp_path)
