@@ -3,8 +3,10 @@ code a run plans itself with: `orchestrator.driver.plan_check`), then run it for
 (`python -m orchestrator` in a subprocess, into a temporary output directory), and print
 predicted against measured generation time (and wall time) with the error, and the plan the run
 made again with the path lengths it sampled (run_info.json's `replanned`: what is left of its
-error is the time model's, not the lengths': the run plans from the budget, an upper bound where
-paths stop at EOS); `--json` writes it.
+error is the time model's, not the lengths': a run plans from the budget, an upper bound where
+paths stop at EOS, unless an earlier finished run of the same point settings recorded its
+lengths, `engines/past_lengths.py`: the `lengths` column says which); `--json` writes it. A first
+pass on a fresh profile cache plans from the budget; a second pass, from the first's lengths.
 
     python benchmarks/plan_accuracy.py                      # W2, the demo, W2 independent (5+ min each)
     python benchmarks/plan_accuracy.py --only w2 --json plan_accuracy.json
@@ -111,14 +113,25 @@ def error_pct(predicted, measured) -> float | None:
     return round(100 * (predicted - measured) / measured, 1)
 
 
+def lengths_source(predicted: dict) -> str | None:
+    """Where the plan's path lengths came from, by its notes: "budget" or "earlier run"."""
+    notes = predicted.get("notes") or []
+    if any("whole budget" in n for n in notes):
+        return "budget"
+    if any("path lengths drawn from" in n for n in notes):
+        return "earlier run"
+    return None
+
+
 def compare(name: str, overrides: list[str], planned: dict, measured: dict) -> dict:
-    """One workload's row: the plan (from the budget's lengths, as the run plans itself) against
-    the run, and the plan the run made again with its own path lengths (`replanned_*`: run_info's
+    """One workload's row: the plan (as the run plans itself: from the budget's lengths, or an
+    earlier run's of the same settings) against the run, and the plan the run made again with its own path lengths (`replanned_*`: run_info's
     `replanned`, made before the run recorded its speed), which tells the time model's error from
     the lengths' (a path that stops at EOS ends before its budget)."""
     predicted = planned.get("predicted") or {}
     row = {"workload": name, "overrides": overrides, "plan_s": planned.get("plan_s"),
-           "profile": predicted.get("profile"), "plan_error": predicted.get("error"), **measured}
+           "profile": predicted.get("profile"), "plan_error": predicted.get("error"),
+           "lengths": lengths_source(predicted), **measured}
     for key in ("generation_s", "wall_s"):
         row[f"predicted_{key}"] = predicted.get(key)
         row[f"{key}_error_pct"] = error_pct(predicted.get(key), measured.get(key))
@@ -132,9 +145,9 @@ def table(rows: list[dict]) -> str:
     def cell(value, fmt: str = "{:.1f}") -> str:
         return "-" if value is None else fmt.format(value)
 
-    head = ["workload", "gen predicted", "gen measured", "error", "wall predicted", "wall measured", "error",
+    head = ["workload", "lengths", "gen predicted", "gen measured", "error", "wall predicted", "wall measured", "error",
             "plan s", "gen, run's lengths", "error"]
-    body = [[r["workload"], cell(r["predicted_generation_s"]), cell(r["generation_s"]),
+    body = [[r["workload"], r.get("lengths") or "-", cell(r["predicted_generation_s"]), cell(r["generation_s"]),
              cell(r["generation_s_error_pct"], "{:+.1f}%"), cell(r["predicted_wall_s"]), cell(r["wall_s"]),
              cell(r["wall_s_error_pct"], "{:+.1f}%"), cell(r["plan_s"], "{:.2f}"),
              cell(r.get("replanned_generation_s")), cell(r.get("replanned_error_pct"), "{:+.1f}%")] for r in rows]

@@ -12,9 +12,12 @@ one for the run's model and device, else the nearest one scaled to the model; a 
 a profile uses its `engine.latency`). The first line says which, how it was scaled, and the
 correction earlier runs on the same engines measured (`engines/history.py`), if any.
 `--lengths-from DIR` draws path lengths from an earlier run's paths.parquet, each sweep point
-from that run's point of the same name when it had one (default: a fake engine's own lengths;
-every path's whole budget for a real model). `--out` writes the figures
-as JSON (`Prediction.to_dict()`). Exit status as the run's (2: fix the command or config).
+from that run's point of the same name when it had one. Without it, a real model's paths take
+the lengths the newest finished run of the same point settings recorded (`engines/past_lengths.py`;
+the run's own plan does the same), and a point no run recorded uses its whole budget;
+`--lengths-from budget` plans every path from its budget. A fake engine writes its own lengths.
+`--out` writes the figures as JSON (`Prediction.to_dict()`). Exit status as the run's (2: fix
+the command or config).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from .config import compose
 from .driver.planner import PlanError, load_lengths, model_files, predict, run_key
 from .driver.phases import load_inputs
+from .driver.plan_check import remembered
 from .engines import history
 from .engines.batching import LatencyModel
 from .engines.profile import ProfileError, find_profile
@@ -37,7 +41,8 @@ def parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     ap = argparse.ArgumentParser(prog="python -m orchestrator.plan", description=__doc__.splitlines()[0],
                                  usage="%(prog)s [OVERRIDES ...] [--lengths-from OUTPUT_DIR] [--out PLAN.json]")
     ap.add_argument("--lengths-from", metavar="OUTPUT_DIR",
-                    help="draw path lengths from an earlier run's paths.parquet")
+                    help="draw path lengths from an earlier run's paths.parquet ('budget': every path's whole "
+                         "budget; default: the newest earlier run of the same point settings, if any)")
     ap.add_argument("--out", metavar="PLAN.json", help="write the plan's figures as JSON")
     return ap.parse_known_args(argv)
 
@@ -75,7 +80,12 @@ def main(argv: list[str] | None = None) -> int:
         tokenizer, model_config, notes = model_files(cfg)
         # as the run plans: earlier runs on these engines correct the speed
         profile, source, learned = history.for_plan(*find(cfg, model_config), cfg.engine.kind)
-        lengths = load_lengths(args.lengths_from) if args.lengths_from else None
+        if args.lengths_from == "budget":
+            lengths = None
+        elif args.lengths_from:
+            lengths = load_lengths(args.lengths_from)
+        else:  # as the run plans: the newest earlier run of the same point settings, if any
+            lengths = remembered(cfg, points, prompts)
         pred = predict(cfg, points, prompts, problems, profile, lengths, source=source, tokenizer=tokenizer,
                        notes=notes, fixed_s=(learned or {}).get("fixed_s"))
     except Exception as exc:  # one paragraph and an exit status, as a run's failure

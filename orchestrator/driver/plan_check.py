@@ -7,11 +7,14 @@ the figures it then measures; the report shows one against the other (`report.da
     # {} when no profile applies; else {"predicted": Prediction.to_dict() | {"error": ...}, "plan_s": s}
     facts = plan_check.recheck(cfg, points, prompts, problems, todo, model, rows, measured_s, wall_s)
     # after the run: {"replanned": {generation_s, wall_s, ...}}, the plan with the run's own lengths
+    plan_check.remember(cfg, points, prompts, todo, rows)  # its lengths, for the next plan of these points
 
 A profile applies when `engine.profile` names one, or when the engine is a real one and
 `engines.profile.find_profile` finds one for its key (an exact profile, or the nearest one on the
 same kind of device, scaled by the model's bytes). For a real engine, earlier runs with the same
-profile correct its speed (`engines.history`), and each finished run records its own ratio. A
+profile correct its speed (`engines.history`), and each finished run records its own ratio; and
+a plan given no lengths draws them from the newest finished run of the same point settings, when
+one recorded them (`engines.past_lengths`), else from the budget. A
 plan that fails never fails the run: a warning, and `predicted: {"error": ...}`. The console
 shows one line before the run starts:
 
@@ -25,10 +28,11 @@ import time
 
 from tqdm import tqdm
 
-from . import calibration, console, planner
+from . import calibration, console, fingerprint, planner
 from ..config import Config
+from ..core.params import params_record
 from ..core.types import Problem
-from ..engines import history
+from ..engines import history, past_lengths
 from ..engines import profile as profiles
 from ..engines.counted import lengths_from_rows
 
@@ -63,6 +67,8 @@ def check(cfg: Config, points: dict, prompts, problems: list[Problem], todo: lis
     wanted = {pt for pt, _ in todo}
     wanted |= {points[pt].match_point for pt in wanted if points[pt].match_point in points}
     ids = {pb.id for _, pb in todo}
+    if lengths is None:  # earlier runs of the same point settings say how long their paths were
+        lengths = remembered(cfg, {pt: p for pt, p in points.items() if pt in wanted}, prompts)
     try:
         # the run's own tokenizer (the prepared model's), so prompts and injected text are counted
         # in its tokens, as `python -m orchestrator.plan` counts them
@@ -81,6 +87,42 @@ def check(cfg: Config, points: dict, prompts, problems: list[Problem], todo: lis
     if announce:
         console.line(line(predicted, plan_s))
     return {"predicted": predicted, "plan_s": plan_s}
+
+
+def point_keys(cfg: Config, points: dict, prompts) -> dict[str, str]:
+    """Each sweep point's key for the lengths its paths take (`engines.past_lengths`): the
+    run's fingerprint (model, engine, sampling, prompts, dataset) and the point's settings."""
+    run = fingerprint.make(cfg, points, prompts, [])["run"]
+    return past_lengths.point_keys(run, {name: params_record(p) for name, p in points.items()})
+
+
+def remembered(cfg: Config, points: dict, prompts) -> dict | None:
+    """The lengths earlier runs of these points recorded, for a real engine's plan; None for a
+    fake engine (its own writer says how long its paths are) or when none did."""
+    if cfg.engine.kind == "fake":
+        return None
+    try:
+        return past_lengths.recall(point_keys(cfg, points, prompts))
+    except Exception as exc:  # a plan is advice: an unreadable record means the budget's lengths
+        log.warning("plan: earlier runs' path lengths could not be read (%s); planning from the budget", exc)
+        return None
+
+
+def remember(cfg: Config, points: dict, prompts, todo: list[tuple], rows: list[dict]) -> int:
+    """After a finished run on a real engine: record the lengths its paths took (the groups of
+    `todo` only, a resumed run's earlier ones were recorded when they ran), per sweep point, for
+    the next plan of the same settings. Returns the points recorded."""
+    if cfg.engine.kind == "fake":
+        return 0
+    wanted = {(pt, pb.id) for pt, pb in todo}
+    mine = [r for r in rows if (r.get("sweep_point"), r.get("problem_id")) in wanted]
+    if not mine:
+        return 0
+    try:
+        return past_lengths.remember(point_keys(cfg, points, prompts), lengths_from_rows(mine), cfg.output_dir)
+    except Exception as exc:  # never fails a finished run
+        log.warning("could not record the run's path lengths for later plans (%s)", exc)
+        return 0
 
 
 REPLANNED = ("generation_s", "wall_s", "sampled_tokens", "injected_tokens", "cache_hit_rate")

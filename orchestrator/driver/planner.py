@@ -249,7 +249,8 @@ def lengths_note(lengths: dict, names: list[str]) -> str:
     if own and len(own) == len(names):
         return text + ("; each sweep point from its own)" if len(names) > 1 else ")")
     if own:
-        return text + f"; {len(own)} of {len(names)} sweep points from their own, the others from all)"
+        others = "all" if lengths.get("think") else "their budget"
+        return text + f"; {len(own)} of {len(names)} sweep points from their own, the others from {others})"
     if lengths.get("points"):
         return text + "; no sweep point of these names there: every point draws from all)"
     return text + ")"

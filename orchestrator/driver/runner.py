@@ -133,6 +133,8 @@ def _run_locked(cfg: Config, points, prompts, problems, store: ResultStore, fp: 
     if todo and failure is None and not missing and "predicted" in facts:  # the clock has stopped
         facts.update(plan_check.recheck(cfg, points, prompts, problems, todo, model, rows, facts.get("generation_s"),
                                         times["wall_s"]))
+    if todo and failure is None and not missing:  # how long its paths were, for the next plan of these points
+        plan_check.remember(cfg, points, prompts, todo, rows)
     store.write_json("run_info.json", {**times, "groups_run": len(todo), "groups_skipped": skipped,
                                        "complete": not missing, **facts})
     if paths_t.num_rows:  # a run with nothing finished has nothing to report

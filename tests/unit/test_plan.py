@@ -181,3 +181,38 @@ def test_the_cli_plan_takes_the_correction_earlier_runs_measured(tiny_run, tmp_p
     # the wall's part outside generation: the profile's start-up (5 s) and the driver's 10 s, then the run's 120 s
     assert abs(a["wall_s"] - a["generation_s"] - 15.0) < 0.11 and abs(b["wall_s"] - b["generation_s"] - 120.0) < 0.11
     assert a["runs_fixed_s"] is None and b["runs_fixed_s"] == 120.0
+
+
+def test_a_plan_draws_the_lengths_a_finished_run_of_the_same_points_recorded(tiny_run, tmp_path, monkeypatch, capsys):
+    from orchestrator.driver import plan_check
+
+    monkeypatch.setenv("LEAP_PROFILE_DIR", str(tmp_path / "cache"))
+    cfg, points, prompts, problems, _ = tiny_run
+    placeholder().save(tmp_path / "p.json")
+    args = ["model.path=builtin:tiny", "replicas.gpus_per_replica=0", "dataset.limit=2", "leap.paths=4",
+            "leap.T=128", "leap.max_rounds=2", "leap.summary_tokens=32", "leap.answer_tokens=16",
+            "engine.max_model_len=4096", f"+engine.profile={tmp_path / 'p.json'}", f"output_dir={tmp_path / 'o'}"]
+
+    def plan(*extra) -> tuple[dict, str]:
+        assert main([*args, *extra, "--out", str(tmp_path / "plan.json")]) == 0
+        return json.loads((tmp_path / "plan.json").read_text()), capsys.readouterr().out
+
+    budget, _ = plan()
+    paths = len(problems) * 4
+    assert budget["sampled_tokens"] >= paths * (2 * 128 + 32)  # nothing recorded: the whole budget
+    # a finished run of these settings (another seed) whose paths stopped after 100 tokens and answered in 10
+    todo = [(pt, pb) for pt in points for pb in problems]
+    done = [{"sweep_point": pt, "problem_id": pb.id, "finish_reason": "think_end",
+             "requests": [{"kind": "segment", "new_tokens": 100}, {"kind": "answer", "new_tokens": 10}]}
+            for pt, pb in todo]
+    assert plan_check.remember(cfg, points, prompts, todo, done) == 1
+    recalled, text = plan("leap.seed=5")
+    assert recalled["sampled_tokens"] == paths * 110 and recalled["generation_s"] < budget["generation_s"]
+    assert "the earlier run of the same point settings" in text
+    assert plan("--lengths-from", "budget")[0]["sampled_tokens"] == budget["sampled_tokens"]  # asked for the bound
+    assert plan("leap.T=96")[0]["sampled_tokens"] > paths * 110  # other settings: their budget again
+    # a fake engine's paths are its writer's: nothing recorded from them
+    fake = compose(["engine=fake", "replicas.gpus_per_replica=0", "dataset.limit=2", "leap.paths=4"])
+    fake_points, fake_prompts, fake_problems = load_inputs(fake)
+    fake_todo = [(pt, pb) for pt in fake_points for pb in fake_problems]
+    assert plan_check.remember(fake, fake_points, fake_prompts, fake_todo, done) == 0
