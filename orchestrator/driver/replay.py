@@ -46,7 +46,13 @@ REPLAY_SHARE = 0.45
 # decode to take at least this share of its modelled time; with less, the factor measures the
 # prefill and request overheads and misses the decode steps' error.
 REPLAY_DECODE_SHARE = 0.6
-MIN_NEW, MAX_NEW = 16, 128  # new tokens per replay request
+MIN_NEW, MAX_NEW = 16, 128  # new tokens per replay request (their mean: see REPLAY_SPREAD)
+# A run's requests end at different steps (stop strings, EOS, summaries of different lengths), so
+# its appended blocks are prefilled a request or two at a time beside a decoding batch; requests
+# that all end together would prefill theirs in one large chunk, which costs a CPU less per token.
+# Each replay request generates new x (1 - SPREAD ... 1 + SPREAD), a different share for each path
+# and round, the mean `new`.
+REPLAY_SPREAD = 0.5
 
 
 async def replay(bench, max_seqs: int, stops: list[str], new: int) -> dict:
@@ -57,6 +63,7 @@ async def replay(bench, max_seqs: int, stops: list[str], new: int) -> dict:
     requests do. Returns the replicas' mean seconds (and each one's) and every path's
     (prompt, kept, new) requests."""
     paths = max(int(math.ceil(REPLAY_PATHS * max_seqs)), 2)
+    sizes = spread(new, paths)
     prompts = [bench.tokens(REPLAY_PROMPT) for _ in range(paths)]
     appends = [[bench.tokens(REPLAY_APPEND) for _ in range(REPLAY_ROUNDS)] for _ in range(paths)]
     run = next(bench._ids)
@@ -65,8 +72,9 @@ async def replay(bench, max_seqs: int, stops: list[str], new: int) -> dict:
         key, kept = f"replay-{run}-{i}-{j}", 0
         for r in range(REPLAY_ROUNDS):
             append = prompts[j] if r == 0 else appends[j][r]
+            n = sizes[j][r]
             res = await rep.generate(GenRequest(
-                path_key=key, keep=kept, append=append, max_tokens=new, min_tokens=new, stop=stops,
+                path_key=key, keep=kept, append=append, max_tokens=n, min_tokens=n, stop=stops,
                 sampling=bench.sampling, full=[] if r == 0 else None, kind="segment"))
             shape.append((kept + len(append), kept, len(res.token_ids)))
             kept += len(append) + len(res.token_ids)
@@ -82,6 +90,20 @@ async def replay(bench, max_seqs: int, stops: list[str], new: int) -> dict:
     each = [t for t, _ in timed]  # the co-located replicas ran the same requests at once
     return {"seconds": sum(each) / len(each), "each_s": each, "paths": paths, "new_tokens": new,
             "shapes": timed[0][1]}
+
+
+def spread(new: int, paths: int) -> list[list[int]]:
+    """New tokens of each replay path's requests: `new` x (1 - REPLAY_SPREAD ... 1 + REPLAY_SPREAD),
+    evenly over the paths, each round's order shifted so that a path is not always the longest."""
+    shift = max(paths // REPLAY_ROUNDS, 1)
+    out = []
+    for j in range(paths):
+        row = []
+        for r in range(REPLAY_ROUNDS):
+            u = ((j + r * shift) % paths) / max(paths - 1, 1)
+            row.append(max(int(round(new * (1 - REPLAY_SPREAD + 2 * REPLAY_SPREAD * u))), 1))
+        out.append(row)
+    return out
 
 
 def replay_s(profile: Profile, shapes: list[list[tuple[int, int, int]]]) -> float:
@@ -123,7 +145,8 @@ def with_replay(prof: Profile, replayed: dict, predicted_s: float, at_once: int)
     new = sum(n for s in replayed["shapes"] for _, _, n in s)
     where = f"on each of {at_once} replicas at once" if at_once > 1 else "on the replica"
     text = (f"; a LeaP-shaped replay ({replayed['paths']} paths x {REPLAY_ROUNDS} requests {where}, "
-            f"{REPLAY_APPEND} tokens appended before each later request, the run's stop strings): "
+            f"{REPLAY_APPEND} tokens appended before each later request, {replayed.get('new_tokens', '?')} new tokens "
+            f"a request on average, {1 - REPLAY_SPREAD:.1f}-{1 + REPLAY_SPREAD:.1f}x that, the run's stop strings): "
             f"{replayed['seconds']:.1f} s measured{' (their mean)' if at_once > 1 else ''}, "
             f"{predicted_s:.1f} s by the step model -> replay_factor {factor:.3f}")
     record = {"seconds": round(replayed["seconds"], 3), "predicted_s": round(predicted_s, 3),

@@ -360,11 +360,16 @@ def test_the_replay_goes_on_from_each_paths_prefix_on_every_replica():
         kept = [k for _, k, _ in shape]
         assert kept[0] == 0 and prompts[0] == replay.REPLAY_PROMPT
         for r in range(1, replay.REPLAY_ROUNDS):  # what the path had, plus the appended block
-            assert kept[r] == prompts[r - 1] + 10
+            assert kept[r] == prompts[r - 1] + shape[r - 1][2]
             assert prompts[r] == kept[r] + replay.REPLAY_APPEND
+    # the requests end at different steps, as a run's do: 5 to 15 new tokens, 10 on average
+    news = [n for shape in got["shapes"] for _, _, n in shape]
+    assert min(news) == 5 and max(news) == 15 and sum(news) / len(news) == pytest.approx(10, abs=0.5)
+    assert len({tuple(n for _, _, n in shape) for shape in got["shapes"]}) == paths  # each path its own
     for rep in reps:  # the same load on each co-located replica, with the run's stop strings
         assert len(rep.requests) == paths * replay.REPLAY_ROUNDS
-        assert all(r.stop == ["</think>"] and r.min_tokens == 10 for r in rep.requests)
+        assert all(r.stop == ["</think>"] and r.min_tokens == r.max_tokens for r in rep.requests)
+        assert sorted(r.max_tokens for r in rep.requests) == sorted(news)
         assert rep.paths == {}  # dropped afterwards
 
 
